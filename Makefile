@@ -1,0 +1,28 @@
+# Two commands set up everything on a fresh machine:  make demo  |  make test
+PY     ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	-@bash scripts/install_system_deps.sh
+	touch $(STAMP)
+
+demo: setup
+	$(VPY) -m dscoder.demo --out runs/demo
+
+test: setup
+	$(VPY) -m pytest -q
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,288 @@
+"""Model configurations as plain data.
+
+Two architectures, two dataclasses, field names as Hugging Face writes them in `config.json` so a
+checkpoint folder round-trips without a renaming table:
+
+* `ModelConfig`        -- DeepSeek-Coder v1, a Llama decoder (v1 paper §3.3; reference §1.1).
+* `DeepseekV2Config`   -- DeepSeek-Coder-V2: MLA attention + DeepSeekMoE + YaRN (V2 paper; reference §2.3).
+
+Named presets live in `presets.py`. `config_from_hf(dict)` / `cfg.to_hf()` convert to and from `config.json`.
+Unknown fields are an error that names them (a typo in a preset override must never be silently dropped);
+fields that Hugging Face writes but that change nothing here are listed in `_HF_IGNORED`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields HF puts in config.json that carry no architecture information for us.
+_HF_IGNORED = {
+    "_name_or_path", "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache",
+    "pretraining_tp", "attention_dropout", "hidden_dropout", "mlp_bias", "attention_bias", "hidden_act",
+    "model_type", "rope_scaling", "rope_parameters", "output_attentions", "output_hidden_states", "return_dict",
+    "quantization_config", "tie_word_embeddings", "id2label", "label2id", "problem_type", "is_decoder",
+    "pad_token_id", "bos_token_id", "eos_token_id", "ep_size", "num_nextn_predict_layers", "moe_layer_freq",
+    "chunk_size_feed_forward", "tokenizer_class", "initializer_range", "head_dim", "layer_types",
+    "_attn_implementation_autoset", "sliding_window", "use_sliding_window", "max_window_layers",
+    "mlp_layer_types", "first_k_dense_replace", "scoring_func", "topk_method", "seq_aux", "aux_loss_alpha",
+    "norm_topk_prob", "routed_scaling_factor", "n_group", "topk_group", "num_experts_per_tok",
+    "n_shared_experts", "n_routed_experts", "moe_intermediate_size", "kv_lora_rank", "q_lora_rank",
+    "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "rope_interleave", "experts_implementation",
+}
+
+
+def _check_fields(cls, kwargs: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def _rope_block(d: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE settings of an HF config, whichever spelling wrote it.
+
+    transformers <5 writes `rope_theta` + `rope_scaling` {"type"|"rope_type", "factor", ...};
+    transformers 5 writes `rope_parameters` {"rope_type", "rope_theta", "factor", ...}."""
+    block = dict(d.get("rope_parameters") or {})
+    block.update(d.get("rope_scaling") or {})
+    if "type" in block and "rope_type" not in block:
+        block["rope_type"] = block.pop("type")
+    block.setdefault("rope_theta", d.get("rope_theta", block.get("rope_theta")))
+    block.setdefault("rope_type", "default")
+    return block
+
+
+@dataclass
+class ModelConfig:
+    """DeepSeek-Coder v1 / Llama. `head_dim` defaults to hidden_size // num_attention_heads."""
+    vocab_size: int = 32256
+    hidden_size: int = 2048
+    intermediate_size: int = 5504
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16          # == heads: MHA; 1: MQA; in between: GQA
+    head_dim: int = 0                      # 0 -> hidden_size // num_attention_heads
+    max_position_embeddings: int = 16384
+    rope_theta: float = 100000.0
+    rope_scaling_factor: float = 1.0       # linear position interpolation (v1 long-context: 4.0)
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 32013
+    eos_token_id: int | list[int] | None = 32014
+    pad_token_id: int | None = None
+    model_type: str = "llama"
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                                 f"num_attention_heads {self.num_attention_heads}")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} must be a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.rope_scaling_factor < 1.0:
+            raise ValueError(f"rope_scaling_factor {self.rope_scaling_factor} must be >= 1")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def create(cls, **kwargs) -> "ModelConfig":
+        _check_fields(cls, kwargs)
+        return cls(**kwargs)
+
+    def replace(self, **kwargs) -> "ModelConfig":
+        _check_fields(type(self), kwargs)
+        return dataclasses.replace(self, **kwargs)
+
+    def num_params(self, active: bool = False) -> int:
+        """Exact parameter count of `models.llama.Transformer` for this config."""
+        h, hd = self.hidden_size, self.head_dim
+        attn = h * hd * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        mlp = 3 * h * self.intermediate_size
+        per_layer = attn + mlp + 2 * h
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return emb + self.num_hidden_layers * per_layer + h
+
+    # --- Hugging Face config.json ---------------------------------------------------------------
+    def to_hf(self) -> dict[str, Any]:
+        rope = {"rope_type": "linear", "factor": self.rope_scaling_factor} if self.rope_scaling_factor != 1.0 else None
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim, "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            # both spellings: transformers 4.x reads rope_scaling, 5.x reads rope_parameters
+            "rope_scaling": ({"type": "linear", **rope} if rope else None),
+            "rope_parameters": ({**rope, "rope_theta": self.rope_theta} if rope
+                                else {"rope_type": "default", "rope_theta": self.rope_theta}),
+            "rms_norm_eps": self.rms_norm_eps, "initializer_range": self.initializer_range,
+            "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32", "use_cache": True,
+        }
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "ModelConfig":
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {d['hidden_act']!r}: DeepSeek-Coder uses silu (SwiGLU)")
+        if d.get("attention_bias") or d.get("mlp_bias"):
+            raise ValueError("attention_bias/mlp_bias=true is not a DeepSeek-Coder v1 layout")
+        rope = _rope_block(d)
+        if rope["rope_type"] not in ("default", "linear"):
+            raise ValueError(f"unsupported rope scaling {rope['rope_type']!r} for a Llama checkpoint "
+                             "(DeepSeek-Coder v1 uses linear)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - _HF_IGNORED)
+        if unknown:
+            raise ValueError(f"config.json: unknown field(s) {', '.join(unknown)}")
+        kw = {k: d[k] for k in known if k in d and d[k] is not None and k != "model_type"}
+        kw["rope_theta"] = float(rope["rope_theta"] or 10000.0)
+        kw["rope_scaling_factor"] = float(rope.get("factor", 1.0)) if rope["rope_type"] == "linear" else 1.0
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            kw[k] = d.get(k)
+        return cls(**kw)
+
+
+@dataclass
+class DeepseekV2Config:
+    """DeepSeek-Coder-V2 (MLA + DeepSeekMoE + YaRN). Defaults: V2-Lite (reference §2.3)."""
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    intermediate_size: int = 10944           # dense FFN (layers < first_k_dense_replace)
+    moe_intermediate_size: int = 1408        # each routed expert
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    # MLA
+    q_lora_rank: int | None = None           # None: plain q_proj (Lite); else q_a_proj -> norm -> q_b_proj
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    # MoE
+    n_routed_experts: int = 64
+    n_shared_experts: int = 2
+    num_experts_per_tok: int = 6
+    moe_layer_freq: int = 1
+    first_k_dense_replace: int = 1
+    topk_method: str = "greedy"              # greedy | group_limited_greedy ("gready" accepted)
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    norm_topk_prob: bool = False
+    scoring_func: str = "softmax"
+    aux_loss_alpha: float = 0.001
+    seq_aux: bool = True
+    # RoPE / YaRN
+    max_position_embeddings: int = 163840
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = field(default_factory=lambda: {
+        "type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+        "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707})
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 100000
+    eos_token_id: int | list[int] | None = 100001
+    pad_token_id: int | None = None
+    model_type: str = "deepseek_v2"
+
+    def __post_init__(self):
+        if self.topk_method == "gready":      # spelling used by early remote code and configs
+            self.topk_method = "greedy"
+        if self.topk_method not in ("greedy", "group_limited_greedy"):
+            raise ValueError(f"unknown topk_method {self.topk_method!r}")
+        if self.scoring_func != "softmax":
+            raise ValueError(f"unsupported scoring_func {self.scoring_func!r} (DeepSeek-V2 uses softmax)")
+        if self.n_routed_experts % self.n_group:
+            raise ValueError(f"n_routed_experts {self.n_routed_experts} not divisible by n_group {self.n_group}")
+        if not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
+            raise ValueError(f"num_experts_per_tok {self.num_experts_per_tok} out of range")
+        if self.rope_scaling is not None:
+            rs = dict(self.rope_scaling)
+            rs.setdefault("type", rs.get("rope_type", "yarn"))
+            if rs["type"] not in ("yarn", "default"):
+                raise ValueError(f"unsupported rope_scaling type {rs['type']!r} for DeepSeek-V2 (yarn)")
+            self.rope_scaling = rs if rs["type"] == "yarn" else None
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.n_routed_experts > 0 and i >= self.first_k_dense_replace and i % self.moe_layer_freq == 0
+
+    @classmethod
+    def create(cls, **kwargs) -> "DeepseekV2Config":
+        _check_fields(cls, kwargs)
+        return cls(**kwargs)
+
+    def replace(self, **kwargs) -> "DeepseekV2Config":
+        _check_fields(type(self), kwargs)
+        return dataclasses.replace(self, **kwargs)
+
+    def num_params(self, active: bool = False) -> int:
+        """Total parameters, or those used per token (`active=True`: top-k routed + shared experts, and the
+        input embedding left out since a lookup does no compute -- how DeepSeek counts 2.4B / 21B active)."""
+        h, n = self.hidden_size, self.num_attention_heads
+        if self.q_lora_rank:
+            q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * n * self.qk_head_dim
+        else:
+            q = h * n * self.qk_head_dim
+        kv = (h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
+              + self.kv_lora_rank * n * (self.qk_nope_head_dim + self.v_head_dim))
+        attn = q + kv + n * self.v_head_dim * h
+        total = 0
+        for i in range(self.num_hidden_layers):
+            if self.is_moe_layer(i):
+                experts = self.num_experts_per_tok if active else self.n_routed_experts
+                ffn = (experts + self.n_shared_experts) * 3 * h * self.moe_intermediate_size + self.n_routed_experts * h
+            else:
+                ffn = 3 * h * self.intermediate_size
+            total += attn + ffn + 2 * h
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings or active else 2)
+        return total + emb + h
+
+    def to_hf(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d.update({"architectures": ["DeepseekV2ForCausalLM"], "hidden_act": "silu", "attention_bias": False,
+                  "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True})
+        return d
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "DeepseekV2Config":
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {d['hidden_act']!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - _HF_IGNORED)
+        if unknown:
+            raise ValueError(f"config.json: unknown field(s) {', '.join(unknown)}")
+        kw = {k: d[k] for k in known if k in d and k not in ("model_type", "rope_scaling")}
+        rope = _rope_block(d)
+        kw["rope_theta"] = float(rope.get("rope_theta") or 10000.0)
+        if rope["rope_type"] == "yarn":
+            kw["rope_scaling"] = {k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type")} | {"type": "yarn"}
+        else:
+            kw["rope_scaling"] = None
+        for k in ("q_lora_rank",):
+            kw[k] = d.get(k)
+        return cls(**kw)
+
+
+def config_from_hf(d: dict[str, Any]) -> ModelConfig | DeepseekV2Config:
+    """Pick the config class from `model_type` (llama -> v1, deepseek_v2 -> V2)."""
+    mt = d.get("model_type")
+    if mt == "llama":
+        return ModelConfig.from_hf(d)
+    if mt == "deepseek_v2":
+        return DeepseekV2Config.from_hf(d)
+    raise ValueError(f"config.json: unsupported model_type {mt!r} (expected 'llama' or 'deepseek_v2')")
