@@ -154,14 +154,18 @@ class ModelConfig:
 
 @dataclass
 class DeepseekV2Config:
-    """DeepSeek-Coder-V2 (MLA + DeepSeekMoE + YaRN). Defaults: V2-Lite (reference §2.3)."""
+    """DeepSeek-Coder-V2 (MLA + DeepSeekMoE + YaRN). Defaults: V2-Lite (reference §2.3).
+
+    Bad values raise `UserError` naming the field. `rope_scaling` is the released config.json block
+    ({"type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+    "mscale_all_dim"}) or None for plain RoPE."""
     vocab_size: int = 102400
     hidden_size: int = 2048
     intermediate_size: int = 10944           # dense FFN (layers < first_k_dense_replace)
     moe_intermediate_size: int = 1408        # each routed expert
     num_hidden_layers: int = 27
     num_attention_heads: int = 16
-    num_key_value_heads: int = 16
+    num_key_value_heads: int = 16            # MLA: always == num_attention_heads (kept for config.json parity)
     # MLA
     q_lora_rank: int | None = None           # None: plain q_proj (Lite); else q_a_proj -> norm -> q_b_proj
     kv_lora_rank: int = 512
@@ -197,28 +201,66 @@ class DeepseekV2Config:
     model_type: str = "deepseek_v2"
 
     def __post_init__(self):
+        from ..errors import UserError
         if self.topk_method == "gready":      # spelling used by early remote code and configs
             self.topk_method = "greedy"
+        self.n_group, self.topk_group = self.n_group or 1, self.topk_group or 1   # transformers writes null
+        self.q_lora_rank = self.q_lora_rank or None
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "moe_layer_freq"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"DeepseekV2Config: {name} must be positive, got {getattr(self, name)}")
         if self.topk_method not in ("greedy", "group_limited_greedy"):
-            raise ValueError(f"unknown topk_method {self.topk_method!r}")
+            raise UserError(f"DeepseekV2Config: unknown topk_method {self.topk_method!r} "
+                            "(expected 'greedy' or 'group_limited_greedy')")
         if self.scoring_func != "softmax":
-            raise ValueError(f"unsupported scoring_func {self.scoring_func!r} (DeepSeek-V2 uses softmax)")
+            raise UserError(f"DeepseekV2Config: unsupported scoring_func {self.scoring_func!r} (V2 uses softmax)")
+        if self.num_key_value_heads != self.num_attention_heads:
+            raise UserError(f"DeepseekV2Config: num_key_value_heads {self.num_key_value_heads} must equal "
+                            f"num_attention_heads {self.num_attention_heads} (MLA has one latent shared by all heads)")
+        if self.qk_rope_head_dim % 2:
+            raise UserError(f"DeepseekV2Config: qk_rope_head_dim {self.qk_rope_head_dim} must be even for RoPE")
+        self._check_moe(UserError)
+        self._check_rope(UserError)
+
+    def _check_moe(self, UserError) -> None:
+        if self.n_routed_experts <= 0:
+            return
         if self.n_routed_experts % self.n_group:
-            raise ValueError(f"n_routed_experts {self.n_routed_experts} not divisible by n_group {self.n_group}")
-        if not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
-            raise ValueError(f"num_experts_per_tok {self.num_experts_per_tok} out of range")
-        if self.rope_scaling is not None:
-            rs = dict(self.rope_scaling)
-            rs.setdefault("type", rs.get("rope_type", "yarn"))
-            if rs["type"] not in ("yarn", "default"):
-                raise ValueError(f"unsupported rope_scaling type {rs['type']!r} for DeepSeek-V2 (yarn)")
-            self.rope_scaling = rs if rs["type"] == "yarn" else None
+            raise UserError(f"DeepseekV2Config: n_routed_experts {self.n_routed_experts} is not divisible by "
+                            f"n_group {self.n_group}")
+        if not 1 <= self.topk_group <= self.n_group:
+            raise UserError(f"DeepseekV2Config: topk_group {self.topk_group} must be in [1, n_group={self.n_group}]")
+        reachable = self.n_routed_experts if self.topk_method == "greedy" else \
+            self.topk_group * self.n_routed_experts // self.n_group
+        if not 1 <= self.num_experts_per_tok <= reachable:
+            raise UserError(f"DeepseekV2Config: num_experts_per_tok {self.num_experts_per_tok} must be in "
+                            f"[1, {reachable}] (experts reachable with topk_method {self.topk_method!r})")
+
+    def _check_rope(self, UserError) -> None:
+        if self.rope_scaling is None:
+            return
+        rs = dict(self.rope_scaling)
+        kind = rs.pop("type", None) or rs.pop("rope_type", None) or "yarn"
+        rs.pop("rope_type", None)
+        if kind == "default":
+            self.rope_scaling = None
+            return
+        if kind != "yarn":
+            raise UserError(f"DeepseekV2Config: unsupported rope_scaling type {kind!r} (DeepSeek-V2 uses yarn)")
+        for key in ("factor", "original_max_position_embeddings"):
+            if not rs.get(key):
+                raise UserError(f"DeepseekV2Config: rope_scaling (yarn) needs {key!r}")
+        rs.setdefault("beta_fast", 32.0)     # YaRN's defaults, as the original code assumes when absent
+        rs.setdefault("beta_slow", 1.0)
+        self.rope_scaling = {"type": "yarn", **rs}
 
     @property
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
     def is_moe_layer(self, i: int) -> bool:
+        """MoE FFN at layer i (the released remote code's rule; transformers 5 ignores moe_layer_freq)."""
         return self.n_routed_experts > 0 and i >= self.first_k_dense_replace and i % self.moe_layer_freq == 0
 
     @classmethod
@@ -253,29 +295,44 @@ class DeepseekV2Config:
         return total + emb + h
 
     def to_hf(self) -> dict[str, Any]:
+        """config.json in the released layout (`rope_theta` + `rope_scaling`), plus transformers 5's
+        `rope_parameters` (it reads either; both say the same)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        rope = dict(self.rope_scaling) if self.rope_scaling else None
         d.update({"architectures": ["DeepseekV2ForCausalLM"], "hidden_act": "silu", "attention_bias": False,
-                  "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True})
+                  "attention_dropout": 0.0, "torch_dtype": "float32", "use_cache": True, "rope_scaling": rope,
+                  "rope_parameters": ({**{k: v for k, v in rope.items() if k != "type"}, "rope_type": "yarn",
+                                       "rope_theta": self.rope_theta} if rope
+                                      else {"rope_type": "default", "rope_theta": self.rope_theta})})
         return d
 
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "DeepseekV2Config":
+        """Read a released (remote-code) or transformers-5-written config.json."""
+        from ..errors import UserError
         if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {d['hidden_act']!r}")
+            raise UserError(f"config.json: unsupported hidden_act {d['hidden_act']!r} (DeepSeek-V2 uses silu)")
+        if d.get("attention_bias"):
+            raise UserError("config.json: attention_bias=true is not a DeepSeek-V2 layout")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - _HF_IGNORED)
+        unknown = sorted(set(d) - known - _HF_IGNORED - _HF_IGNORED_V2)
         if unknown:
-            raise ValueError(f"config.json: unknown field(s) {', '.join(unknown)}")
+            raise UserError(f"config.json: unknown field(s) {', '.join(unknown)}")
         kw = {k: d[k] for k in known if k in d and k not in ("model_type", "rope_scaling")}
         rope = _rope_block(d)
         kw["rope_theta"] = float(rope.get("rope_theta") or 10000.0)
         if rope["rope_type"] == "yarn":
-            kw["rope_scaling"] = {k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type")} | {"type": "yarn"}
-        else:
+            extra = {k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type", "type")}
+            kw["rope_scaling"] = {"type": "yarn", **extra}
+        elif rope["rope_type"] == "default":
             kw["rope_scaling"] = None
-        for k in ("q_lora_rank",):
-            kw[k] = d.get(k)
+        else:
+            raise UserError(f"config.json: unsupported rope scaling {rope['rope_type']!r} (DeepSeek-V2 uses yarn)")
         return cls(**kw)
+
+
+# Keys transformers 5 adds to a DeepSeek-V2 config.json that carry nothing for us (qk_head_dim is derived).
+_HF_IGNORED_V2 = {"qk_head_dim", "output_router_logits", "router_aux_loss_coef"}
 
 
 def config_from_hf(d: dict[str, Any]) -> ModelConfig | DeepseekV2Config:

@@ -1,0 +1,90 @@
+"""Greedy decode speed: dscoder `Engine` vs `transformers.LlamaForCausalLM.generate(do_sample=False)`.
+
+Same random weights (ours copied into the HF model by name), fp32, CPU, the same torch thread count, one
+prompt of random ids, every new token forced (no EOS stop). Prints tokens/s for each and the ratio, and
+whether the two greedy continuations agree token for token.
+
+    .venv/bin/python benchmarks/bench_decode.py                       # hidden 1024, 8 layers, vocab 32256
+    .venv/bin/python benchmarks/bench_decode.py --layers 2 --new 32   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--intermediate", type=int, default=2816)
+    p.add_argument("--vocab", type=int, default=32256)
+    p.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
+    p.add_argument("--new", type=int, default=128, help="new tokens per run")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (best is reported)")
+    return p.parse_args()
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up: first-call allocations and kernel selection are not decode speed
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dscoder.infer.engine import Engine
+    from dscoder.models.config import ModelConfig
+    from dscoder.models.hf import build_model
+
+    cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=4096,
+                      bos_token_id=None, eos_token_id=None)
+    ours = build_model(cfg).float().eval()
+    hf = LlamaForCausalLM(LlamaConfig.from_dict(cfg.to_hf())).float().eval()
+    missing = hf.load_state_dict(ours.state_dict(), strict=False)
+    assert not missing.missing_keys, missing.missing_keys
+
+    prompts = torch.randint(0, args.vocab, (args.batch, args.prompt))
+    engine = Engine(ours)
+
+    def run_ours():
+        return [o.tokens for o in engine.generate(prompts.tolist(), max_new_tokens=args.new)]
+
+    @torch.inference_mode()
+    def run_hf():
+        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new,
+                          min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
+        return out[:, args.prompt:].tolist()
+
+    t_ours, tok_ours = best_time(run_ours, args.repeats)
+    t_hf, tok_hf = best_time(run_hf, args.repeats)
+    n = args.batch * args.new
+    same = sum(a == b for ra, rb in zip(tok_ours, tok_hf) for a, b in zip(ra, rb))
+    print(f"greedy decode, fp32 CPU, {args.threads} threads: {cfg.num_params() / 1e6:.0f}M params "
+          f"(hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}), batch {args.batch}, "
+          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats}")
+    print(f"{'implementation':<40}{'seconds':>10}{'tokens/s':>12}{'ms/token':>11}")
+    for name, t in (("dscoder Engine.generate", t_ours), ("transformers LlamaForCausalLM.generate", t_hf)):
+        print(f"{name:<40}{t:>10.3f}{n / t:>12.1f}{1000 * t / args.new:>11.2f}")
+    print(f"speed-up (dscoder / transformers): {t_hf / t_ours:.2f}x   "
+          f"greedy tokens identical: {same}/{n}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""CPU decode against the memory roofline: how close does batch-1 greedy decode get to the memory bandwidth?
+
+At batch 1 every decode step reads every weight matrix once (plus the KV cache so far), so
+tokens/s x bytes read per token can be at most the machine's memory bandwidth. The model is
+1.3b-shaped (hidden 2048, intermediate 5504, 16 heads, vocab 32256; reference §1.1) with fewer
+layers, so that its weights (>= 500 MB fp32) are far larger than the CPU caches. The bandwidth is
+measured in the same run, with the same threads: the best of several full reads (sum) of a 1 GB
+tensor, which is the access pattern of a matrix-vector product.
+
+bytes per token = all weights except the embedding table (one row of it is read) + the K and V cache
+read by attention, averaged over the generated positions.
+
+    .venv/bin/python benchmarks/bench_roofline.py                   # 2 layers: ~0.7 GB read per token
+    .venv/bin/python benchmarks/bench_roofline.py --layers 4 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--new", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bandwidth-gb", type=float, default=1.0, help="size of the tensor read to measure bandwidth")
+    p.add_argument("--repeats", type=int, default=3)
+    return p.parse_args()
+
+
+def read_bandwidth(n_bytes: int, repeats: int) -> float:
+    """Bytes/s of a full read of an fp32 tensor of n_bytes (best of `repeats` after a warm-up)."""
+    x = torch.ones(n_bytes // 4, dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def copy_bandwidth(n_bytes: int, repeats: int) -> float:
+    """Bytes/s moved (read + write) by a tensor copy of n_bytes, for reference."""
+    x = torch.ones(n_bytes // 4, dtype=torch.float32)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        y.copy_(x)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * x.numel() * 4 / best
+
+
+def bytes_per_token(model: torch.nn.Module, cfg, prompt: int, new: int) -> tuple[float, float]:
+    """(weight bytes, mean KV-cache bytes) read per decode step at batch 1, fp32."""
+    emb = model.get_parameter("model.embed_tokens.weight")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) - emb.numel() * emb.element_size()
+    weights += emb.shape[1] * emb.element_size()  # the one embedding row looked up
+    kv_per_pos = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
+    mean_len = prompt + (new + 1) / 2  # positions attended to, averaged over the decode steps
+    return float(weights), kv_per_pos * mean_len
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from dscoder.infer.engine import Engine
+    from dscoder.models.hf import build_model
+    from dscoder.models.presets import get_preset
+
+    bw_read = read_bandwidth(int(args.bandwidth_gb * 2**30), args.repeats)
+    bw_copy = copy_bandwidth(int(args.bandwidth_gb * 2**30), args.repeats)
+    cfg = get_preset("deepseek-coder-1.3b", num_hidden_layers=args.layers, max_position_embeddings=4096,
+                     bos_token_id=None, eos_token_id=None)
+    model = build_model(cfg).float().eval()
+    engine = Engine(model)
+    prompt = torch.randint(0, cfg.vocab_size, (args.prompt,)).tolist()
+
+    # decode-only time: (prompt + new tokens) minus (prompt + 1 token), so the prefill is not counted
+    def timed(n_new: int) -> float:
+        t0 = time.perf_counter()
+        engine.generate([prompt], max_new_tokens=n_new)
+        return time.perf_counter() - t0
+    timed(2)
+    best = min(timed(args.new + 1) - timed(1) for _ in range(args.repeats))
+    tok_s = args.new / best
+    w_bytes, kv_bytes = bytes_per_token(model, cfg, args.prompt, args.new)
+    achieved = tok_s * (w_bytes + kv_bytes)
+
+    print(f"batch-1 greedy decode, fp32 CPU, {args.threads} threads; 1.3b-shaped model with {args.layers} layers "
+          f"({cfg.num_params() / 1e6:.0f}M params), prompt {args.prompt}, {args.new} decode steps, best of {args.repeats}")
+    rows = [
+        ("measured read bandwidth (sum of 1 GB)", f"{bw_read / 1e9:.2f} GB/s"),
+        ("measured copy bandwidth (read+write)", f"{bw_copy / 1e9:.2f} GB/s"),
+        ("weights read per token", f"{w_bytes / 1e6:.1f} MB"),
+        ("KV cache read per token (mean)", f"{kv_bytes / 1e6:.2f} MB"),
+        ("decode speed", f"{tok_s:.2f} tokens/s ({1000 / tok_s:.1f} ms/token)"),
+        ("achieved bandwidth", f"{achieved / 1e9:.2f} GB/s"),
+        ("fraction of read bandwidth", f"{achieved / bw_read:.0%}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

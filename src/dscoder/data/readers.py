@@ -1,0 +1,635 @@
+"""Read raw repositories safely into `RepoFiles` (v1 paper §2: the GitHub crawl; reliability.md §6: bad inputs).
+
+    for repo, drops in iter_repos(["corpus/"], max_file_bytes=1 << 20):
+        ...   # one item per repository: files sorted by path, plus every file refused, with its reason
+
+Sources (`plan_sources` turns each into units of work, one per repository where it can tell them apart):
+- a folder is ONE repository when it has a `.git` entry, is a bare git repository (`HEAD`, `objects/`, `refs/`),
+  or holds any non-hidden regular file at its top level; otherwise it is a folder of repositories, each
+  non-hidden subfolder one repository (working tree, or bare git read through `git ls-tree` + `git cat-file`);
+- a git working tree is read from disk (`.git` skipped); a bare repository is read at HEAD through git;
+- `.tar`, `.tar.gz`, `.tgz`, `.tar.bz2`, `.tar.xz`, `.zip`: one repository, with a single top-level folder
+  stripped (GitHub's `name-main/`); when the archive holds only folders, two or more, each is one repository,
+  named `archive/folder`;
+- `.parquet`, `.jsonl`, `.jsonl.gz` rows with columns `repo` (or `repo_name`/`max_stars_repo_name`), `path`
+  (or `max_stars_repo_path`) and `content`: rows are grouped by repository per source file. A bad line drops
+  only that record; its Drop rides with the source's first repository.
+
+Safety: sizes come from stat (or the archive/git header) before anything is read; NUL in the first 8 KiB or a
+known binary extension means binary; UTF-8 (BOM stripped) or BOM-marked UTF-16/32 is decoded, anything else is
+dropped as "encoding"; symlinks are never followed (reasons `symlink_escape`, `symlink_loop`, `symlink`); `.git`
+internals, vendored folders and minified files are skipped by path; archive members with `..` or absolute
+names are refused; a truncated or corrupt archive or git store yields its repository with no files and one
+Drop ("truncated_archive", "archive_bomb" past 100x expansion, "git_error"), never a partial repository
+passed off as complete.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import posixpath
+import stat
+import subprocess
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .document import Drop, FileRecord, RepoFiles
+from .languages import detect_language, normalize_languages
+
+DEFAULT_MAX_FILE_BYTES = 1 << 20
+BINARY_SNIFF_BYTES = 8192
+STAGE = "read"
+
+VENDOR_DIRS = frozenset({
+    "vendor", "vendors", "node_modules", "third_party", "third-party", "thirdparty", "3rdparty", "3rd_party",
+    "bower_components", "jspm_packages", "site-packages", "dist-packages", "__pycache__", ".venv", "venv",
+    ".tox", "Pods", "Carthage", ".yarn", ".bundle", "external", "externals",
+})
+MINIFIED_SUFFIXES = (".min.js", ".min.css", "-min.js", ".min.mjs", ".bundle.js", ".js.map", ".css.map")
+BINARY_EXTENSIONS = frozenset((
+    ".png .jpg .jpeg .gif .bmp .ico .icns .tif .tiff .webp .psd .svgz .pdf .ps .eps .zip .gz .tgz .bz2 .xz .zst "
+    ".7z .rar .tar .jar .war .ear .whl .egg .pyc .pyo .pyd .so .dll .dylib .exe .bin .o .a .lib .obj .class "
+    ".dex .apk .ipa .wasm .mp3 .mp4 .wav .ogg .flac .avi .mov .mkv .webm .woff .woff2 .ttf .otf .eot .db "
+    ".sqlite .sqlite3 .npy .npz .pkl .pickle .pt .pth .onnx .safetensors .h5 .hdf5 .parquet .arrow .doc .docx "
+    ".xls .xlsx .ppt .pptx .dat .iso .img .dmg .deb .rpm .swf .fla .blend .fbx .glb"
+).split())
+ARCHIVE_MAX_RATIO = 100            # source archives expand ~5-10x; far beyond that is a bomb
+ARCHIVE_SLACK_BYTES = 32 << 20
+LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+REPO_COLUMNS = ("repo", "repo_name", "max_stars_repo_name")
+PATH_COLUMNS = ("path", "max_stars_repo_path")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
+_TABLE_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_CONTROL = frozenset(chr(c) for c in range(32)) - {" "}
+
+
+# ---------------------------------------------------------------- pure checks
+
+def path_skip_reason(path: str) -> str | None:
+    """Why a repository path is skipped before any read: git_internal, vendored, minified or binary; else None."""
+    parts = path.split("/")
+    if ".git" in parts:
+        return "git_internal"
+    if any(p in VENDOR_DIRS for p in parts[:-1]):
+        return "vendored"
+    name = parts[-1].lower()
+    if name.endswith(MINIFIED_SUFFIXES):
+        return "minified"
+    dot = name.rfind(".")
+    if dot > 0 and name[dot:] in BINARY_EXTENSIONS:
+        return "binary"
+    return None
+
+
+def bad_name(path: str) -> bool:
+    """True when a path cannot travel safely: not valid UTF-8 (surrogate-escaped), or holds control characters."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not _CONTROL.isdisjoint(path)
+
+
+def safe_member_path(name: str) -> str | None:
+    """A normalised relative POSIX path for an archive member or table row, or None if it is absolute or
+    climbs out with `..` (path traversal is refused, never repaired)."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def decode_content(data: bytes) -> tuple[str | None, str | None]:
+    """(text, None) or (None, reason) for a file's bytes: lfs_pointer, empty, binary or encoding."""
+    if data.startswith(LFS_PREFIX):
+        return None, "lfs_pointer"
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:     # UTF-16/32 hold NUL bytes by design, so the NUL sniff must come after this
+                text = data[len(bom):].decode(codec)
+            except UnicodeDecodeError:
+                return None, "encoding"
+            return _nonempty(text)
+    if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+        return None, "binary"
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "encoding"
+    return _nonempty(text)
+
+
+def _nonempty(text: str) -> tuple[str | None, str | None]:
+    if not text or text.isspace():
+        return None, "empty"
+    return text, None
+
+
+# ---------------------------------------------------------------- one repository being collected
+
+@dataclass
+class _Repo:
+    name: str
+    max_bytes: int
+    languages: frozenset[str] | None
+    files: list[FileRecord] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)
+    failed: Drop | None = None
+
+    def drop(self, path: str, reason: str, detail: str = "") -> None:
+        self.drops.append(Drop(self.name, path, STAGE, reason, detail))
+
+    def fail(self, reason: str, detail: str) -> None:
+        """The whole repository is unreliable (truncated archive, broken git store): emit none of it."""
+        self.failed = Drop(self.name, "", STAGE, reason, detail)
+
+    def admit(self, path: str, size: int) -> str | None:
+        """Language of a file worth reading, judged from its path and size alone; None after recording a Drop."""
+        if bad_name(path):
+            self.drop(path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "bad_filename")
+            return None
+        reason = path_skip_reason(path)
+        lang = detect_language(path) if reason is None else None
+        if reason is None and lang is None:
+            reason = "unknown_language"
+        elif reason is None and self.languages is not None and lang not in self.languages:
+            reason = "language_excluded"
+        elif reason is None and size > self.max_bytes:
+            reason = "too_large"
+        elif reason is None and size == 0:
+            reason = "empty"
+        if reason is not None:
+            self.drop(path, reason, f"{size} bytes > cap {self.max_bytes}" if reason == "too_large" else "")
+            return None
+        return lang
+
+    def add_bytes(self, path: str, lang: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:      # the file grew, or an archive header lied about its size
+            self.drop(path, "too_large", f"> cap {self.max_bytes}")
+            return
+        text, reason = decode_content(data)
+        if reason is not None:
+            self.drop(path, reason)
+        else:
+            self.files.append(FileRecord(self.name, path, text, lang))
+
+    def add_text(self, path: str, lang: str, text: str) -> None:
+        """A row that arrives already decoded (JSONL/Parquet): same rules as bytes, without re-encoding."""
+        if len(text) > self.max_bytes or (4 * len(text) > self.max_bytes
+                                          and len(text.encode("utf-8", "surrogatepass")) > self.max_bytes):
+            self.drop(path, "too_large", f"> cap {self.max_bytes}")
+        elif text.startswith(LFS_PREFIX.decode()):
+            self.drop(path, "lfs_pointer")
+        elif "\x00" in text[:BINARY_SNIFF_BYTES]:
+            self.drop(path, "binary")
+        elif not text or text.isspace():
+            self.drop(path, "empty")
+        else:
+            self.files.append(FileRecord(self.name, path, text.removeprefix("\ufeff"), lang))
+
+    def result(self) -> tuple[RepoFiles, list[Drop]]:
+        if self.failed is not None:
+            return RepoFiles(self.name, []), [self.failed]
+        self.files.sort(key=lambda f: f.path)
+        self.drops.sort(key=lambda d: d.path)
+        return RepoFiles(self.name, self.files), self.drops
+
+
+# ---------------------------------------------------------------- folders (working trees)
+
+def _symlink_reason(link: str, rel: str, root: str) -> tuple[str, str]:
+    """Classify a symlink without reading through it: escape, loop, broken or an in-repo alias."""
+    detail = os.readlink(link)
+    try:
+        target = os.path.realpath(link, strict=True)
+    except OSError as e:
+        return ("symlink_loop" if e.errno == errno.ELOOP else "symlink_broken"), detail
+    if os.path.commonpath([root, target]) != root:
+        return "symlink_escape", detail
+    if os.path.isdir(target):
+        link_dir = os.path.join(root, posixpath.dirname(rel))
+        if os.path.commonpath([target, link_dir]) == target:
+            return "symlink_loop", detail     # points at an ancestor: following it would never end
+    return "symlink", detail                  # in-repo alias: the target is read at its own path
+
+
+def _read_regular(path: str, repo: _Repo, rel: str, lang: str) -> None:
+    # O_NOFOLLOW closes the race where the entry is swapped for a symlink after scandir looked at it.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        repo.drop(rel, "unreadable", e.strerror or str(e))
+        return
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            repo.drop(rel, "not_regular")
+            return
+        if st.st_size > repo.max_bytes:
+            repo.drop(rel, "too_large", f"{st.st_size} bytes > cap {repo.max_bytes}")
+            return
+        repo.add_bytes(rel, lang, f.read(repo.max_bytes + 1))
+
+
+def _read_tree(root: Path, repo: _Repo) -> None:
+    """Walk a working tree without following symlinks; stat before read; skip .git and vendored folders whole."""
+    root_real = os.path.realpath(root)
+    stack = [("", root_real)]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            repo.drop(rel_dir or ".", "unreadable", e.strerror or str(e))
+            continue
+        subdirs = []
+        for e in entries:
+            rel = rel_dir + e.name
+            if e.is_symlink():
+                repo.drop(rel, *_symlink_reason(e.path, rel, root_real))
+            elif e.is_dir(follow_symlinks=False):
+                skip = "git_internal" if e.name == ".git" else "vendored" if e.name in VENDOR_DIRS else None
+                if skip:
+                    repo.drop(rel + "/", skip)     # one Drop for the whole folder, nothing under it is opened
+                else:
+                    subdirs.append((rel + "/", e.path))
+            elif not e.is_file(follow_symlinks=False):
+                repo.drop(rel, "not_regular")      # FIFOs, sockets, devices: opening one could block forever
+            elif (lang := repo.admit(rel, e.stat(follow_symlinks=False).st_size)) is not None:
+                _read_regular(e.path, repo, rel, lang)
+        stack.extend(reversed(subdirs))
+
+
+# ---------------------------------------------------------------- bare git repositories
+
+def _git(gitdir: Path, *args: str) -> list[str]:
+    # safe.directory: corpora are routinely owned by another user; we only read, never run hooks.
+    return ["git", "-c", "safe.directory=*", "--git-dir", str(gitdir), *args]
+
+
+def _read_bare_git(gitdir: Path, repo: _Repo) -> None:
+    """HEAD's tree through `git ls-tree -r --long` (sizes before reading), blobs through `git cat-file --batch`."""
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    ls = subprocess.run(_git(gitdir, "ls-tree", "-r", "-z", "--long", "HEAD"), capture_output=True, env=env)
+    if ls.returncode != 0:
+        repo.fail("git_error", ls.stderr.decode("utf-8", "replace").strip()[:500])
+        return
+    wanted: list[tuple[str, str, str]] = []
+    for entry in filter(None, ls.stdout.split(b"\0")):
+        meta, _, raw_path = entry.partition(b"\t")
+        mode, kind, sha, size = meta.split()
+        path = raw_path.decode("utf-8", "surrogateescape")
+        if mode == b"120000":
+            repo.drop(path, "symlink", "git symlink entry, not followed")
+        elif kind != b"blob":
+            repo.drop(path, "submodule" if kind == b"commit" else "not_regular")
+        elif (lang := repo.admit(path, int(size))) is not None:
+            wanted.append((sha.decode(), path, lang))
+    if wanted:
+        _cat_blobs(gitdir, wanted, repo, env)
+
+
+def _cat_blobs(gitdir: Path, wanted: list[tuple[str, str, str]], repo: _Repo, env: dict[str, str]) -> None:
+    # One request at a time: writing all ids first could deadlock once git's stdout pipe fills.
+    proc = subprocess.Popen(_git(gitdir, "cat-file", "--batch"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    try:
+        for sha, path, lang in wanted:
+            proc.stdin.write(sha.encode() + b"\n")
+            proc.stdin.flush()
+            header = proc.stdout.readline().split()
+            if len(header) != 3 or header[1] != b"blob":
+                raise OSError(f"bad object {sha} for {path}: {b' '.join(header).decode('utf-8', 'replace')}")
+            size = int(header[2])
+            data = proc.stdout.read(size + 1)[:size]     # + the newline git appends after each blob
+            if len(data) != size:
+                raise OSError(f"short read of {sha} for {path}")
+            repo.add_bytes(path, lang, data)
+    except (OSError, ValueError) as e:
+        repo.fail("git_error", str(e)[:500])
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.stdout.close()
+        proc.wait()
+
+
+# ---------------------------------------------------------------- archives
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def _expansion_budget(path: Path) -> int:
+    """Most uncompressed bytes an archive may declare: beyond this it is treated as a decompression bomb."""
+    return ARCHIVE_MAX_RATIO * path.stat().st_size + ARCHIVE_SLACK_BYTES
+
+
+_Entries = list[tuple[str, int, "bytes | None", str]]
+
+
+def _tar_entries(path: Path, cap: int) -> tuple[_Entries, tuple[str, str] | None]:
+    """(name, size, data or None, refusal) per member, or (reason, detail) when the archive is damaged."""
+    out: _Entries = []
+    total, budget = 0, _expansion_budget(path)
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                total += m.size
+                if total > budget:    # even skipped members cost decompression time
+                    return out, ("archive_bomb", f"declares > {budget} bytes uncompressed")
+                if m.isdir():
+                    continue
+                if m.issym() or m.islnk():
+                    out.append((m.name, m.size, None, "symlink"))
+                elif not m.isfile():
+                    out.append((m.name, m.size, None, "not_regular"))
+                elif m.size > cap:
+                    out.append((m.name, m.size, None, ""))      # admit() records too_large without reading
+                else:
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    if len(data) != m.size:
+                        return out, ("truncated_archive", f"member {m.name!r} ends early")
+                    out.append((m.name, m.size, data, ""))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        return out, ("truncated_archive", f"{type(e).__name__}: {e}")
+    return out, None
+
+
+def _zip_entries(path: Path, cap: int) -> tuple[_Entries, tuple[str, str] | None]:
+    out: _Entries = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if sum(i.file_size for i in infos) > (budget := _expansion_budget(path)):
+                return out, ("archive_bomb", f"declares > {budget} bytes uncompressed")
+            for info in infos:
+                if info.is_dir():
+                    continue
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    out.append((info.filename, info.file_size, None, "symlink"))
+                elif info.file_size > cap:
+                    out.append((info.filename, info.file_size, None, ""))
+                else:
+                    with zf.open(info) as f:       # read at most cap+1: a lying header cannot balloon memory
+                        out.append((info.filename, info.file_size, f.read(cap + 1), ""))
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, RuntimeError, NotImplementedError) as e:
+        return out, ("truncated_archive", f"{type(e).__name__}: {e}")
+    return out, None
+
+
+def _read_archive(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | None
+                  ) -> Iterator[tuple[RepoFiles, list[Drop]]]:
+    path = Path(unit.path)
+    entries, error = (_zip_entries if unit.kind == "zip" else _tar_entries)(path, max_bytes)
+    if error is not None:
+        repo = _Repo(unit.name, max_bytes, languages)
+        repo.fail(error[0], error[1][:500])
+        yield repo.result()
+        return
+    safe = [(safe_member_path(n), n, size, data, refusal) for n, size, data, refusal in entries]
+    tops = {p.split("/", 1)[0] for p, *_ in safe if p}
+    has_top_files = any(p and "/" not in p for p, *_ in safe)
+    split = not has_top_files and len(tops) > 1
+    repos: dict[str, _Repo] = {}
+    for rel, raw, size, data, refusal in safe:
+        top, _, rest = rel.partition("/") if rel else ("", "", "")
+        if split:
+            key, rel = f"{unit.name}/{top}", rest
+        else:
+            key = unit.name
+            rel = rest if (rel and not has_top_files and len(tops) == 1) else rel
+        repo = repos.setdefault(key, _Repo(key, max_bytes, languages))
+        if not rel:
+            repo.drop(raw.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "path_traversal")
+        elif refusal:
+            repo.drop(rel, refusal)
+        elif (lang := repo.admit(rel, size)) is not None and data is not None:
+            repo.add_bytes(rel, lang, data)
+    if not repos:
+        repos[unit.name] = _Repo(unit.name, max_bytes, languages)
+    for key in sorted(repos):
+        yield repos[key].result()
+
+
+# ---------------------------------------------------------------- tables (JSONL, Parquet)
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    """(line number, row or None, reason) per non-blank line; a bad line costs only itself."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield lineno, None, "encoding"
+                continue
+            except ValueError:
+                yield lineno, None, "bad_json"
+                continue
+            yield (lineno, row, "") if isinstance(row, dict) else (lineno, None, "bad_record")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    cols = _table_columns(path, pf.schema_arrow.names)
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024, columns=list(cols)):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row, ""
+
+
+def _table_columns(path: Path, names: Iterable[str]) -> tuple[str, str, str]:
+    names = list(names)
+    repo = next((c for c in REPO_COLUMNS if c in names), None)
+    pcol = next((c for c in PATH_COLUMNS if c in names), None)
+    if repo is None or pcol is None or "content" not in names:
+        raise UserError(f"{path}: needs columns repo (or {'/'.join(REPO_COLUMNS[1:])}), path (or "
+                        f"{'/'.join(PATH_COLUMNS[1:])}) and content; it has {', '.join(names)}")
+    return repo, pcol, "content"
+
+
+def _corrupt_table_errors() -> tuple[type[BaseException], ...]:
+    from pyarrow.lib import ArrowException    # pyarrow's own errors for damaged files
+
+    return (EOFError, OSError, zlib.error, ArrowException)
+
+
+def _row_fields(row: dict) -> tuple[object, object, object]:
+    repo = next((row[c] for c in REPO_COLUMNS if row.get(c) is not None), None)
+    path = next((row[c] for c in PATH_COLUMNS if row.get(c) is not None), None)
+    return repo, path, row.get("content")
+
+
+def _read_table(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | None
+                ) -> Iterator[tuple[RepoFiles, list[Drop]]]:
+    path = Path(unit.path)
+    repos: dict[str, _Repo] = {}
+    source_drops: list[Drop] = []
+    rows = _parquet_rows(path) if unit.kind == "parquet" else _jsonl_rows(path)
+    try:
+        for n, row, reason in rows:
+            repo_name, rel, content = _row_fields(row) if row is not None else (None, None, None)
+            if row is not None and not (isinstance(repo_name, str) and isinstance(rel, str)
+                                        and isinstance(content, (str, bytes))):
+                reason = "bad_record"
+            if reason:
+                source_drops.append(Drop(unit.name, f"{unit.name}:{n}", STAGE, reason))
+                continue
+            repo = repos.setdefault(repo_name, _Repo(repo_name, max_bytes, languages))
+            _add_row(repo, rel, content)
+    except _corrupt_table_errors() as e:    # truncated .gz or damaged Parquet: nothing of it counts as complete
+        detail = f"{type(e).__name__}: {e}"[:500]
+        yield RepoFiles(unit.name, []), [Drop(unit.name, "", STAGE, "truncated_archive", detail)]
+        return
+    if not repos:
+        yield RepoFiles(unit.name, []), source_drops
+        return
+    for i, key in enumerate(sorted(repos)):
+        files, drops = repos[key].result()
+        yield files, (source_drops + drops if i == 0 else drops)
+
+
+def _add_row(repo: _Repo, raw_path: str, content: str | bytes) -> None:
+    rel = safe_member_path(raw_path)
+    if rel is None:
+        repo.drop(raw_path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "path_traversal")
+        return
+    size = len(content) if isinstance(content, bytes) else min(len(content), repo.max_bytes + 1)
+    lang = repo.admit(rel, size if content else 0)
+    if lang is None:
+        return
+    if isinstance(content, bytes):
+        repo.add_bytes(rel, lang, content)
+    else:
+        repo.add_text(rel, lang, content)
+
+
+# ---------------------------------------------------------------- planning and the public entry point
+
+@dataclass(frozen=True)
+class SourceUnit:
+    """One independently readable piece of input (picklable, so executors can hand units to workers)."""
+    kind: str    # tree | bare_git | tar | zip | jsonl | parquet
+    path: str
+    name: str    # repository name (tree, bare_git, archives) or source label (tables)
+
+
+def _is_bare_git(d: Path) -> bool:
+    return (d / "HEAD").is_file() and (d / "objects").is_dir() and (d / "refs").is_dir()
+
+
+def _file_kind(p: Path) -> str | None:
+    low = p.name.lower()
+    if low.endswith(".zip"):
+        return "zip"
+    if low.endswith(_ARCHIVE_SUFFIXES):
+        return "tar"
+    if low.endswith(".parquet"):
+        return "parquet"
+    if low.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    return None
+
+
+def _dir_units(d: Path) -> list[SourceUnit]:
+    name = d.resolve().name or "repo"
+    if _is_bare_git(d):
+        return [SourceUnit("bare_git", str(d), name.removesuffix(".git"))]
+    with os.scandir(d) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    one_repo = any(e.name == ".git" for e in entries) or any(
+        e.is_file(follow_symlinks=False) and not e.name.startswith(".") for e in entries)
+    if one_repo:
+        return [SourceUnit("tree", str(d), name)]
+    units = []
+    for e in entries:
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+            continue      # symlinked repos are not followed, hidden folders are not repos
+        sub = Path(e.path)
+        units.append(SourceUnit("bare_git" if _is_bare_git(sub) else "tree", str(sub), e.name.removesuffix(".git")))
+    return units
+
+
+def plan_sources(sources: Iterable[str | Path]) -> list[SourceUnit]:
+    """Validate every source up front (UserError before any work) and split it into units, in a fixed order.
+
+    Repository names are made unique across the build by suffixing `#2`, `#3`... to later repeats."""
+    units: list[SourceUnit] = []
+    sources = list(sources)
+    if not sources:
+        raise UserError("no sources given: pass folders of repositories, git repositories, archives or tables")
+    for src in sources:
+        p = Path(src)
+        if not p.exists():
+            raise UserError(f"source {src} does not exist")
+        if p.is_dir():
+            units += _dir_units(p)
+        elif (kind := _file_kind(p)) is not None:
+            if kind == "parquet":
+                import pyarrow.parquet as pq
+                try:
+                    _table_columns(p, pq.read_schema(p).names)
+                except (OSError, ValueError) as e:
+                    raise UserError(f"{src}: not a readable Parquet file ({e})") from None
+            units.append(SourceUnit(kind, str(p), _archive_stem(p) if kind in ("tar", "zip") else p.name))
+        else:
+            raise UserError(f"source {src}: not a folder, .tar(.gz|.bz2|.xz)/.tgz/.zip archive, .parquet or "
+                            ".jsonl(.gz) file")
+    seen: dict[str, int] = {}
+    out = []
+    for u in units:
+        seen[u.name] = seen.get(u.name, 0) + 1
+        out.append(u if seen[u.name] == 1 else SourceUnit(u.kind, u.path, f"{u.name}#{seen[u.name]}"))
+    return out
+
+
+def read_unit(unit: SourceUnit, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              languages: frozenset[str] | None = None) -> Iterator[tuple[RepoFiles, list[Drop]]]:
+    """Read one unit: one (RepoFiles, drops) per repository it holds, in a deterministic order."""
+    if unit.kind in ("tree", "bare_git"):
+        repo = _Repo(unit.name, max_file_bytes, languages)
+        (_read_tree if unit.kind == "tree" else _read_bare_git)(Path(unit.path), repo)
+        yield repo.result()
+    elif unit.kind in ("tar", "zip"):
+        yield from _read_archive(unit, max_file_bytes, languages)
+    else:
+        yield from _read_table(unit, max_file_bytes, languages)
+
+
+def iter_repos(sources: Iterable[str | Path], max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+               languages: Iterable[str] | None = None) -> Iterator[tuple[RepoFiles, list[Drop]]]:
+    """Every repository of every source, in source order, as (RepoFiles sorted by path, drops with reasons).
+
+    Arguments are checked before the first item (UserError), so a bad flag never half-runs a build."""
+    if not isinstance(max_file_bytes, int) or max_file_bytes < 1:
+        raise UserError(f"max_file_bytes must be a positive integer, got {max_file_bytes!r}")
+    langs = normalize_languages(languages) if languages is not None else None
+    units = plan_sources(sources)
+    return (item for unit in units for item in read_unit(unit, max_file_bytes, langs))

@@ -1,0 +1,458 @@
+"""Repository-level samples: intra-repo dependency parsing and Algorithm 1 ordering (v1 paper §2.2).
+
+For each repository, the imports of every file in a language we can parse (Python, Java, C#, C, C++,
+JavaScript/TypeScript, Go, Rust) are resolved to files of the *same* repository; the dependency graph is split
+into weakly connected components, and each component is ordered by Algorithm 1 (repeatedly take the unvisited file
+of minimum in-degree, so a cycle never blocks; applied per strongly connected set, see `dependency_order`) and
+becomes one training sample: its files concatenated, each
+preceded by a path comment. Files of other languages form one sample each.
+
+The path comment is `# {path}` for every language: DeepSeek's README builds repo-level prompts as `#utils.py`,
+`# model.py` ... and I#116 says to keep `#` even for C++, so `path_comment` is the one helper that both this
+module and inference prompts use (reference §1.3).
+
+Import parsing is regex-based: the paper says its dependencies come from regexes over invocation statements
+("import", "using", "include"); a full parser buys little for resolving file names. Known gaps (documented, not
+bugs): Java/Go same-package references need no import and are not edges; Python `importlib` / C macros building
+include names are invisible.
+
+    >>> from dscoder.data.document import FileRecord, RepoFiles
+    >>> repo = RepoFiles("r", [FileRecord("r", "a.py", "import b\\n", "python"),
+    ...                        FileRecord("r", "b.py", "X = 1\\n", "python")])
+    >>> [s.paths for s in build_samples(repo)]
+    [['b.py', 'a.py']]
+"""
+from __future__ import annotations
+
+import heapq
+import posixpath
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from .document import FileRecord, RepoFiles, Sample
+from .languages import LANGUAGES, comment_syntax
+
+# ----------------------------------------------------------------------------------------------- path comment
+
+def path_comment(path: str, language: str | None = None, style: str = "hash") -> str:
+    """The comment line (no newline) that precedes a file in a repo-level sample or prompt.
+
+    style "hash" (default, DeepSeek README §4.4 and I#116): `# {path}` whatever the language.
+    style "native": the language's own line comment (`// a/b.cpp`, `<!-- x.html -->`)."""
+    if style == "hash":
+        return f"# {path}"
+    if style == "native":
+        prefix, suffix = comment_syntax(language)
+        return f"{prefix} {path}{suffix}"
+    raise ValueError(f"unknown path comment style {style!r}; use 'hash' or 'native'")
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+_PY_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w. \t,]+?)[ \t]*(?:#.*)?$", re.M)
+_PY_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+\(?([\w \t,*\n]+?)\)?[ \t]*(?:#.*)?$", re.M)
+_JAVA = re.compile(r"^[ \t]*import[ \t]+(?:static[ \t]+)?([\w.]+(?:\.\*)?)[ \t]*;", re.M)
+_CS_USING = re.compile(r"^[ \t]*(?:global[ \t]+)?using[ \t]+(?:static[ \t]+)?(?:\w+[ \t]*=[ \t]*)?([\w.]+)[ \t]*;", re.M)
+_CS_NAMESPACE = re.compile(r"^[ \t]*namespace[ \t]+([\w.]+)", re.M)
+_C_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*(?:"([^"\n]+)"|<([^>\n]+)>)', re.M)
+_JS = re.compile(r"""(?:^|[^\w$.])(?:import|export)\b[^'"`;]*?\bfrom[ \t]*['"]([^'"\n]+)['"]"""
+                 r"""|(?:^|[^\w$.])import[ \t]*\(?[ \t]*['"]([^'"\n]+)['"]"""
+                 r"""|\brequire[ \t]*\([ \t]*['"]([^'"\n]+)['"][ \t]*\)""", re.M)
+_GO_SINGLE = re.compile(r'^[ \t]*import[ \t]+(?:[\w.]+[ \t]+)?"([^"\n]+)"', re.M)
+_GO_BLOCK = re.compile(r"^[ \t]*import[ \t]*\(([^)]*)\)", re.M)
+_GO_SPEC = re.compile(r'"([^"\n]+)"')
+_RUST_MOD = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?mod[ \t]+(\w+)[ \t]*;", re.M)
+_RUST_USE = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?use[ \t]+((?:crate|super|self)::[^;]+);", re.M)
+
+
+def _py_imports(text: str) -> list[str]:
+    out: list[str] = []
+    for m in _PY_IMPORT.finditer(text):
+        for part in m.group(1).split(","):
+            name = part.split()[0] if part.split() else ""
+            if name:
+                out.append(name)
+    for m in _PY_FROM.finditer(text):
+        base = m.group(1)
+        if base.strip("."):
+            out.append(base)     # `from . import x` names modules x, not the package's __init__
+        for part in m.group(2).replace("\n", " ").split(","):
+            words = part.split()
+            if words and words[0] != "*":
+                # `from pkg import mod` may name a submodule: offer "pkg.mod" too; resolution drops misses
+                out.append(f"{base}{'' if base.endswith('.') else '.'}{words[0]}")
+    return out
+
+
+def _rust_uses(text: str) -> list[str]:
+    """`use crate::a::{b, c::D};` -> ["crate::a::b", "crate::a::c::D"] (one level of braces)."""
+    out: list[str] = []
+    for m in _RUST_USE.finditer(text):
+        spec = re.sub(r"\s+", "", m.group(1))
+        head, brace, rest = spec.partition("{")
+        if not brace:
+            out.append(spec.split(" as ")[0])
+            continue
+        for item in rest.rstrip("}").split(","):
+            item = item.split("{")[0].strip(":")
+            out.append(head + item if item and item != "self" else head.rstrip(":"))
+    return out
+
+
+def parse_imports(rec: FileRecord) -> list[str]:
+    """Raw import specifiers of one file, in source order (module names, include strings, package paths).
+
+    Python: dotted names, relative ones keep their leading dots (".x", "..pkg.mod"); Java: "pkg.Cls" or "pkg.*";
+    C#: namespaces; C/C++: include strings ('"x.h"' kept as `x.h`, angle ones as `<x.h>`); JS/TS: module
+    specifiers; Go: import paths; Rust: "mod:x" for `mod x;` and "crate::a::b" / "super::x" paths."""
+    text, lang = rec.content, rec.language
+    if lang == "python":
+        return _py_imports(text)
+    if lang == "java":
+        return _JAVA.findall(text)
+    if lang == "c-sharp":
+        return _CS_USING.findall(text)
+    if lang in ("c", "cpp"):
+        return [q if q else f"<{a}>" for q, a in _C_INCLUDE.findall(text)]
+    if lang in ("javascript", "typescript"):
+        return [a or b or c for a, b, c in _JS.findall(text)]
+    if lang == "go":
+        specs = _GO_SINGLE.findall(text)
+        for block in _GO_BLOCK.findall(text):
+            specs += _GO_SPEC.findall(block)
+        return specs
+    if lang == "rust":
+        return [f"mod:{m}" for m in _RUST_MOD.findall(text)] + _rust_uses(text)
+    return []
+
+
+# ----------------------------------------------------------------------------------------------- resolution
+
+class _Index:
+    """Path lookups over one repository's files: exact, by path suffix (at a '/' boundary) and by directory."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = set(paths)
+        self.by_name: dict[str, list[str]] = defaultdict(list)
+        self.by_dir: dict[str, list[str]] = defaultdict(list)
+        for p in sorted(self.paths):
+            self.by_name[posixpath.basename(p)].append(p)
+            self.by_dir[posixpath.dirname(p)].append(p)
+
+    def suffix(self, rel: str) -> list[str]:
+        """Files whose path is `rel` or ends with `/rel`."""
+        rel = rel.lstrip("/")
+        return [p for p in self.by_name.get(posixpath.basename(rel), ()) if p == rel or p.endswith("/" + rel)]
+
+    def first(self, candidates: Iterable[str]) -> list[str]:
+        """The first candidate path that exists (exactly), as a 0/1-element list."""
+        for c in candidates:
+            c = posixpath.normpath(c)
+            if c in self.paths:
+                return [c]
+        return []
+
+
+def _resolve_python(spec: str, path: str, ix: _Index) -> list[str]:
+    dots = len(spec) - len(spec.lstrip("."))
+    mod = spec[dots:].replace(".", "/")
+    if dots:
+        base = posixpath.dirname(path)
+        for _ in range(dots - 1):
+            base = posixpath.dirname(base)
+        stem = posixpath.join(base, mod) if mod else base
+        return ix.first([stem + ".py", stem + "/__init__.py"] if mod else [stem + "/__init__.py"])
+    if not mod:
+        return []
+    # script-style sibling import first, then the best suffix match (src/ layouts): shortest path, then name
+    here = posixpath.dirname(path)
+    sibling = ix.first([posixpath.join(here, mod + ".py"), posixpath.join(here, mod, "__init__.py")])
+    hits = sibling or ix.suffix(mod + ".py") or ix.suffix(mod + "/__init__.py")
+    return sorted(hits, key=lambda p: (p.count("/"), p))[:1]
+
+
+_JS_EXTS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".mts", ".cts", ".d.ts")
+
+
+def _resolve_js(spec: str, path: str, ix: _Index) -> list[str]:
+    if not spec.startswith((".", "/")):
+        return []    # bare specifiers are packages from node_modules, not repo files
+    stem = posixpath.normpath(posixpath.join(posixpath.dirname(path), spec)).lstrip("/")
+    cands = [stem] + [stem + e for e in _JS_EXTS] + [f"{stem}/index{e}" for e in _JS_EXTS]
+    if stem.endswith((".js", ".jsx", ".mjs", ".cjs")):   # ESM TypeScript imports name the compiled .js file
+        base = stem.rsplit(".", 1)[0]
+        cands += [base + e for e in (".ts", ".tsx", ".mts", ".cts")]
+    return ix.first(cands)
+
+
+def _resolve_c(spec: str, path: str, ix: _Index) -> list[str]:
+    if spec.startswith("<"):
+        return ix.suffix(spec[1:-1])[:1] if "/" in spec else []   # <pkg/x.h> may be the project's own header
+    local = ix.first([posixpath.join(posixpath.dirname(path), spec)])
+    return local or ix.suffix(posixpath.normpath(spec))[:1]
+
+
+def _resolve_java(spec: str, ix: _Index) -> list[str]:
+    parts = spec.split(".")
+    if parts[-1] == "*":
+        d = "/".join(parts[:-1])
+        return [p for dd, files in ix.by_dir.items() if dd == d or dd.endswith("/" + d)
+                for p in files if p.endswith(".java")]
+    for k in range(len(parts), 1, -1):           # static imports name a member: drop trailing parts
+        hits = ix.suffix("/".join(parts[:k]) + ".java")
+        if hits:
+            return hits[:1]
+    return []
+
+
+def _resolve_go(spec: str, ix: _Index) -> list[str]:
+    best = ""
+    for d, files in ix.by_dir.items():
+        if d and (spec == d or spec.endswith("/" + d)) and len(d) > len(best) \
+                and any(f.endswith(".go") for f in files):
+            best = d
+    return [f for f in ix.by_dir.get(best, ()) if f.endswith(".go")] if best else []
+
+
+def _rust_module_dir(path: str) -> str:
+    """Directory holding the children of the module defined by `path` (foo.rs -> foo/, mod.rs -> its dir)."""
+    d, name = posixpath.split(path)
+    return d if name in ("mod.rs", "lib.rs", "main.rs") else posixpath.join(d, name[:-3])
+
+
+def _rust_crate_root(path: str, ix: _Index) -> str:
+    d = posixpath.dirname(path)
+    while True:
+        if ix.first([posixpath.join(d, "lib.rs"), posixpath.join(d, "main.rs")]):
+            return d
+        if not d:
+            return ""
+        d = posixpath.dirname(d)
+
+
+def _resolve_rust(spec: str, path: str, ix: _Index) -> list[str]:
+    if spec.startswith("mod:"):
+        base = posixpath.join(_rust_module_dir(path), spec[4:])
+        return ix.first([base + ".rs", base + "/mod.rs"])
+    segs = spec.split("::")
+    if segs[0] == "crate":
+        base = _rust_crate_root(path, ix)
+    else:
+        base = _rust_module_dir(path)
+        for s in segs:
+            if s not in ("super", "self"):
+                break
+            if s == "super":
+                base = posixpath.dirname(base)
+    names = [s for s in segs if s not in ("crate", "super", "self")]
+    for k in range(len(names), 0, -1):           # longest module prefix that is a file; the rest are items
+        stem = posixpath.join(base, *names[:k])
+        hit = ix.first([stem + ".rs", stem + "/mod.rs"])
+        if hit:
+            return hit
+    return []
+
+
+def resolve_dependencies(files: list[FileRecord]) -> dict[str, set[str]]:
+    """path -> the set of paths (same repository) it depends on; every parseable file is a key.
+
+    Self-dependencies are dropped; unresolved imports (stdlib, third-party packages) are ignored."""
+    parse = [f for f in files if f.language in LANGUAGES and LANGUAGES[f.language].imports]
+    ix = _Index(f.path for f in parse)
+    namespaces: dict[str, list[str]] = defaultdict(list)
+    for f in parse:
+        if f.language == "c-sharp":
+            for ns in _CS_NAMESPACE.findall(f.content):
+                namespaces[ns].append(f.path)
+    deps: dict[str, set[str]] = {}
+    for f in parse:
+        found: set[str] = set()
+        for spec in parse_imports(f):
+            found.update(_resolve_one(f, spec, ix, namespaces))
+        found.discard(f.path)
+        deps[f.path] = found
+    return deps
+
+
+def _resolve_one(f: FileRecord, spec: str, ix: _Index, namespaces: Mapping[str, list[str]]) -> list[str]:
+    lang = f.language
+    if lang == "python":
+        return _resolve_python(spec, f.path, ix)
+    if lang in ("javascript", "typescript"):
+        return _resolve_js(spec, f.path, ix)
+    if lang in ("c", "cpp"):
+        return _resolve_c(spec, f.path, ix)
+    if lang == "java":
+        return _resolve_java(spec, ix)
+    if lang == "c-sharp":
+        return list(namespaces.get(spec, ()))
+    if lang == "go":
+        return _resolve_go(spec, ix)
+    if lang == "rust":
+        return _resolve_rust(spec, f.path, ix)
+    return []
+
+
+# ----------------------------------------------------------------------------------------------- Algorithm 1
+
+def _components(nodes: list[str], deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Weakly connected components (union-find), each sorted, ordered by their smallest node."""
+    parent = {n: n for n in nodes}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]     # path halving keeps finds near O(1)
+            x = parent[x]
+        return x
+
+    for a in nodes:
+        for b in deps.get(a, ()):
+            if b in parent:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in sorted(nodes):
+        groups[find(n)].append(n)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _strongly_connected(comp: list[str], succ: Mapping[str, list[str]]) -> dict[str, int]:
+    """node -> id of its strongly connected component (iterative Tarjan: no recursion limit on big repos)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    scc: dict[str, int] = {}
+    next_id = 0
+    for root in comp:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, i = work.pop()
+            if i == 0:
+                index[v] = low[v] = len(index)
+                stack.append(v)
+                on_stack.add(v)
+            nxt = succ.get(v, [])
+            if i < len(nxt):
+                work.append((v, i + 1))
+                w = nxt[i]
+                if w not in index:
+                    work.append((w, 0))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            if low[v] == index[v]:                # v roots an SCC: pop it
+                cid = next_id
+                next_id += 1
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    scc[w] = cid
+                    if w == v:
+                        break
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+    return scc
+
+
+def _min_indegree_order(members: list[str], succ: Mapping[str, list[str]]) -> list[str]:
+    """The paper's rule inside one strongly connected set: take the file of minimum in-degree (ties: path)."""
+    inside = set(members)
+    indeg = dict.fromkeys(members, 0)
+    for b in members:
+        for a in succ.get(b, ()):
+            if a in inside:
+                indeg[a] += 1
+    heap = [(indeg[n], n) for n in members]
+    heapq.heapify(heap)
+    visited: set[str] = set()
+    order: list[str] = []
+    while heap:
+        d, n = heapq.heappop(heap)
+        if n in visited or d != indeg[n]:
+            continue                              # stale entry: a fresher (lower) in-degree was pushed later
+        visited.add(n)
+        order.append(n)
+        for m in succ.get(n, ()):
+            if m in inside and m not in visited:
+                indeg[m] -= 1
+                heapq.heappush(heap, (indeg[m], m))
+    return order
+
+
+def dependency_order(nodes: Iterable[str], deps: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Algorithm 1 of the v1 paper: one ordered file list per weakly connected component.
+
+    `deps[a]` holds the files `a` depends on, i.e. graph edges b -> a. The paper repeatedly takes the file of
+    minimum in-degree, so that a cycle never blocks. Taken literally, that rule can put a file before its
+    dependency when a cycle sits upstream (a -> b -> {c <-> d}: every in-degree is 1, and "a" wins the tie).
+    So we apply it where it is needed: strongly connected components are emitted in topological order (the
+    ready one with the smallest path first), and the files *inside* a cycle by minimum in-degree (ties:
+    smallest path). On acyclic graphs this is exactly Algorithm 1; every edge outside a cycle is respected.
+    O(E log V) with heaps; deterministic."""
+    nodes = sorted(set(nodes))
+    present = set(nodes)
+    succ: dict[str, list[str]] = defaultdict(list)
+    for a in nodes:
+        for b in sorted(set(deps.get(a, ()))):
+            if b in present and b != a:
+                succ[b].append(a)
+    orders: list[list[str]] = []
+    for comp in _components(nodes, deps):
+        scc = _strongly_connected(comp, succ)
+        members: dict[int, list[str]] = defaultdict(list)
+        for n in comp:                                 # comp is sorted, so members[c][0] is its smallest path
+            members[scc[n]].append(n)
+        indeg = dict.fromkeys(members, 0)
+        for b in comp:
+            for a in succ[b]:
+                if scc[a] != scc[b]:
+                    indeg[scc[a]] += 1
+        ready = [(members[c][0], c) for c, d in indeg.items() if d == 0]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, c = heapq.heappop(ready)
+            order += _min_indegree_order(members[c], succ)
+            for b in members[c]:
+                for a in succ[b]:
+                    if scc[a] != c:
+                        indeg[scc[a]] -= 1
+                        if indeg[scc[a]] == 0:
+                            heapq.heappush(ready, (members[scc[a]][0], scc[a]))
+        orders.append(order)
+    return orders
+
+
+# ----------------------------------------------------------------------------------------------- samples
+
+def concat_files(files: list[FileRecord], style: str = "hash") -> str:
+    """Files joined as `{path comment}\\n{content}` blocks, each content ending in a newline."""
+    parts = []
+    for f in files:
+        body = f.content if f.content.endswith("\n") else f.content + "\n"
+        parts.append(f"{path_comment(f.path, f.language, style)}\n{body}")
+    return "".join(parts)
+
+
+def build_samples(repo: RepoFiles, style: str = "hash") -> list[Sample]:
+    """One sample per dependency component (files in Algorithm 1 order), one per file of other languages.
+
+    Samples are ordered by their first path in sorted order; ids are `{repo}:{k}`, stable for a given repo."""
+    by_path = {f.path: f for f in repo.files}
+    parseable = [f for f in repo.files if f.language in LANGUAGES and LANGUAGES[f.language].imports]
+    groups = dependency_order([f.path for f in parseable], resolve_dependencies(parseable))
+    parse_set = {f.path for f in parseable}
+    groups += [[f.path] for f in repo.files if f.path not in parse_set]
+    groups.sort(key=min)
+    samples = []
+    for k, group in enumerate(groups):
+        files = [by_path[p] for p in group]
+        samples.append(Sample(repo=repo.repo, id=f"{repo.repo}:{k}", text=concat_files(files, style),
+                              paths=list(group), languages=[f.language or "unknown" for f in files]))
+    return samples

@@ -1,0 +1,256 @@
+"""Batched autoregressive generation over a KV cache: token ids in, token ids out.
+
+The inference side of both papers' evaluation and serving (v1 §4, reference §1.3 "Generation"; V2 §4):
+prompts of different lengths are left-padded into one batch, run through ONE prefill forward that fills
+the model's preallocated cache, then decoded one token per step. Text, chat templates and FIM formatting
+live one layer up (`infer.text`); this module never sees a string except through the optional `decode`
+callback used to spot stop strings.
+
+Run it:
+    engine = Engine(dscoder.load_model("ckpt"))
+    out = engine.generate([[32013, 1, 2], [32013, 5]], max_new_tokens=64, stop_ids=[32014])
+    out[0].tokens, out[0].finish_reason                      # new ids, "stop" | "length"
+
+Works with any model that follows the shared interface (`forward(input_ids, positions=, cache=, attn_mask=)`
+and `make_cache(batch, max_len)`): the v1 Llama `Transformer` and the V2 MLA+MoE model alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterator, Sequence
+
+import torch
+
+from ..errors import UserError
+from .sampling import check_sampling, sample_next
+
+Decode = Callable[[list[int]], str]
+
+
+@dataclass
+class GenOutput:
+    """One prompt's result. `tokens` excludes the stop id and every token that overlaps a stop string."""
+    tokens: list[int]
+    finish_reason: str          # "stop" (a stop id or string was produced) | "length" (max_new_tokens reached)
+    prompt_tokens: int          # after any left truncation
+    text: str | None = None     # decode(all new tokens) cut just before the stop string; None without `decode`
+
+
+class StopStrings:
+    """Incremental stop-string check for one row: decode only the last few tokens each step, never the whole text.
+
+    Every byte-level BPE token decodes to at least one byte, so a stop string of n bytes that ends in the
+    newest token starts within its last n tokens; 3 more cover a UTF-8 character cut at the window's start."""
+
+    def __init__(self, stops: Sequence[str], decode: Decode):
+        self.stops = [s for s in stops if s]
+        if not self.stops:
+            raise UserError("stop strings must be non-empty")
+        self.decode = decode
+        self.max_bytes = max(len(s.encode("utf-8")) for s in self.stops)
+        self.window = self.max_bytes + 3
+
+    def hit(self, tokens: list[int]) -> bool:
+        tail = self.decode(tokens[-self.window:])
+        return any(s in tail for s in self.stops)
+
+    def cut(self, tokens: list[int]) -> tuple[list[int], str]:
+        """(tokens before the first stop string, text before it); one full decode plus a few near the end."""
+        full = self.decode(tokens)
+        found = [i for i in (full.find(s) for s in self.stops) if i >= 0]
+        if not found:
+            return tokens, full
+        text = full[:min(found)]
+        k = len(tokens)
+        while k > 0 and not text.startswith(self.decode(tokens[:k])):
+            k -= 1
+        return tokens[:k], text
+
+
+class Engine:
+    """Owns a model and its KV cache. `max_len` caps the context below the model's max_position_embeddings."""
+
+    def __init__(self, model: torch.nn.Module, max_len: int | None = None):
+        self.model = model.eval()
+        limit = int(model.config.max_position_embeddings)
+        self.max_len = min(limit, int(max_len)) if max_len else limit
+        self.vocab_size = int(model.config.vocab_size)
+        self._cache = None          # kept between calls: reallocating 2 x layers x (B, S, H, D) each call is waste
+        self._cache_key: tuple[int, int] | None = None
+        self._cache_busy = False    # an unfinished stream holds it; a concurrent call gets its own
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- input checks -------------------------------------------------------------------------------
+    def prepare(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                truncate: str | None = None) -> list[list[int]]:
+        """Validate prompts and fit them in the context: error, or with truncate="left" keep the last tokens."""
+        if truncate not in (None, "left"):
+            raise UserError(f"truncate must be None or 'left', got {truncate!r}")
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not prompts:
+            raise UserError("no prompts given")
+        room = self.max_len - max_new_tokens
+        if room < 1:
+            raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                            f"context of {self.max_len} tokens")
+        out = []
+        for i, p in enumerate(prompts):
+            p = [int(t) for t in p]
+            if not p:
+                raise UserError(f"prompt {i} is empty: give at least one token (e.g. BOS)")
+            bad = [t for t in p if not 0 <= t < self.vocab_size]
+            if bad:
+                raise UserError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+            if len(p) > room:
+                if truncate != "left":
+                    raise UserError(f"prompt {i} has {len(p)} tokens; with max_new_tokens {max_new_tokens} that is "
+                                    f"{len(p) + max_new_tokens} > the model's context of {self.max_len} tokens "
+                                    f"(shorten it, lower max_new_tokens, or truncate='left')")
+                p = p[-room:]
+            out.append(p)
+        return out
+
+    # --- the cache ------------------------------------------------------------------------------------
+    def _take_cache(self, batch: int, length: int):
+        if self._cache_busy:
+            return self.model.make_cache(batch, length, device=self.device)
+        self._cache_busy = True
+        key = self._cache_key
+        if self._cache is None or key[0] != batch or key[1] < length:
+            self._cache = None  # free the old one before allocating
+            self._cache = self.model.make_cache(batch, length, device=self.device)
+            self._cache_key = (batch, length)
+        self._cache.reset()
+        return self._cache
+
+    def _give_cache(self, cache) -> None:
+        if cache is self._cache:
+            self._cache_busy = False
+
+    # --- the decode loop ------------------------------------------------------------------------------
+    def _steps(self, prompts: list[list[int]], max_new_tokens: int, pick: Callable[[torch.Tensor], torch.Tensor],
+               active: list[bool]) -> Iterator[list[int]]:
+        """Yield each step's next token per row. The caller clears `active[b]` to finish a row; finished rows
+        stay in the batch (their tokens are ignored) and the loop ends once no row is active."""
+        B, P = len(prompts), max(map(len, prompts))
+        dev = self.device
+        cache = self._take_cache(B, P + max_new_tokens)
+        try:
+            ids = torch.zeros(B, P, dtype=torch.long)
+            pos = torch.zeros(B, P, dtype=torch.long)
+            # one mask for the whole run: padding slots False, everything from a row's first token on True;
+            # causality by slot index is the model's job, so step t just passes the first L+1 columns
+            mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
+            for b, p in enumerate(prompts):
+                pad = P - len(p)
+                ids[b, pad:] = torch.tensor(p)
+                pos[b, pad:] = torch.arange(len(p))
+                mask[b, pad:] = True
+            ids, pos, mask = ids.to(dev), pos.to(dev), mask.to(dev)
+            logits = self.model(ids, positions=pos, cache=cache, attn_mask=mask[:, :P])[:, -1]  # (B, V)
+            next_pos = pos[:, -1:] + 1  # (B, 1) each row's own RoPE position
+            for step in range(max_new_tokens):
+                tok = pick(logits)  # (B,)
+                yield tok.tolist()
+                if step == max_new_tokens - 1 or not any(active):
+                    return
+                n = cache.length + 1
+                logits = self.model(tok.view(B, 1), positions=next_pos, cache=cache, attn_mask=mask[:, :n])[:, -1]
+                next_pos += 1
+        finally:
+            self._give_cache(cache)
+
+    def _picker(self, temperature: float, top_k: int, top_p: float, seed: int | None):
+        check_sampling(temperature, top_k, top_p)
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(seed))
+        return lambda logits: sample_next(logits, temperature, top_k, top_p, gen)
+
+    @staticmethod
+    def _stops(stop_strings: Sequence[str], decode: Decode | None) -> StopStrings | None:
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        if not stop_strings:
+            return None
+        if decode is None:
+            raise UserError("stop_strings need a `decode` function (token ids -> text)")
+        return StopStrings(stop_strings, decode)
+
+    @staticmethod
+    def _finish(tokens: list[int], reason: str, n_prompt: int, stops: StopStrings | None,
+                decode: Decode | None) -> GenOutput:
+        text = None
+        if stops is not None and reason == "stop":
+            tokens, text = stops.cut(tokens)
+        elif decode is not None:
+            text = decode(tokens)
+        return GenOutput(tokens=tokens, finish_reason=reason, prompt_tokens=n_prompt, text=text)
+
+    # --- public API ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+                 decode: Decode | None = None, seed: int | None = None,
+                 truncate: str | None = None) -> list[GenOutput]:
+        """Generate for a batch of prompts (lists of ids). temperature 0 = greedy; `seed` makes sampling
+        reproducible; a row stops at any of `stop_ids` or, given `decode`, any of `stop_strings`."""
+        pick = self._picker(temperature, top_k, top_p, seed)
+        stops = self._stops(stop_strings, decode)
+        prompts = self.prepare(prompts, max_new_tokens, truncate)
+        stop_set = frozenset(int(t) for t in stop_ids)
+        B = len(prompts)
+        out: list[list[int]] = [[] for _ in range(B)]
+        reason, active = ["length"] * B, [True] * B
+        for toks in self._steps(prompts, max_new_tokens, pick, active):
+            for b, t in enumerate(toks):
+                if not active[b]:
+                    continue
+                if t in stop_set:
+                    active[b], reason[b] = False, "stop"
+                    continue
+                out[b].append(t)
+                if stops is not None and stops.hit(out[b]):
+                    active[b], reason[b] = False, "stop"
+        return [self._finish(out[b], reason[b], len(prompts[b]), stops, decode) for b in range(B)]
+
+    @torch.inference_mode()
+    def generate_stream(self, prompt: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
+                        top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
+                        stop_strings: Sequence[str] = (), decode: Decode | None = None, seed: int | None = None,
+                        truncate: str | None = None) -> Generator[int, None, GenOutput]:
+        """Yield one prompt's new token ids as they are decided; the generator's return value is the GenOutput.
+
+        With stop strings, a token is held back until it can no longer be part of one (at most as many
+        tokens as the longest stop string has bytes), so nothing after the cut is ever yielded."""
+        pick = self._picker(temperature, top_k, top_p, seed)
+        stops = self._stops(stop_strings, decode)
+        [prompt] = self.prepare([prompt], max_new_tokens, truncate)
+        stop_set = frozenset(int(t) for t in stop_ids)
+        hold = stops.max_bytes if stops is not None else 0
+        out: list[int] = []
+        reason, active, sent = "length", [True], 0
+        steps = self._steps([prompt], max_new_tokens, pick, active)
+        try:
+            for (t,) in steps:
+                if t in stop_set:
+                    reason = "stop"
+                    break
+                out.append(t)
+                if stops is not None and stops.hit(out):
+                    reason = "stop"
+                    break
+                while len(out) - sent > hold:
+                    yield out[sent]
+                    sent += 1
+        finally:
+            steps.close()  # hands the cache back even when the consumer stops early
+        final = self._finish(out, reason, len(prompt), stops, decode)
+        for t in final.tokens[sent:]:
+            yield t
+        return final

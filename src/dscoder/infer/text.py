@@ -1,0 +1,201 @@
+"""Text in, text out on top of `Engine`: code completion, fill-in-the-middle, chat; and the CLI verbs for each.
+
+The prompt formats are DeepSeek-Coder's (reference §1.3, §2.2; v1 paper §3.1 FIM, §4):
+* completion: BOS + raw code, stop at EOS;
+* infill (PSM): `<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>`, the model writes the middle and
+  stops at EOS; only the middle is returned;
+* chat: the instruct template (`tokenizer.chat.render_chat`); v1 stops at `<|EOT|>` (or EOS), V2 at EOS.
+
+Run it:
+    dscoder generate --model ckpt "def fib(n):"
+    dscoder infill --model ckpt --prefix "def f(x):\n    " --suffix "\n    return y"
+    echo "write quicksort in python" | dscoder chat --model ckpt --style v1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import UserError
+
+if TYPE_CHECKING:  # torch is imported only once a model is loaded: bad CLI input fails fast
+    from .engine import Engine
+
+# --- tokenizer glue ---------------------------------------------------------------------------------
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Ids of `text` with no BOS added; special-token strings inside it map to their ids."""
+    out = tokenizer.encode(text, add_special_tokens=False)
+    return list(out.ids if hasattr(out, "ids") else out)
+
+
+def decoder(tokenizer):
+    """ids -> text, special tokens dropped (as DeepSeek's eval scripts decode)."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _special(tokenizer):
+    from ..tokenizer.special import special_ids
+    return special_ids(tokenizer)
+
+
+def _run(engine: Engine, tokenizer, prompt: list[int], stop_ids: Sequence[int], gen: dict[str, Any]) -> str:
+    gen = dict(gen)
+    stop_ids = [t for t in (*stop_ids, *gen.pop("stop_ids", ())) if t is not None]
+    [out] = engine.generate([prompt], stop_ids=stop_ids, decode=decoder(tokenizer), **gen)
+    return out.text
+
+
+def complete(engine: Engine, tokenizer, text: str, **gen) -> str:
+    """Continue `text` (BOS + code); return only the new text. `gen` goes to `Engine.generate`."""
+    if not text:
+        raise UserError("empty prompt: give some code to complete")
+    sp = _special(tokenizer)
+    return _run(engine, tokenizer, [sp.bos, *encode(tokenizer, text)], [sp.eos], gen)
+
+
+def infill(engine: Engine, tokenizer, prefix: str, suffix: str, **gen) -> str:
+    """The middle between `prefix` and `suffix` (PSM prompt, stop at EOS); nothing else is returned."""
+    from ..tokenizer.fim import psm_prompt
+    if not prefix and not suffix:
+        raise UserError("infill needs a prefix or a suffix (both are empty)")
+    sp = _special(tokenizer)
+    return _run(engine, tokenizer, [sp.bos, *encode(tokenizer, psm_prompt(prefix, suffix))], [sp.eos], gen)
+
+
+def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str = "v1", **gen) -> str:
+    """The assistant's reply to `messages` ([{"role", "content"}, ...]) under the v1 or V2 instruct template.
+
+    v1 replies end with `<|EOT|>` (EOS also stops, for base checkpoints); V2 replies end with EOS.
+    Long conversations keep their last tokens, as DeepSeek's demo does (reference §1.3)."""
+    from ..tokenizer.chat import render_chat
+    if style not in ("v1", "v2"):
+        raise UserError(f"chat style must be 'v1' or 'v2', got {style!r}")
+    if not messages or messages[-1].get("role") != "user":
+        raise UserError("chat needs a conversation that ends with a user message")
+    sp = _special(tokenizer)
+    prompt = encode(tokenizer, render_chat(messages, style=style))
+    if not prompt or prompt[0] != sp.bos:  # the template writes BOS as text; add it if the renderer did not
+        prompt = [sp.bos, *prompt]
+    stops = [sp.eot, sp.eos] if style == "v1" else [sp.eos]
+    gen.setdefault("truncate", "left")
+    return _run(engine, tokenizer, prompt, stops, gen)
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def load(model_dir: str) -> tuple[Engine, Any]:
+    """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"model folder {model_dir!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{model_dir!r} has no config.json: not a Hugging Face model folder")
+    import dscoder  # heavy imports only now, so a mistyped path fails in a fraction of a second
+    from .engine import Engine
+    try:
+        tokenizer = dscoder.load_tokenizer(str(path))
+    except UserError:
+        raise
+    except Exception as e:  # a folder without tokenizer files fails deep inside tokenizers/transformers
+        raise UserError(f"cannot load the tokenizer from {model_dir!r}: {e}") from e
+    return Engine(dscoder.load_model(str(path))), tokenizer
+
+
+def _parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Hugging Face model folder (config.json, weights, tokenizer)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop strings (cut from the output)")
+    return p
+
+
+def _gen(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, seed=args.seed, stop_strings=args.stop)
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def main_generate(argv: list[str]) -> int:
+    """Complete a code prompt with a checkpoint; prints only the new text.
+
+    dscoder generate --model DIR [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed N]
+                     [--stop S ...] PROMPT        (PROMPT "-" reads it from stdin)"""
+    p = _parser("dscoder generate", main_generate.__doc__)
+    p.add_argument("prompt", help='the code to continue; "-" reads stdin')
+    args = p.parse_args(argv)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise UserError("empty prompt: give some code to complete")
+    engine, tok = load(args.model)
+    _emit(complete(engine, tok, prompt, **_gen(args)))
+    return 0
+
+
+def _read(text: str | None, file: str | None, what: str) -> str:
+    if text is not None and file is not None:
+        raise UserError(f"give --{what} or --{what}-file, not both")
+    if file is None:
+        return text or ""
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read --{what}-file {file!r}: {e.strerror}") from e
+
+
+def main_infill(argv: list[str]) -> int:
+    """Fill in the middle between a prefix and a suffix (FIM, PSM order); prints only the middle.
+
+    dscoder infill --model DIR (--prefix TEXT | --prefix-file F) (--suffix TEXT | --suffix-file F) [sampling options]"""
+    p = _parser("dscoder infill", main_infill.__doc__)
+    p.add_argument("--prefix")
+    p.add_argument("--suffix")
+    p.add_argument("--prefix-file")
+    p.add_argument("--suffix-file")
+    args = p.parse_args(argv)
+    prefix = _read(args.prefix, args.prefix_file, "prefix")
+    suffix = _read(args.suffix, args.suffix_file, "suffix")
+    if not prefix and not suffix:
+        raise UserError("infill needs --prefix/--prefix-file or --suffix/--suffix-file")
+    engine, tok = load(args.model)
+    _emit(infill(engine, tok, prefix, suffix, **_gen(args)))
+    return 0
+
+
+def main_chat(argv: list[str]) -> int:
+    """Chat with an instruct checkpoint. Interactive when stdin is a terminal; otherwise each stdin line is
+    the next user message of one conversation, and each reply is printed on stdout.
+
+    dscoder chat --model DIR [--style v1|v2] [--system TEXT] [sampling options]"""
+    p = _parser("dscoder chat", main_chat.__doc__)
+    p.add_argument("--style", choices=("v1", "v2"), default="v1", help="v1: DeepSeek-Coder instruct; v2: Coder-V2")
+    p.add_argument("--system", default=None, help="system prompt (v1 default: DeepSeek's)")
+    args = p.parse_args(argv)
+    engine, tok = load(args.model)
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    tty = sys.stdin.isatty()
+    while True:
+        if tty:
+            print(">>> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = chat(engine, tok, messages, style=args.style, **_gen(args))
+        messages.append({"role": "assistant", "content": reply})
+        _emit(reply)

@@ -1,0 +1,218 @@
+"""Hugging Face checkpoint folders in and out: the interop behind `dscoder.load_model` (v1 paper §3.3 models,
+released as `LlamaForCausalLM` / `DeepseekV2ForCausalLM` folders; reference §1.1, §2.3).
+
+    model = load_model("deepseek-coder-1.3b-base")               # any HF folder: config.json + weights
+    model = load_model("ckpt", device="cuda", dtype="bfloat16")
+    model = build_model(get_preset("tiny"))                       # fresh, initialised
+    save_pretrained(model, "out")                                 # config.json, model.safetensors, generation_config.json
+
+Weights are read from `model.safetensors`, sharded safetensors with `model.safetensors.index.json`, or
+`pytorch_model*.bin` (loaded with `weights_only=True`: a checkpoint never runs code). Loading is strict: a
+missing or unexpected tensor is an error that names it, except the `rotary_emb.inv_freq` buffers old
+checkpoints carry (they are recomputed from config.json). Every bad input is a `UserError`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .config import DeepseekV2Config, ModelConfig, config_from_hf
+
+# model_type -> "module:Class"; imported on first use so a v1 user never imports the MoE code
+MODEL_CLASSES = {
+    "llama": "dscoder.models.llama:Transformer",
+    "deepseek_v2": "dscoder.models.deepseek_v2:DeepseekV2",
+}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def model_class(model_type: str) -> type[nn.Module]:
+    if model_type not in MODEL_CLASSES:
+        raise UserError(f"unsupported model_type {model_type!r}; supported: {', '.join(MODEL_CLASSES)}")
+    module, name = MODEL_CLASSES[model_type].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(config: ModelConfig | DeepseekV2Config) -> nn.Module:
+    """A fresh model for `config`, weights initialised (normal(0, initializer_range), norms to one)."""
+    model = model_class(config.model_type)(config)
+    model.init_weights()
+    return model
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+def read_config(path: str | os.PathLike) -> ModelConfig | DeepseekV2Config:
+    """The config of an HF folder; a missing, corrupt or unsupported config.json is a UserError."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"model folder {str(folder)!r} does not exist (or is not a folder)")
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{cfg_file} not found: a Hugging Face model folder needs config.json")
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_file} is not valid JSON ({e}); the file may be truncated") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{cfg_file} must hold a JSON object, got {type(raw).__name__}")
+    if raw.get("model_type") not in MODEL_CLASSES:
+        raise UserError(f"{cfg_file}: unsupported model_type {raw.get('model_type')!r}; "
+                        f"supported: {', '.join(MODEL_CLASSES)}")
+    try:
+        return config_from_hf(raw)
+    except UserError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{cfg_file}: {e}") from None
+
+
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(file), device="cpu")
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"weights file {file} not found (listed in the index but missing)") from None
+    except Exception as e:  # safetensors/pickle/zip errors have no common base; all mean a bad file
+        raise UserError(f"cannot read weights file {file}: {type(e).__name__}: {e} "
+                        "(is it truncated or corrupt?)") from None
+    if not isinstance(sd, dict):
+        raise UserError(f"weights file {file} does not hold a state dict")
+    return sd.get("state_dict", sd) if "state_dict" in sd and isinstance(sd["state_dict"], dict) else sd
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                return [folder / f for f in sorted(set(weight_map.values()))]
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"{index} is not a valid shard index ({type(e).__name__}: {e})") from None
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        return bins
+    raise UserError(f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json "
+                    "or pytorch_model*.bin")
+
+
+def load_state_dict_from_folder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF folder's weights (CPU, checkpoint dtype), shards merged."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"model folder {str(folder)!r} does not exist (or is not a folder)")
+    sd: dict[str, torch.Tensor] = {}
+    for file in _weight_files(folder):
+        sd.update(_load_file(file))
+    return sd
+
+
+def _resolve_dtype(dtype: Any, device: torch.device, sd: dict[str, torch.Tensor]) -> torch.dtype:
+    """Requested dtype, else fp32 on CPU and the checkpoint's 16-bit dtype (or bf16) on an accelerator."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in _DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype.removeprefix("torch.")]
+    if dtype is not None:
+        raise UserError(f"dtype must be a torch.dtype or a name like 'bfloat16', got {dtype!r}")
+    if device.type == "cpu":
+        return torch.float32
+    ckpt = next((t.dtype for t in sd.values() if t.is_floating_point()), torch.bfloat16)
+    return ckpt if ckpt in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def _resolve_device(device: Any) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"bad device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], optional: set[str], where: str) -> None:
+    missing = sorted(expected - set(sd) - optional)
+    unexpected = sorted(set(sd) - expected)
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        parts = ([f"missing {len(missing)} tensor(s): {show(missing)}"] if missing else []) + \
+                ([f"unexpected {len(unexpected)} tensor(s): {show(unexpected)}"] if unexpected else [])
+        raise UserError(f"weights in {where} do not match config.json: " + "; ".join(parts))
+
+
+def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> nn.Module:
+    """The model of an HF folder, on `device` in `dtype`, in eval mode."""
+    config = read_config(path)
+    dev = _resolve_device(device)
+    sd = {k: v for k, v in load_state_dict_from_folder(path).items() if not k.endswith(_IGNORED_SUFFIXES)}
+    target = _resolve_dtype(dtype, dev, sd)
+    cls = model_class(config.model_type)
+    if hasattr(cls, "from_hf_state_dict"):
+        sd = cls.from_hf_state_dict(sd, config)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if tied and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied checkpoints store the matrix once
+    # Build without allocating or initialising weights (the checkpoint overwrites them), then adopt its tensors.
+    with torch.device("meta"):
+        model = cls(config)
+    _check_keys(sd, set(model.state_dict()), set(), str(path))
+    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:  # shape mismatch: config.json and weights disagree
+        raise UserError(f"weights in {path} do not fit config.json: {e}") from None
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        model = _materialise(cls, config, sd)  # non-persistent buffers need a real construction
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device=dev, dtype=target).eval()
+
+
+def _materialise(cls, config, sd: dict[str, torch.Tensor]) -> nn.Module:
+    model = cls(config)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def save_pretrained(model: nn.Module, out_dir: str | os.PathLike) -> None:
+    """Write config.json, model.safetensors and generation_config.json into `out_dir` (created if needed).
+
+    Not atomic: callers that need that write to a temporary folder and rename it."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    sd = model.to_hf_state_dict() if hasattr(model, "to_hf_state_dict") else model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)  # stored once, as HF does; safetensors refuses shared tensors
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    dtype = next((v.dtype for v in sd.values() if v.is_floating_point()), torch.float32)
+    hf = config.to_hf()
+    hf["torch_dtype"] = _DTYPE_NAMES.get(dtype, "float32")
+    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")

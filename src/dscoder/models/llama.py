@@ -1,0 +1,163 @@
+"""DeepSeek-Coder v1: a Llama decoder (v1 paper §3.3; reference §1.1), and its KV cache.
+
+    from dscoder.models.presets import get_preset
+    from dscoder.models.hf import build_model
+    model = build_model(get_preset("tiny"))
+    logits = model(input_ids)                                        # (B, T, vocab), causal
+
+    cache = model.make_cache(batch_size=2, max_len=64)               # incremental decoding
+    logits = model(prompt_ids, cache=cache, attn_mask=mask[:, :T])   # prefill, then one token at a time
+
+embed -> N x [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> lm_head. Attention is multi-head,
+grouped-query (33B: 8 KV heads) or multi-query (5.7bmqa) by `num_key_value_heads`; RoPE is the HF half-split
+layout with linear position interpolation (§3.6: factor 4, theta 100000). Parameter names are exactly those of
+the released `LlamaForCausalLM` checkpoints, so their state dict loads without renaming.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import RMSNorm, RopeTable, SwiGLU, apply_rope, linear_inv_freq
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: k, v (layers, B, H_kv, max_len, D).
+
+    Heads before slots so a layer's live prefix `[..., :length, :]` is a view SDPA reads without a copy.
+    `length` counts the slots written so far (the same for every row; the engine left-pads)."""
+
+    def __init__(self, n_layers: int, batch_size: int, max_len: int, n_kv_heads: int, head_dim: int,
+                 device=None, dtype=torch.float32):
+        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+
+    def reset(self) -> None:
+        self.length = 0  # stale slots are overwritten before they are ever attended
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, T, D) at slots [length, length+T); return the layer's keys/values so far."""
+        L, T = self.length, k.shape[2]
+        self.k[layer, :, :, L:L + T] = k
+        self.v[layer, :, :, L:L + T] = v
+        return self.k[layer, :, :, :L + T], self.v[layer, :, :, :L + T]  # (B, H_kv, L+T, D)
+
+
+def attention_mask(T: int, L: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, L+T): query i (slot L+i) may see slot j iff j <= L+i and key_mask[b, j].
+
+    A query always sees its own slot, so a left-padding query (whose every key is masked) gets a finite
+    row instead of NaN; its output is never used."""
+    q_slot = torch.arange(L, L + T, device=device)[:, None]  # (T, 1)
+    k_slot = torch.arange(L + T, device=device)[None, :]  # (1, L+T)
+    causal = k_slot <= q_slot  # (T, L+T)
+    if key_mask is None:
+        return causal[None, None]
+    return ((causal[None] & key_mask[:, None, :]) | (k_slot == q_slot)[None])[:, None]  # (B, 1, T, L+T)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.n_heads, self.n_kv, self.head_dim = layer, cfg.num_attention_heads, \
+            cfg.num_key_value_heads, cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                is_causal: bool, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, L+T, D)
+        # GQA/MQA: SDPA broadcasts each KV head over its group of query heads, no repeated copy
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           enable_gqa=self.n_kv != self.n_heads)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, mask, is_causal, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))  # (B, T, hidden)
+
+
+class Transformer(nn.Module):
+    """The DeepSeek-Coder v1 causal LM (`LlamaForCausalLM` layout). See the module docstring."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rope = RopeTable(linear_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling_factor))
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            elif isinstance(m, RMSNorm):
+                m.reset_parameters()
+
+    def make_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        p = self.lm_head.weight
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype)
+
+    def _mask(self, B: int, T: int, L: int, attn_mask: torch.Tensor | None, cached: bool, device):
+        """(mask, is_causal) for SDPA; mask None + is_causal keeps the fast kernel for the common cases."""
+        if attn_mask is not None:
+            if attn_mask.shape != (B, L + T):
+                raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, expected {(B, L + T)} "
+                                 f"(batch, {'cache.length + ' if cached else ''}new tokens)")
+            return attention_mask(T, L, attn_mask.to(device=device, dtype=torch.bool), device), False
+        if L == 0:
+            return None, T > 1
+        if T == 1:
+            return None, False  # one new token sees every earlier slot
+        return attention_mask(T, L, None, device), False
+
+    def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab), fp32. See the model interface in the module docstring."""
+        B, T = input_ids.shape
+        L = cache.length if cache is not None else 0
+        if cache is not None and L + T > cache.max_len:
+            raise ValueError(f"cache full: {L} slots used + {T} new tokens > max_len {cache.max_len}")
+        x = self.model.embed_tokens(input_ids)  # (B, T, hidden)
+        if positions is None:
+            cos, sin = self.rope.table(L + T, x.device, x.dtype)
+            cos, sin = cos[None, L:L + T], sin[None, L:L + T]  # (1, T, D)
+        else:
+            cos, sin = self.rope(positions.to(x.device), T, x.device, x.dtype)  # (B, T, D)
+        mask, is_causal = self._mask(B, T, L, attn_mask, cache is not None, x.device)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, is_causal, cache)
+        if cache is not None:
+            cache.length = L + T
+        return self.lm_head(self.model.norm(x)).float()  # (B, T, vocab)

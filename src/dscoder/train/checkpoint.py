@@ -1,0 +1,195 @@
+"""Atomic, verifiable training checkpoints (reliability reference §4 "Recipe").
+
+A checkpoint `OUT/checkpoints/step-00000012/` is a Hugging Face folder (config.json, model.safetensors,
+generation_config.json, tokenizer files: `dscoder.load_model` opens it directly) plus `train_state.pt`
+(optimizer state, RNG states, data-loader position, step, tokens seen, config, world size) and `manifest.json`.
+
+Write protocol, so a kill at any instant leaves either the previous set of checkpoints or the new one:
+  1. remove leftover `*.tmp` dirs from an earlier crash; write everything into `step-N.tmp/` and fsync each file;
+  2. write `manifest.json` LAST (every file's size and sha256) and fsync it;
+  3. fsync the tmp dir, rename it to `step-N`, fsync the parent dir;
+  4. retention: keep the newest `keep_last` complete checkpoints; the one just written is never deleted.
+`latest_checkpoint` returns the newest checkpoint whose manifest verifies (sizes and hashes), warning about and
+skipping torn ones (no manifest, missing/truncated file, bad hash), so a resume needs no manual cleanup.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+MANIFEST = "manifest.json"
+TRAIN_STATE = "train_state.pt"
+_STEP_RE = re.compile(r"^step-(\d{8})$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # a rename is durable only once the directory entry itself is on disk
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path, meta: dict[str, Any] | None = None) -> None:
+    """fsync every file, then write manifest.json (names, sizes, sha256) and fsync it: the commit marker."""
+    files = {}
+    for p in _files_under(folder):
+        _fsync_file(p)
+        files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    tmp = folder / (MANIFEST + ".part")
+    tmp.write_text(json.dumps({"files": files, **(meta or {})}, indent=1))
+    _fsync_file(tmp)
+    os.replace(tmp, folder / MANIFEST)
+    _fsync_dir(folder)
+
+
+def verify(folder: Path) -> str | None:
+    """None when `folder` is a complete checkpoint, else the reason it is not."""
+    man = folder / MANIFEST
+    if folder.name.endswith(".tmp"):
+        return "unfinished (.tmp)"
+    if not man.is_file():
+        return "no manifest.json (save did not finish)"
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable manifest.json ({e})"
+    for name, info in files.items():
+        p = folder / name
+        if not p.is_file():
+            return f"missing {name}"
+        if p.stat().st_size != info["size"]:
+            return f"{name}: size {p.stat().st_size} != {info['size']} in manifest (truncated?)"
+        if _sha256(p) != info["sha256"]:
+            return f"{name}: sha256 mismatch (corrupt)"
+    return None
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Rename a finished tmp dir into place, replacing a torn folder of the same name if one is there."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(final.name + ".old.tmp")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.rename(final, trash)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_hf_folder(final: Path, model: nn.Module, tokenizer=None, extra: dict[str, Any] | None = None,
+                   meta: dict[str, Any] | None = None) -> Path:
+    """Atomically write an HF folder (weights + config + tokenizer [+ extra torch files]) with a manifest.
+
+    `extra` maps file names to objects saved with torch.save. Used for checkpoints and for OUT/final/."""
+    from ..models.hf import save_pretrained
+
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        save_pretrained(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
+        write_manifest(tmp, meta)
+        _fsync_dir(tmp)
+        _commit(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step-N` folder (complete or not), oldest first."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | dict | None,
+                    train_state: dict[str, Any], tokenizer=None, keep_last: int = 2) -> Path:
+    """Write `out_dir/step-{step:08d}` atomically and apply retention; returns its path.
+
+    `model` is the plain (unwrapped) module; `train_state` holds plain data and tensors (torch.load with
+    weights_only=True must read it back); the optimizer's state_dict (or an already gathered one, for FSDP) is
+    stored under "optimizer"."""
+    if keep_last < 1:
+        raise UserError(f"--keep-last must be >= 1, got {keep_last}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in out_dir.glob("*.tmp"):       # leftovers of a save that was killed
+        shutil.rmtree(p, ignore_errors=True)
+    state = dict(train_state, step=step)
+    if optimizer is not None:
+        state["optimizer"] = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    path = save_hf_folder(out_dir / f"step-{step:08d}", model, tokenizer, extra={TRAIN_STATE: state},
+                          meta={"step": step})
+    complete = [p for s, p in list_checkpoints(out_dir) if (p / MANIFEST).is_file()]
+    for old in complete[:-keep_last]:
+        if old != path:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint under `out_dir` that verifies; torn ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(out_dir)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        warnings.warn(f"skipping checkpoint {path}: {reason}", stacklevel=2)
+    return None
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """train_state.pt of a verified checkpoint (tensors on CPU)."""
+    f = Path(path) / TRAIN_STATE
+    if not f.is_file():
+        raise UserError(f"{path} has no {TRAIN_STATE}: not a training checkpoint (use --init-from for an HF folder)")
+    return torch.load(f, map_location="cpu", weights_only=True)

@@ -1,0 +1,281 @@
+"""Pretraining data: documents from files, FIM at the document level, packing into fixed windows (v1 paper §3.1).
+
+* Sources (`iter_documents`): folders (walked in sorted order: source/text files; binary, non-UTF-8, huge or
+  empty files skipped), `.jsonl` / `.jsonl.gz` and `.parquet` files with a `text` column (the data pipeline's
+  `DIR/*.parquet` shards). Order is deterministic: sorted paths, rows in file order.
+* Split (`is_heldout`): a document is held out for eval loss when a stable hash of its text is 0 mod
+  `heldout_every` (default 100 -> 1%). Hashing the text (not its position) keeps duplicates on one side.
+* Packing (`PackedStream`): each document becomes `[BOS] + document_ids(...)` -- FIM (PSM, rate 0.5) is applied to
+  the document BEFORE packing, as §3.1.2 prescribes -- and the documents are concatenated into one stream that is
+  cut into non-overlapping windows of seq_len + 1 tokens (inputs = w[:-1], targets = w[1:]). When the corpus ends,
+  the next epoch starts over the same order (FIM draws differ: the rng runs on).
+* Resumability: `state_dict()` = (epoch, index of the next document, the leftover token buffer, FIM rng state);
+  `load_state_dict` puts the stream back at exactly that token.
+* Data parallel: every rank builds the same global batch and keeps rows r::world (`shard_rows`), so the data
+  order does not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..errors import UserError
+from .parallel import shard_rows  # noqa: F401  (re-exported: the data-parallel row split)
+
+MAX_FILE_BYTES = 1 << 20        # larger files are data dumps or minified bundles, not code to learn from
+SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+SOURCE_SUFFIXES = frozenset("""
+    .py .pyi .ipynb .java .c .h .cc .cpp .cxx .hpp .hh .cs .js .jsx .mjs .ts .tsx .go .rs .rb .php .swift .kt .kts
+    .scala .sc .m .mm .r .jl .lua .pl .pm .sh .bash .zsh .fish .ps1 .sql .hs .ml .mli .ex .exs .erl .clj .dart .d
+    .f .f90 .v .sv .vhd .zig .nim .cmake .mk .gradle .groovy .tex .md .rst .txt .json .yaml .yml .toml .ini .cfg
+    .xml .html .htm .css .scss .less .vue .svelte .proto .graphql .el .lisp .scm .rkt .asm .s .bat .dockerfile
+""".split())
+SOURCE_NAMES = frozenset({"Makefile", "Dockerfile", "CMakeLists.txt", "Rakefile", "Gemfile", "BUILD", "WORKSPACE"})
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_text_file(path: Path) -> str | None:
+    """The file's text, or None when it is huge, binary (a NUL byte), not UTF-8, or blank."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if b"\x00" in raw[:8192]:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text.strip() else None
+
+
+def _is_source(path: Path) -> bool:
+    return path.suffix.lower() in SOURCE_SUFFIXES or path.name in SOURCE_NAMES
+
+
+def _is_shard(path: Path) -> bool:
+    return path.name.endswith(SHARD_SUFFIXES)
+
+
+def _iter_jsonl(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                text = json.loads(line).get("text")
+            except (ValueError, AttributeError):
+                continue                 # one bad record costs one record, not the rest of the shard
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def _iter_parquet(path: Path) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"{path}: not a readable parquet file ({e})") from e
+    if "text" not in pf.schema_arrow.names:
+        raise UserError(f"{path}: parquet file has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+    for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    # followlinks=False: a symlink loop or a link out of the corpus is never followed
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                yield p
+
+
+def iter_documents(paths: list[str | Path]) -> Iterator[str]:
+    """Every usable document under `paths`, in a deterministic order."""
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise UserError(f"--data {root}: no such file or directory")
+        files = _walk(root) if root.is_dir() else iter([root])
+        for p in files:
+            if p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz"):
+                yield from _iter_jsonl(p)
+            elif p.suffix == ".parquet":
+                yield from _iter_parquet(p)
+            elif not root.is_dir() or _is_source(p):
+                text = read_text_file(p)
+                if text is not None:
+                    yield text
+
+
+def is_heldout(text: str, every: int = 100) -> bool:
+    """Stable split: blake2b of the text (not Python's salted hash) mod `every`."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % every == 0
+
+
+# ----------------------------------------------------------------------------------------------- tokenizing
+class DocEncoder:
+    """text -> `[BOS] + document_ids(text)` with FIM drawn from its own seeded rng (state saved with the data).
+
+    The tokenizer's fast backend encodes the chunk's whole texts in one batch call (Rust threads) up front;
+    `document_ids` then asks for either a whole text (non-FIM: served from that batch) or for FIM pieces."""
+
+    def __init__(self, tokenizer, fim_rate: float = 0.5, spm_rate: float = 0.0, seed: int = 0):
+        from ..tokenizer.fim import document_ids
+        from ..tokenizer.special import special_ids
+
+        if not 0.0 <= fim_rate <= 1.0:
+            raise UserError(f"--fim-rate must be in [0, 1], got {fim_rate}")
+        self._document_ids = document_ids
+        self.ids = special_ids(tokenizer, require_fim=fim_rate > 0)
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is not None:
+            # a private copy that encodes special-token strings found in the data as plain text: a file that
+            # contains "<｜fim▁hole｜>" must not inject a sentinel into the training stream
+            self.backend = copy.deepcopy(self.backend)
+            self.backend.encode_special_tokens = True
+        self.fim_rate, self.spm_rate = fim_rate, spm_rate
+        self.rng = random.Random(seed)
+
+    def _encode_one(self, s: str) -> list[int]:
+        if self.backend is not None:
+            return self.backend.encode(s, add_special_tokens=False).ids
+        return self.tokenizer(s, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is not None:
+            whole = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        else:
+            whole = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        cache = dict(zip(texts, whole))
+
+        def encode(s: str) -> list[int]:
+            hit = cache.get(s)
+            return list(hit) if hit is not None else self._encode_one(s)
+
+        return [[self.ids.bos] + list(self._document_ids(t, encode, self.ids, self.rng, self.fim_rate, self.spm_rate))
+                for t in texts]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        v, internal, gauss = state["rng"]
+        self.rng.setstate((v, tuple(internal), gauss))
+
+
+# ----------------------------------------------------------------------------------------------- packing
+class PackedStream:
+    """Fixed (n, seq_len + 1) windows packed from one split of the corpus; exactly resumable."""
+
+    def __init__(self, paths: list[str | Path], encode: Callable[[list[str]], list[list[int]]], seq_len: int,
+                 split: str = "train", heldout_every: int = 100, docs_per_chunk: int = 64, epochs: int | None = None):
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be train or heldout, got {split!r}")
+        if seq_len < 1 or heldout_every < 2:
+            raise UserError(f"bad data settings: seq_len {seq_len}, heldout_every {heldout_every} (need >= 2)")
+        self.paths, self.encode, self.seq_len = [Path(p) for p in paths], encode, seq_len
+        self.split, self.heldout_every, self.docs_per_chunk, self.epochs = split, heldout_every, docs_per_chunk, epochs
+        self.epoch, self.doc_index, self.buffer = 0, 0, []
+        self._docs: Iterator[str] | None = None
+
+    def _wanted(self, text: str) -> bool:
+        return is_heldout(text, self.heldout_every) == (self.split == "heldout")
+
+    def _open(self) -> Iterator[str]:
+        docs = iter_documents(self.paths)
+        for _ in range(self.doc_index):              # resume: re-read (not re-tokenize) the consumed documents
+            next(docs, None)
+        return docs
+
+    def _next_chunk(self) -> list[str] | None:
+        """Up to docs_per_chunk documents of this split; None when `epochs` are used up or the split is empty."""
+        chunk: list[str] = []
+        rolled = False
+        while len(chunk) < self.docs_per_chunk:
+            if self._docs is None:
+                self._docs = self._open()
+            text = next(self._docs, None)
+            if text is None:
+                if chunk:
+                    break                            # hand out this chunk before rolling the epoch
+                if rolled or (self.epochs is not None and self.epoch + 1 >= self.epochs):
+                    return None                      # a whole epoch gave nothing of this split, or no epochs left
+                self.epoch, self.doc_index, self._docs, rolled = self.epoch + 1, 0, None, True
+                continue
+            self.doc_index += 1
+            if self._wanted(text):
+                chunk.append(text)
+        return chunk
+
+    def next_windows(self, n: int) -> torch.Tensor | None:
+        """(n, seq_len + 1) LongTensor, or None when the data (limited `epochs`, or an empty split) runs out."""
+        need = n * (self.seq_len + 1)
+        while len(self.buffer) < need:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return None
+            for ids in self.encode(chunk):
+                self.buffer.extend(ids)
+        out, self.buffer = self.buffer[:need], self.buffer[need:]
+        return torch.tensor(out, dtype=torch.long).view(n, self.seq_len + 1)  # (n, T+1)
+
+    def state_dict(self) -> dict:
+        st = {"epoch": self.epoch, "doc_index": self.doc_index, "buffer": torch.tensor(self.buffer, dtype=torch.int64)}
+        if hasattr(self.encode, "state_dict"):
+            st["encoder"] = self.encode.state_dict()
+        return st
+
+    def load_state_dict(self, st: dict) -> None:
+        self.epoch, self.doc_index = int(st["epoch"]), int(st["doc_index"])
+        self.buffer = [int(x) for x in st["buffer"].tolist()]
+        self._docs = None
+        if "encoder" in st and hasattr(self.encode, "load_state_dict"):
+            self.encode.load_state_dict(st["encoder"])
+
+
+def check_corpus(paths: list[str | Path], heldout_every: int = 100) -> tuple[int, int]:
+    """(train docs seen, held-out docs seen) after reading until one training document turns up.
+
+    Raises UserError when the corpus has no usable training document -- before anything is written."""
+    n_train = n_held = 0
+    for text in iter_documents(paths):
+        if is_heldout(text, heldout_every):
+            n_held += 1
+        else:
+            n_train += 1
+            return n_train, n_held
+    where = ", ".join(str(p) for p in paths)
+    if n_held:
+        raise UserError(f"all {n_held} usable documents under {where} fell in the held-out split; add more data")
+    raise UserError(f"no usable documents under {where} (need UTF-8 source/text files, or .jsonl/.parquet with "
+                    "a 'text' column)")
+
+
+def heldout_batches(paths: list[str | Path], encode: Callable, seq_len: int, n_batches: int, rows: int,
+                    heldout_every: int = 100) -> list[torch.Tensor]:
+    """Up to n_batches fixed eval batches from one pass over the held-out split (same batches at every eval)."""
+    stream = PackedStream(paths, encode, seq_len, split="heldout", heldout_every=heldout_every, epochs=1)
+    out = []
+    for _ in range(n_batches):
+        b = stream.next_windows(rows)
+        if b is None:
+            break
+        out.append(b)
+    return out

@@ -1,0 +1,212 @@
+"""The training loop shared by pretraining and fine-tuning (v1 paper §3.4: AdamW, 3-stage LR, clip 1.0).
+
+One optimizer step = `grad_accum` micro-batches of the global batch; each rank runs its rows r::world of each
+micro-batch, DDP averages the gradients, so the update equals a single process running the whole global batch.
+Loss = mean token cross-entropy of the shifted targets (-100 = ignored, for SFT masks) plus, for DeepSeek-V2 MoE
+models, `model.aux_loss` (the sequence-level balance loss, already scaled by aux_loss_alpha; V2 paper §2.6).
+
+Exact resume: everything the next step depends on is either in the checkpoint (weights, AdamW moments and step,
+data position incl. FIM rng, python/numpy/torch/cuda RNG, tokens seen) or a pure function of the step (the LR).
+With `torch.use_deterministic_algorithms` and a fixed thread count the resumed losses are bitwise those of an
+uninterrupted run (tests/train/test_pretrain_cli.py kills a run with SIGKILL and checks).
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import parallel
+from .metrics import MetricsLog, Progress, expert_balance, plot_loss
+from .optim import lr_at, set_lr
+
+IGNORE_INDEX = -100
+
+
+class BatchSource(Protocol):
+    def next_windows(self, n: int) -> torch.Tensor | None: ...      # (n, T+1)
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, st: dict) -> None: ...
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    batch_size: int                  # sequences per optimizer step, summed over ranks and micro-batches
+    seq_len: int
+    lr: float
+    warmup: int
+    schedule: str = "step"
+    min_ratio: float = 0.1
+    grad_accum: int = 1
+    clip: float = 1.0
+    save_every: int = 0              # 0: only the final folder
+    eval_every: int = 0              # 0: evaluate once, after the last step
+    log_every: int = 10
+    dtype: str = "fp32"              # fp32 | bf16 (autocast; master weights stay fp32)
+
+
+@dataclass
+class TrainState:
+    step: int = 0                    # optimizer steps completed
+    tokens: int = 0                  # training tokens consumed, all ranks
+    elapsed_s: float = 0.0           # wall time spent training, across resumes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step could touch, in types torch.load(weights_only=True) reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = {"python": random.getstate(), "torch": torch.get_rng_state(),
+          "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    v, internal, gauss = st["python"]
+    random.setstate((v, tuple(internal), gauss))
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ------------------------------------------------------------------------------------------- loss / eval
+def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(mean token CE, aux_loss or None). inputs, targets: (B, T); target -100 is not scored."""
+    logits = model(inputs)                                                   # (B, T, V)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    inner = parallel.unwrap(model)
+    return loss, getattr(inner, "aux_loss", None) if inner.training else None
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[torch.Tensor], dtype: str = "fp32") -> float:
+    """Mean held-out loss over `batches` of packed windows (n, T+1); every window is full, so the mean of the
+    per-batch means is the per-token mean when batches have equal size."""
+    if not batches:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    try:
+        for b in batches:
+            b = b.to(device)
+            with _autocast(device, dtype):
+                loss, _ = lm_loss(model, b[:, :-1], b[:, 1:])
+            total += loss.item()
+    finally:
+        model.train(was_training)
+    return total / len(batches)
+
+
+# ------------------------------------------------------------------------------------------- one step
+def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor]:
+    rows = cfg.batch_size // cfg.grad_accum
+    out = []
+    for _ in range(cfg.grad_accum):
+        b = data.next_windows(rows)
+        if b is None:
+            raise RuntimeError("the data stream ended")      # PackedStream cycles epochs; only a finite source ends
+        out.append(b)
+    return out
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[torch.Tensor], cfg: LoopConfig,
+               dist: parallel.Dist) -> dict[str, Any]:
+    """Forward/backward over this rank's rows of each micro-batch, clip, AdamW update. Returns local figures."""
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    aux_sum, has_aux, load = 0.0, False, None
+    for i, global_rows in enumerate(micro):
+        rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(dist.device, cfg.dtype):
+                loss, aux = lm_loss(model, rows[:, :-1], rows[:, 1:])
+            total = loss if aux is None else loss + aux
+            (total / len(micro)).backward()
+        loss_sum += loss.detach().double().cpu()
+        if aux is not None:
+            aux_sum, has_aux = aux_sum + float(aux.detach()), True
+            el = getattr(parallel.unwrap(model), "expert_load", None)
+            if el is not None:
+                load = el.detach().cpu().long() if load is None else load + el.detach().cpu().long()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    if hasattr(grad_norm, "full_tensor"):                  # FSDP2 returns a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_sum.item() / len(micro), "grad_norm": float(grad_norm),
+            "aux_loss": aux_sum / len(micro) if has_aux else None, "expert_load": load}
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, cfg: LoopConfig,
+        dist: parallel.Dist, state: TrainState, out_dir: Path, save: Callable[[TrainState], None],
+        eval_batches: list[torch.Tensor] | None = None) -> TrainState:
+    """Train from state.step to cfg.steps. `save(state)` writes a checkpoint (called on every rank; it decides
+    who writes). Rank 0 appends OUT/metrics.jsonl, draws OUT/loss.png and shows progress on stderr."""
+    out_dir = Path(out_dir)
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step if state.step else None) \
+        if dist.is_main else None
+    progress = Progress(cfg.steps, state.step, every=cfg.log_every) if dist.is_main else None
+    shard_eval = [parallel.shard_rows(b, dist.rank, dist.world) for b in (eval_batches or [])]
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    model.train()
+    try:
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            set_lr(optimizer, lr_at(state.step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule, cfg.min_ratio))
+            lr = optimizer.param_groups[0]["lr"]
+            res = train_step(model, optimizer, _micro_batches(data, cfg), cfg, dist)
+            if dist.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            state.step += 1
+            state.tokens += tokens_per_step
+            state.elapsed_s += dt
+            row = {"step": state.step, "loss": parallel.all_reduce_mean(res["loss"], dist), "lr": lr,
+                   "grad_norm": res["grad_norm"], "tokens_per_s": round(tokens_per_step / dt, 1),
+                   "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 3)}
+            if res["aux_loss"] is not None:
+                row["aux_loss"] = parallel.all_reduce_mean(res["aux_loss"], dist)
+            if res["expert_load"] is not None:
+                row.update(expert_balance(parallel.all_reduce_sum_(res["expert_load"].to(dist.device), dist).cpu()))
+            final = state.step == cfg.steps
+            if shard_eval and ((cfg.eval_every and state.step % cfg.eval_every == 0) or final):
+                row["eval_loss"] = parallel.all_reduce_mean(evaluate(model, shard_eval, cfg.dtype), dist)
+            if log is not None:
+                log.log(row)
+                progress.update(state.step, row["loss"], row["tokens_per_s"],
+                                f" | eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
+            if cfg.save_every and state.step % cfg.save_every == 0 and not final:
+                save(state)
+                if dist.is_main:
+                    plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+    finally:
+        if log is not None:
+            log.close()
+    if dist.is_main:
+        plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
+    return state

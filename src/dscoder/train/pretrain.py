@@ -1,0 +1,305 @@
+"""`dscoder pretrain`: next-token + FIM pretraining of a v1 (Llama) or V2 (MLA + MoE) model (v1 paper §3).
+
+Train a tiny model on CPU:
+    dscoder pretrain --preset tiny --tokenizer TOK --data corpus/ --out runs/tiny --steps 200 --seq-len 256 \\
+        --batch-size 8 --save-every 50
+Resume after a crash, bit-for-bit:    the same command + --resume
+Two processes (DDP):                  python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli pretrain ...
+Long-context extension (v1 §3.6):     --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
+                                      (recipes/long_context.md)
+
+Writes OUT/metrics.jsonl, OUT/loss.png, OUT/checkpoints/step-N/ (atomic; see train/checkpoint.py) and OUT/final/
+(an HF folder `dscoder.load_model` reads). Documents get FIM (PSM) at --fim-rate before packing; 1% of documents
+(by a hash of their text) are held out for the eval loss. --batch-size is the global batch in sequences per
+optimizer step (split over --grad-accum micro-batches and over the torchrun processes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import checkpoint as ckpt
+from . import parallel
+from .data import DocEncoder, PackedStream, check_corpus, heldout_batches
+from .loop import LoopConfig, TrainState, rng_state, run, set_rng_state
+from .optim import SCHEDULES, build_optimizer
+
+# settings a resumed run must share with the checkpoint: they decide what the data stream and model are
+_RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_every", "data", "fsdp")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dscoder pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--preset", required=True, help="model preset (models/presets.py), e.g. tiny, tiny-moe, deepseek-coder-1.3b")
+    a("--tokenizer", required=True, help="tokenizer folder (dscoder tokenizer train)")
+    a("--data", required=True, nargs="+", help="folders of source files, .jsonl[.gz] or .parquet with 'text'")
+    a("--out", required=True, help="run folder")
+    a("--steps", type=int, required=True, help="optimizer steps in total")
+    a("--seq-len", type=int, required=True)
+    a("--batch-size", type=int, required=True, help="global batch, sequences per optimizer step")
+    a("--save-every", type=int, default=1000)
+    a("--keep-last", type=int, default=3)
+    a("--resume", action="store_true", help="continue from the newest complete checkpoint under OUT/checkpoints")
+    a("--fim-rate", type=float, default=0.5, help="fraction of documents turned into PSM FIM (v1 §3.1.2)")
+    a("--seed", type=int, default=0)
+    a("--lr", type=float, default=5.3e-4, help="peak LR (v1 Table 2: 1.3B 5.3e-4, 6.7B 4.2e-4, 33B 3.5e-4)")
+    a("--warmup", type=int, default=None, help="warmup steps (paper 2000; default min(2000, steps/10))")
+    a("--schedule", choices=SCHEDULES, default="step", help="step: v1 3-stage; cosine: V2")
+    a("--grad-accum", type=int, default=1)
+    a("--eval-every", type=int, default=0, help="held-out loss every N steps (always after the last)")
+    a("--eval-batches", type=int, default=8)
+    a("--heldout-every", type=int, default=100, help="hold out 1 document in N (by text hash) for eval")
+    a("--rope-scaling-factor", type=float, default=None, help="v1: linear factor (4 for 16K); V2: YaRN factor")
+    a("--rope-theta", type=float, default=None)
+    a("--init-from", default=None, help="start from this HF checkpoint folder (long-context extension)")
+    a("--set", action="append", default=[], metavar="FIELD=VALUE",
+      help="override a preset field, e.g. --set num_hidden_layers=2 (JSON values)")
+    a("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--threads", type=int, default=None, help="torch CPU threads")
+    a("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 autocast on CUDA, fp32 on CPU")
+    a("--fsdp", action="store_true", help="FSDP2 fully_shard instead of DDP (CUDA)")
+    return p
+
+
+def _validate(args) -> None:
+    for name in ("steps", "seq_len", "batch_size", "grad_accum", "eval_batches"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("save_every", "eval_every"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.batch_size % args.grad_accum:
+        raise UserError(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
+    tok = Path(args.tokenizer)
+    if not tok.is_dir():
+        raise UserError(f"--tokenizer {tok}: no such directory (train one with `dscoder tokenizer train`)")
+    if args.init_from and not (Path(args.init_from) / "config.json").is_file():
+        raise UserError(f"--init-from {args.init_from}: not an HF checkpoint folder (no config.json)")
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            out[key] = json.loads(val)
+        except ValueError:
+            out[key] = val
+    return out
+
+
+def _round_up(n: int, k: int = 64) -> int:
+    return (n + k - 1) // k * k
+
+
+def build_config(args, tokenizer, ids):
+    """The model config: the preset (or --init-from's config), vocab/bos/eos from the tokenizer, RoPE flags."""
+    from ..models.config import config_from_hf
+    from ..models.presets import get_preset
+
+    try:
+        if args.init_from:
+            cfg = config_from_hf(json.loads((Path(args.init_from) / "config.json").read_text()))
+            cfg = cfg.replace(**_parse_sets(args.set)) if args.set else cfg
+        else:
+            cfg = get_preset(args.preset, **_parse_sets(args.set))
+            n = len(tokenizer)
+            # a model trained from scratch on our tokenizer: rows padded to a multiple of 64 (tensor-core
+            # friendly); released presets keep their padded size when the tokenizer fits (32256 for v1)
+            vocab = cfg.vocab_size if not args.preset.startswith("tiny") and cfg.vocab_size >= n else _round_up(n)
+            cfg = cfg.replace(vocab_size=vocab, bos_token_id=ids.bos, eos_token_id=ids.eos)
+        changes = {"max_position_embeddings": max(cfg.max_position_embeddings, args.seq_len)}
+        if args.rope_theta is not None:
+            changes["rope_theta"] = float(args.rope_theta)
+        if args.rope_scaling_factor is not None:
+            if hasattr(cfg, "rope_scaling_factor"):
+                changes["rope_scaling_factor"] = float(args.rope_scaling_factor)
+            else:
+                changes["rope_scaling"] = dict(cfg.rope_scaling or {"type": "yarn"}, factor=float(args.rope_scaling_factor))
+        cfg = cfg.replace(**changes)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if len(tokenizer) > cfg.vocab_size:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model vocab is {cfg.vocab_size}")
+    return cfg
+
+
+def _config_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _check_resume(saved: dict, cfg, run_args: dict) -> None:
+    """Refuse to resume into a different model or data stream: never a silent load (reliability §4 item 8)."""
+    new = _config_dict(cfg)
+    diff = sorted(k for k in set(saved["config"]) | set(new) if saved["config"].get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise UserError(f"--resume: model config differs from the checkpoint ({detail}); use a new --out, or "
+                        "--init-from CHECKPOINT to start a new run from its weights")
+    bad = [k for k in _RESUME_FIXED if saved["args"].get(k) != run_args.get(k)]
+    if bad:
+        detail = ", ".join(f"{k}: {saved['args'].get(k)!r} -> {run_args.get(k)!r}" for k in bad)
+        raise UserError(f"--resume: {detail} differ from the checkpoint; they fix the data stream, keep them")
+
+
+def _setup_model(args, cfg, dist, resume_from: Path | None):
+    from ..models.hf import build_model, load_model
+
+    torch.manual_seed(args.seed)
+    if resume_from is not None:
+        model = load_model(resume_from)
+    elif args.init_from:
+        src = load_model(args.init_from)
+        model = build_model(cfg)
+        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        if unexpected or any(not k.endswith("inv_freq") for k in missing):
+            raise UserError(f"--init-from {args.init_from}: weights do not fit the model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        del src
+    else:
+        model = build_model(cfg)
+    return model.to(dist.device)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_args(args) -> dict:
+    return {"seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "fim_rate": args.fim_rate, "heldout_every": args.heldout_every,
+            "data": [str(Path(d).resolve()) for d in args.data], "fsdp": bool(args.fsdp), "steps": args.steps,
+            "lr": args.lr, "schedule": args.schedule, "preset": args.preset, "seed": args.seed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Next-token + FIM pretraining (also long-context extension with --init-from). See the module docstring."""
+    args = _parser().parse_args(argv)
+    _validate(args)
+    from ..tokenizer.bpe import load_tokenizer
+    from ..tokenizer.special import special_ids
+
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--tokenizer {args.tokenizer}: cannot load ({e})") from e
+    ids = special_ids(tokenizer, require_fim=args.fim_rate > 0)
+    cfg = build_config(args, tokenizer, ids)
+    check_corpus(args.data, args.heldout_every)           # before anything is written under --out
+    # process-wide settings, put back afterwards so an in-process caller (tests, a notebook) is unaffected
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS for exact resume
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    dist = parallel.init_distributed(args.device)
+    try:
+        micro_rows = args.batch_size // args.grad_accum
+        if micro_rows % dist.world:
+            raise UserError(f"--batch-size / --grad-accum = {micro_rows} rows per micro-batch is not divisible by "
+                            f"{dist.world} processes")
+        return _train(args, cfg, tokenizer, dist)
+    finally:
+        parallel.cleanup(dist)
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+
+
+def _train(args, cfg, tokenizer, dist) -> int:
+    out = Path(args.out)
+    ck_dir = out / "checkpoints"
+    resume_from = None
+    if dist.is_main:
+        if args.resume:
+            resume_from = ckpt.latest_checkpoint(ck_dir)
+            if resume_from is None:
+                print(f"dscoder pretrain: no complete checkpoint under {ck_dir}; starting fresh", file=sys.stderr)
+        elif ckpt.list_checkpoints(ck_dir):
+            raise UserError(f"{ck_dir} already holds checkpoints: pass --resume, or choose a new --out")
+    resume_from = parallel.broadcast_object(resume_from, dist)
+    run_args = _run_args(args)
+    saved = ckpt.load_train_state(resume_from) if resume_from else None
+    if saved is not None:
+        _check_resume(saved, cfg, run_args)
+    _seed_all(args.seed)
+    model = _setup_model(args, cfg, dist, resume_from)
+    model = parallel.parallelize(model, dist, fsdp=args.fsdp)
+    optimizer = build_optimizer(model, args.lr)
+    encoder = DocEncoder(tokenizer, fim_rate=args.fim_rate, seed=args.seed)
+    stream = PackedStream(args.data, encoder, args.seq_len, heldout_every=args.heldout_every)
+    evals = heldout_batches(args.data, DocEncoder(tokenizer, args.fim_rate, seed=args.seed + 1), args.seq_len,
+                            args.eval_batches, args.batch_size // args.grad_accum, args.heldout_every)
+    if not evals and dist.is_main:
+        print(f"dscoder pretrain: the held-out split (1 document in {args.heldout_every}) has too few tokens for "
+              "one eval batch: no eval loss (lower --heldout-every for a small corpus)", file=sys.stderr)
+    state = TrainState()
+    if saved is not None:
+        parallel.load_optimizer_state(model, optimizer, saved["optimizer"], dist)
+        stream.load_state_dict(saved["data"])
+        set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
+        state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]), elapsed_s=float(saved["elapsed_s"]))
+    warmup = args.warmup if args.warmup is not None else min(2000, max(1, args.steps // 10))
+    loop_cfg = LoopConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                          warmup=warmup, schedule=args.schedule, grad_accum=args.grad_accum,
+                          save_every=args.save_every, eval_every=args.eval_every,
+                          dtype=args.dtype or ("bf16" if dist.device.type == "cuda" else "fp32"))
+
+    def save(st: TrainState) -> None:
+        _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last)
+
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    state = run(model, optimizer, stream, loop_cfg, dist, state, out, save, evals)
+    final_model = _gathered_model(model, cfg, dist)
+    if dist.is_main:
+        ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
+        print(f"dscoder pretrain: {state.step} steps, {state.tokens:,} tokens; final model in {out / 'final'}",
+              file=sys.stderr)
+    parallel.barrier(dist)
+    return 0
+
+
+def _gathered_model(model, cfg, dist):
+    """The plain model to write on rank 0 (under FSDP, a CPU copy built from the all-gathered state)."""
+    if not dist.fsdp:
+        return parallel.unwrap(model)
+    from ..models.hf import build_model
+
+    sd = parallel.full_model_state(model, dist)
+    if not dist.is_main:
+        return None
+    plain = build_model(cfg)
+    plain.load_state_dict(sd)
+    return plain
+
+
+def _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last):
+    # every rank's RNG: identical today (nothing draws per rank), cheap insurance for dropout-like features
+    rngs = [rng_state()]
+    if dist.active:
+        gathered = [None] * dist.world
+        torch.distributed.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    plain = _gathered_model(model, cfg, dist)
+    opt_state = parallel.full_optimizer_state(model, optimizer, dist)
+    if dist.is_main:
+        train_state = {"tokens": st.tokens, "elapsed_s": st.elapsed_s, "data": stream.state_dict(), "rng": rngs,
+                       "config": _config_dict(cfg), "args": run_args, "world_size": dist.world}
+        ckpt.save_checkpoint(ck_dir, st.step, plain, opt_state, train_state, tokenizer, keep_last=keep_last)
+    parallel.barrier(dist)

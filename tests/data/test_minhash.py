@@ -1,0 +1,64 @@
+"""Repo-level MinHash near-dedup (paper §2.3): signatures, LSH candidates, clusters, deterministic keep."""
+import random
+
+import numpy as np
+import pytest
+
+from dscoder.data.minhash import MinHashParams, candidate_pairs, clusters, near_duplicates, shingles, signature_matrix
+from dscoder.errors import UserError
+
+
+def _code(seed: int, lines: int = 120) -> str:
+    rng = random.Random(seed)
+    words = [f"name{rng.randrange(10_000)}" for _ in range(400)]
+    return "\n".join(f"    {rng.choice(words)} = {rng.choice(words)}({rng.choice(words)}, {i})" for i in range(lines))
+
+
+def _edit(text: str, every: int, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    return "\n".join(f"changed{rng.randrange(99)} = 0" if i % every == 0 else line
+                     for i, line in enumerate(text.splitlines()))
+
+
+def test_shingles_are_word_ngrams():
+    assert shingles("a b  c\nd e f", 5) == {"a b c d e", "b c d e f"}
+    assert shingles("short text", 5) == {"short text"}
+
+
+def test_estimated_jaccard_tracks_true_jaccard():
+    p = MinHashParams()
+    a, b = _code(0), _edit(_code(0), 10)
+    sa, sb = shingles(a), shingles(b)
+    true = len(sa & sb) / len(sa | sb)
+    sigs = signature_matrix([a, b], p)
+    est = float(np.mean(sigs[0] == sigs[1]))
+    assert abs(est - true) < 0.08, (est, true)
+
+
+def test_near_duplicate_dropped_original_kept_unrelated_untouched():
+    p = MinHashParams()
+    orig = _code(0)
+    texts = {("b_copy", "b_copy:0"): _edit(orig, 25),          # a few lines changed
+             ("a_orig", "a_orig:0"): orig,
+             ("c_other", "c_other:0"): _code(7),
+             ("d_far", "d_far:0"): _edit(orig, 2)}               # half the lines changed: not a duplicate
+    keys = list(texts)
+    dup = near_duplicates(keys, signature_matrix([texts[k] for k in keys], p), p)
+    assert dup == {("b_copy", "b_copy:0"): ("a_orig", "a_orig:0")}
+    # the decision depends on keys, not on the order signatures arrive in
+    rev = keys[::-1]
+    assert near_duplicates(rev, signature_matrix([texts[k] for k in rev], p), p) == dup
+
+
+def test_lsh_candidates_and_union_find_clusters():
+    p = MinHashParams(num_perm=8, bands=4, rows=2)
+    sigs = np.array([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 0, 0, 0, 0, 0, 0], [9, 9, 9, 9, 9, 9, 7, 8],
+                     [5, 5, 5, 5, 5, 5, 5, 5]], dtype=np.uint32)
+    assert candidate_pairs(sigs, p) == {(0, 1), (0, 2)}
+    assert clusters(4, [(0, 1), (2, 1)]) == [0, 0, 0, 3]
+
+
+@pytest.mark.parametrize("kw", [dict(bands=10), dict(threshold=0.0), dict(ngram=0)])
+def test_bad_parameters_are_user_errors(kw):
+    with pytest.raises(UserError):
+        MinHashParams(**kw)

@@ -1,0 +1,112 @@
+"""Corpus reading, the held-out split, FIM/BOS/EOS in packed windows, exact resume of the data position."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dscoder.errors import UserError
+from dscoder.train.data import (DocEncoder, PackedStream, check_corpus, heldout_batches, is_heldout, iter_documents,
+                                shard_rows)
+
+
+def test_reader_skips_binary_non_utf8_huge_and_blank(tmp_path):
+    (tmp_path / "a.py").write_text("print('a')\n")
+    (tmp_path / "b.py").write_bytes(b"x = 1\x00\x01\x02")                 # NUL byte: binary
+    (tmp_path / "c.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))    # not UTF-8
+    (tmp_path / "d.py").write_text("   \n\n")                             # blank
+    (tmp_path / "e.py").write_text("#" * (2 << 20))                       # > 1 MiB
+    (tmp_path / "f.png").write_bytes(b"\x89PNG....")                      # not a source suffix
+    sub = tmp_path / "pkg"
+    sub.mkdir()
+    (sub / "z.js").write_text("let z = 1;\n")
+    (tmp_path / "loop").symlink_to(tmp_path)                              # symlink loop: never followed
+    assert list(iter_documents([tmp_path])) == ["print('a')\n", "let z = 1;\n"]
+
+
+def test_reader_jsonl_gz_and_parquet(tmp_path):
+    with gzip.open(tmp_path / "s.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "one"}) + "\n{broken json\n" + json.dumps({"text": "two"}) + "\n")
+    pq.write_table(pa.table({"text": ["three", "", "four"], "repo": ["r", "r", "r"]}), tmp_path / "t.parquet")
+    assert list(iter_documents([tmp_path])) == ["one", "two", "three", "four"]
+    pq.write_table(pa.table({"content": ["x"]}), tmp_path / "u.parquet")
+    with pytest.raises(UserError, match="no 'text' column"):
+        list(iter_documents([tmp_path / "u.parquet"]))
+
+
+def test_no_usable_documents_is_a_user_error(tmp_path):
+    (tmp_path / "bin.py").write_bytes(b"\x00\x00")
+    with pytest.raises(UserError, match="no usable documents under"):
+        check_corpus([tmp_path])
+    with pytest.raises(UserError, match="no such file"):
+        check_corpus([tmp_path / "missing"])
+
+
+def test_heldout_split_is_stable_and_disjoint(corpus_dir, tok_dir):
+    from dscoder.tokenizer.bpe import load_tokenizer
+
+    docs = list(iter_documents([corpus_dir]))
+    held = {d for d in docs if is_heldout(d, 4)}
+    assert 0 < len(held) < len(docs) and held == {d for d in docs if is_heldout(d, 4)}
+    tok = load_tokenizer(tok_dir)
+    # decode what each split actually packs: no held-out document text appears in a training window
+    enc = DocEncoder(tok, fim_rate=0.0, seed=0)
+    train = PackedStream([corpus_dir], enc, seq_len=63, heldout_every=4, epochs=1)
+    train_text = tok.decode(torch.cat([w for w in iter(lambda: train.next_windows(1), None)]).flatten().tolist())
+    held_b = heldout_batches([corpus_dir], DocEncoder(tok, 0.0, seed=1), 63, n_batches=100, rows=1, heldout_every=4)
+    held_text = tok.decode(torch.cat(held_b).flatten().tolist())
+    for d in held:
+        assert d.strip()[:200] not in train_text
+    assert any(d.strip()[:100] in held_text for d in held)
+
+
+def test_special_token_text_in_data_is_not_a_sentinel(tmp_path, tok_dir):
+    from dscoder.tokenizer.bpe import load_tokenizer
+    from dscoder.tokenizer.special import FIM_HOLE, special_ids
+
+    tok = load_tokenizer(tok_dir)
+    ids = special_ids(tok)
+    (ids_doc,) = DocEncoder(tok, fim_rate=0.0)([f"x = '{FIM_HOLE}'\n"])
+    assert ids_doc[0] == ids.bos and ids_doc[-1] == ids.eos and ids.fim_hole not in ids_doc
+
+
+def test_packing_bos_eos_and_fim_rate(corpus_dir, tok_dir):
+    from dscoder.tokenizer.bpe import load_tokenizer
+    from dscoder.tokenizer.special import special_ids
+
+    tok = load_tokenizer(tok_dir)
+    ids = special_ids(tok)
+    docs = [d for d in iter_documents([corpus_dir]) if not is_heldout(d, 100)]
+    for rate, lo, hi in ((0.0, 0, 0), (0.5, 0.25, 0.75), (1.0, 1, 1)):
+        stream = PackedStream([corpus_dir], DocEncoder(tok, fim_rate=rate, seed=3), seq_len=31, epochs=1)
+        flat = torch.cat([w.flatten() for w in iter(lambda: stream.next_windows(2), None)])
+        n_bos = int((flat == ids.bos).sum())
+        n_fim = int((flat == ids.fim_begin).sum())
+        assert n_bos >= len(docs) - 2                       # one BOS per document (the tail may be cut off)
+        assert abs(int((flat == ids.eos).sum()) - n_bos) <= 1   # every document ends with EOS
+        assert lo <= n_fim / n_bos <= hi, (rate, n_fim, n_bos)
+        # every BOS after the first directly follows an EOS: documents are packed back to back
+        pos = (flat == ids.bos).nonzero().flatten()
+        assert all(flat[p - 1] == ids.eos for p in pos.tolist() if p > 0)
+
+
+def test_stream_resumes_exactly_and_shards_rows(corpus_dir, tok_dir):
+    from dscoder.tokenizer.bpe import load_tokenizer
+
+    tok = load_tokenizer(tok_dir)
+    a = PackedStream([corpus_dir], DocEncoder(tok, 0.5, seed=7), seq_len=31, docs_per_chunk=4)
+    for _ in range(5):
+        a.next_windows(3)
+    state = a.state_dict()
+    expected = [a.next_windows(3) for _ in range(100)]        # runs past the end of the corpus: epoch 2
+    assert a.epoch >= 1
+    b = PackedStream([corpus_dir], DocEncoder(tok, 0.5, seed=999), seq_len=31, docs_per_chunk=4)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, b.next_windows(3)) for x in expected)
+    batch = torch.arange(12).view(6, 2)
+    parts = [shard_rows(batch, r, 3) for r in range(3)]
+    assert sorted(torch.cat(parts)[:, 0].tolist()) == batch[:, 0].tolist() and torch.equal(parts[1], batch[1::3])
