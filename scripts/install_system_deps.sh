@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Optional system packages (sandbox + MultiPL-E toolchains). Best effort: needs root and apt; never fails setup.
+# Optional system packages: bubblewrap (the eval sandbox) and the cheap MultiPL-E toolchains.
+# Best effort and idempotent: needs root and apt (npm for TypeScript); never fails `make setup`.
+#   bubblewrap  -> bwrap (sandbox)          php-cli   -> php (PHP)
+#   mono-mcs    -> mcs + mono (C#)          npm: typescript -> tsc (TypeScript, run by node)
+#   golang-go   -> go (~330 MB installed; only with DSCODER_SETUP_GO=1)
+# Already expected on the image: g++, default-jdk-headless (javac), nodejs + npm, bash, rustc (rustup).
 set -u
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "note: not root or no apt-get; skipping ${need[*]} (the sandbox falls back to a weaker mode)"; exit 0
+command -v php >/dev/null || need+=(php-cli)
+command -v mcs >/dev/null || need+=(mono-mcs)
+[ "${DSCODER_SETUP_GO:-0}" = 1 ] && ! command -v go >/dev/null && need+=(golang-go)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "note: not root or no apt-get; skipping ${need[*]} (sandbox falls back to a weaker mode; languages skip)"
+  else
+    echo "installing ${need[*]} with apt-get"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
+      >/dev/null 2>&1 || echo "note: apt-get install ${need[*]} failed; continuing"
+  fi
 fi
-echo "installing ${need[*]} with apt-get"
-(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
-  || echo "note: apt-get install ${need[*]} failed; continuing"
+if ! command -v tsc >/dev/null && command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing typescript with npm"
+    npm install -g --no-audit --no-fund typescript >/dev/null 2>&1 || echo "note: npm install typescript failed; continuing"
+  else
+    echo "note: not root; skipping the global typescript install (TypeScript tasks will be skipped)"
+  fi
+fi
 exit 0

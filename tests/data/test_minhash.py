@@ -4,7 +4,8 @@ import random
 import numpy as np
 import pytest
 
-from dscoder.data.minhash import MinHashParams, candidate_pairs, clusters, near_duplicates, shingles, signature_matrix
+from dscoder.data.minhash import (MinHashParams, candidate_pairs, clusters, near_duplicates, shingle_hashes, shingles,
+                                  signature, signature_matrix)
 from dscoder.errors import UserError
 
 
@@ -23,6 +24,14 @@ def _edit(text: str, every: int, seed: int = 1) -> str:
 def test_shingles_are_word_ngrams():
     assert shingles("a b  c\nd e f", 5) == {"a b c d e", "b c d e f"}
     assert shingles("short text", 5) == {"short text"}
+
+
+def test_shingle_hashes_stand_for_the_same_shingle_set():
+    text = _code(3) + "\n" + _code(3)                          # repeated shingles hash alike
+    h = shingle_hashes(text)
+    assert len(set(h.tolist())) == len(shingles(text)) and h.dtype.name == "uint64"
+    assert len(shingle_hashes("two words")) == 1
+    assert (signature(text, MinHashParams()) == signature_matrix(["x", text], MinHashParams())[1]).all()
 
 
 def test_estimated_jaccard_tracks_true_jaccard():

@@ -263,3 +263,15 @@ def test_decompression_bomb_refused(tmp_path):
         tf.addfile(info, io.BytesIO(bytes(info.size)))
     files, drops = _one([bomb])
     assert files.files == [] and [d.reason for d in drops] == ["archive_bomb"]
+
+
+def test_jsonl_lone_surrogate_and_control_names(tmp_path):
+    src = tmp_path / "s.jsonl"
+    src.write_text('{"repo": "r", "path": "a.py", "content": "x = \\"\\ud800\\"\\n"}\n'
+                   '{"repo": "r", "path": "b\\nc.py", "content": "y = 1\\n"}\n'
+                   '{"repo": "r", "path": "ok.py", "content": "z = 1\\n"}\n')
+    files, drops = _one([src])
+    assert [f.path for f in files.files] == ["ok.py"]
+    assert [(d.path, d.reason) for d in drops] == [("a.py", "encoding"), ("b\\nc.py", "bad_filename")]
+    for d in drops:
+        json.dumps(d.__dict__, ensure_ascii=False).encode("utf-8")     # every Drop can be written out

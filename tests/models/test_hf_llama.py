@@ -101,7 +101,10 @@ def _write_folder(folder, model, files: dict[str, list[str]], fmt: str, extra: d
     sd = {k: v.contiguous() for k, v in model.state_dict().items()} | (extra or {})
     for name, keys in files.items():
         part = {k: sd[k].clone() for k in keys}
-        save_file(part, str(folder / name), metadata={"format": "pt"}) if fmt == "st" else torch.save(part, folder / name)
+        if fmt == "st":
+            save_file(part, str(folder / name), metadata={"format": "pt"})
+        else:
+            torch.save(part, folder / name)
     (folder / "config.json").write_text(json.dumps(model.config.to_hf()))
 
 

@@ -80,7 +80,8 @@ def test_decode_round_trips_arbitrary_text(trained):
 
 def test_saved_chat_template_matches_render_v1(trained):
     _, out = trained
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\n"}, {"role": "user", "content": "b"}]
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\n"},
+            {"role": "user", "content": "b"}]
     for t in (AutoTokenizer.from_pretrained(out), load_tokenizer(out)):
         assert t.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == render_v1(msgs)
 

@@ -29,13 +29,19 @@ def test_reader_skips_binary_non_utf8_huge_and_blank(tmp_path):
 
 
 def test_reader_jsonl_gz_and_parquet(tmp_path):
-    with gzip.open(tmp_path / "s.jsonl.gz", "wt") as f:
-        f.write(json.dumps({"text": "one"}) + "\n{broken json\n" + json.dumps({"text": "two"}) + "\n")
+    with gzip.open(tmp_path / "s.jsonl.gz", "wb") as f:
+        f.write((json.dumps({"text": "one"}) + "\n{broken json\n").encode())
+        f.write(b'{"text": "caf\xe9"}\n')                               # Latin-1 record: only it is dropped
+        f.write((json.dumps({"text": "two"}) + "\n").encode())
     pq.write_table(pa.table({"text": ["three", "", "four"], "repo": ["r", "r", "r"]}), tmp_path / "t.parquet")
+    (tmp_path / "report.json").write_text('{"kept": 4}')                 # pipeline report: not a document
     assert list(iter_documents([tmp_path])) == ["one", "two", "three", "four"]
     pq.write_table(pa.table({"content": ["x"]}), tmp_path / "u.parquet")
     with pytest.raises(UserError, match="no 'text' column"):
         list(iter_documents([tmp_path / "u.parquet"]))
+    (tmp_path / "cut.jsonl.gz").write_bytes((tmp_path / "s.jsonl.gz").read_bytes()[:-12])   # truncated shard
+    with pytest.raises(UserError, match="cannot read"):
+        list(iter_documents([tmp_path / "cut.jsonl.gz"]))
 
 
 def test_no_usable_documents_is_a_user_error(tmp_path):

@@ -105,6 +105,8 @@ def test_resume_with_changed_config_is_refused(straight, tok_dir, corpus_dir, ca
     assert rc == 2 and "model config differs" in capsys.readouterr().err
     rc = cli_main(_args(tok_dir, corpus_dir, straight))               # no --resume over existing checkpoints
     assert rc == 2 and "--resume" in capsys.readouterr().err
+    assert cli_main(_args(tok_dir, corpus_dir, straight, extra=["--resume"])) == 0     # finished: a no-op
+    assert "nothing to do" in capsys.readouterr().err
     assert sorted(p.name for p in straight.rglob("*")) == before
 
 

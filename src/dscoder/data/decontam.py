@@ -18,8 +18,10 @@ Template boilerplate (e.g. MultiPL-E's `import java.util.*; ...` shared by every
 code, so an n-gram found in more than `max_tasks` tasks of one benchmark is ignored (default 20; HumanEval's 164
 tasks share only their `def check(candidate):` scaffolding that way).
 
-Matching is a set lookup: tokens map to ids of the benchmark vocabulary (tokens outside it cannot start or
-continue a match), n-grams are tuples of ints (hashing ints is deterministic across processes, unlike str).
+Matching is vectorised: a file's words map to ids of the benchmark vocabulary (-1 outside it), every 10-gram
+gets a 64-bit polynomial hash in numpy, hashes are screened against the sorted benchmark hashes with
+`searchsorted`, and a hit is confirmed on the id tuple. Whole-line short strings are a set intersection of the
+file's stripped lines. Ids and hashes are built from ints, so they agree across processes (str hashes do not).
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import UserError
 from .document import Drop, FileRecord, RepoFiles
@@ -44,38 +49,59 @@ def tokenize(text: str) -> list[str]:
     return text.split()
 
 
+_MUL = np.uint64(0x9E3779B97F4A7C15)     # odd 64-bit multiplier for the polynomial n-gram hash
+
+
+def ngram_hashes(ids: np.ndarray, n: int = NGRAM) -> np.ndarray:
+    """Polynomial hash (mod 2^64) of every n-gram of a token-id array: (W,) int64 -> (W-n+1,) uint64."""
+    if len(ids) < n:
+        return np.zeros(0, np.uint64)
+    v = ids.astype(np.uint64) + np.uint64(1)
+    h = np.zeros(len(ids) - n + 1, np.uint64)
+    for k in range(n):
+        h = h * _MUL + v[k: len(ids) - n + 1 + k]
+    return h
+
+
 @dataclass
 class BenchmarkIndex:
     """n-grams of benchmark strings -> (benchmark, task id) that contains them."""
     vocab: dict[str, int] = field(default_factory=dict)
     ngrams: dict[tuple[int, ...], tuple[str, str]] = field(default_factory=dict)
-    exact: dict[tuple[int, ...], tuple[str, str]] = field(default_factory=dict)   # 3..9-token lines
+    exact: dict[str, tuple[str, str]] = field(default_factory=dict)   # 3..9-word strings: stripped, single-spaced
     sources: list[str] = field(default_factory=list)
+    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))   # sorted ngram_hashes of ngrams
 
     def __len__(self) -> int:
         return len(self.ngrams) + len(self.exact)
 
+    def finalize(self) -> None:
+        """Build the sorted hash array used to screen a file's n-grams in one vectorised pass."""
+        grams = np.array(list(self.ngrams), dtype=np.int64).reshape(-1, NGRAM)          # (G, 10)
+        h = np.zeros(len(grams), np.uint64)
+        for k in range(NGRAM):
+            h = h * _MUL + (grams[:, k].astype(np.uint64) + np.uint64(1))
+        self.hashes = np.unique(h)
+
     def match(self, text: str) -> tuple[str, str] | None:
-        """(benchmark, task id) of the first benchmark 10-gram, or short string matched exactly, in `text`."""
-        if not self.ngrams and not self.exact:
+        """(benchmark, task id) of the first benchmark 10-gram, or short string equal to a line, in `text`."""
+        if self.exact:
+            # whole-line short strings: a stripped line equal to a benchmark string (as given, or single-spaced)
+            hits = set(map(str.strip, text.split("\n"))) & self.exact.keys()
+            if hits:
+                return self.exact[min(hits)]
+        if not len(self.hashes):
             return None
-        get, exact = self.vocab.get, self.exact
-        ids: list[int] = []
-        for line in text.split("\n"):
-            lids = [get(t, -1) for t in line.split()]
-            if exact and MIN_EXACT <= len(lids) < NGRAM:
-                hit = exact.get(tuple(lids))
-                if hit:
-                    return hit
-            ids += lids
-        start = 0
-        for end in [i for i, v in enumerate(ids) if v < 0] + [len(ids)]:
-            # only runs of known tokens can hold a benchmark n-gram
-            for i in range(start, end - NGRAM + 1):
-                hit = self.ngrams.get(tuple(ids[i:i + NGRAM]))
-                if hit:
-                    return hit
-            start = end + 1
+        words = text.split()
+        ids = np.fromiter(map(self.vocab.get, words, repeat(-1)), dtype=np.int64, count=len(words))   # (W,)
+        h = ngram_hashes(ids)                                                                       # (W-9,)
+        if not len(h):
+            return None
+        pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
+        for i in np.flatnonzero(self.hashes[pos] == h):
+            hit = self.ngrams.get(tuple(ids[i:i + NGRAM].tolist()))   # confirm: a hash match may collide
+            if hit:
+                return hit
         return None
 
 
@@ -146,9 +172,11 @@ def build_index(paths: Iterable[str | Path], max_tasks: int = 20) -> BenchmarkIn
             task = (bench, _task_id(row, k))
             grams: set[tuple[int, ...]] = set()
             for s in _strings(row):
-                ids = [ix.vocab.setdefault(t, len(ix.vocab)) for t in tokenize(s)]
+                words = tokenize(s)
+                ids = [ix.vocab.setdefault(t, len(ix.vocab)) for t in words]
                 if MIN_EXACT <= len(ids) < NGRAM:
-                    ix.exact.setdefault(tuple(ids), task)
+                    ix.exact.setdefault(" ".join(words), task)
+                    ix.exact.setdefault(s.strip(), task)
                 grams.update(tuple(ids[i:i + NGRAM]) for i in range(len(ids) - NGRAM + 1))
             for g in grams:
                 seen.setdefault(g, task)
@@ -157,6 +185,7 @@ def build_index(paths: Iterable[str | Path], max_tasks: int = 20) -> BenchmarkIn
             if count[g] <= max_tasks:
                 ix.ngrams.setdefault(g, task)
         ix.sources.append(str(p))
+    ix.finalize()
     return ix
 
 

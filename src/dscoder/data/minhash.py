@@ -3,7 +3,8 @@
 Each concatenated repo-level sample is one document ("repo-level minhash", README). Defaults, with why:
 
 - shingles: 5-grams of whitespace-separated tokens (BigCode's near-dedup and datatrove use 5-grams);
-- 256 permutations (BigCode), signatures by `rensa.RMinHash` (Rust, ~50x faster than datasketch);
+- 256 permutations (BigCode), signatures by `rensa.RMinHash` over 64-bit shingle hashes folded with numpy
+  (`benchmarks/bench_minhash.py`: far faster than datasketch on the same shingles);
 - LSH with 32 bands x 8 rows: candidate probability 1-(1-s^8)^32 is 0.5 at s≈0.65 and >0.98 at s=0.8, so pairs
   above the threshold are almost all found; each candidate pair is then *verified* by the signature agreement
   (the MinHash Jaccard estimate, sd ≈ 0.03 at 256 permutations) against `threshold` = 0.7 (BigCode's
@@ -57,21 +58,42 @@ def shingles(text: str, n: int = 5) -> set[str]:
     return {" ".join(toks[i:i + n]) for i in range(len(toks) - n + 1)}
 
 
-def signature(text: str, params: MinHashParams) -> np.ndarray:
-    """MinHash signature of one text, shape (num_perm,) uint32."""
+_MIX = np.uint64(0x100000001B3)     # FNV-1a 64-bit prime: multiply-xor folds token hashes in order
+
+
+def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
+    """64-bit hashes of the word n-grams of `shingles` (same set, no strings built), shape (S,) uint64.
+
+    Words are hashed once in Rust (`rensa.RMinHash.hash_token_sets`, deterministic across processes); each
+    n-gram's hash folds its n word hashes in order with numpy, so shingling runs at C speed."""
     from rensa import RMinHash       # imported here so that merely importing the pipeline stays cheap
 
-    m = RMinHash(num_perm=params.num_perm, seed=params.seed)
-    m.update(list(shingles(text, params.ngram)))
-    return np.asarray(m.digest(), dtype=np.uint32)
+    words = np.asarray(RMinHash.hash_token_sets([text.split()])[0], dtype=np.uint64)   # (W,)
+    if len(words) < n:
+        words = np.concatenate([words, np.zeros(n - len(words), np.uint64)])          # one shingle
+    h = words[: len(words) - n + 1].copy()                                              # (S,)
+    for k in range(1, n):
+        h = (h * _MIX) ^ words[k: len(words) - n + 1 + k]
+    return h
 
 
 def signature_matrix(texts: Sequence[str], params: MinHashParams) -> np.ndarray:
-    """Signatures of many texts, shape (N, num_perm) uint32."""
-    out = np.empty((len(texts), params.num_perm), dtype=np.uint32)
-    for i, t in enumerate(texts):
-        out[i] = signature(t, params)
-    return out
+    """MinHash signatures of many texts, shape (N, num_perm) uint32, in one rensa call."""
+    from rensa import RMinHash
+
+    if not texts:
+        return np.empty((0, params.num_perm), np.uint32)
+    parts = [shingle_hashes(t, params.ngram) for t in texts]
+    offsets = np.zeros(len(parts) + 1, np.uint64)
+    offsets[1:] = np.cumsum([len(p) for p in parts])
+    flat = np.concatenate(parts)
+    m = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, params.num_perm, params.seed)
+    return np.asarray(m.to_rows(), dtype=np.uint32).reshape(len(texts), params.num_perm)
+
+
+def signature(text: str, params: MinHashParams) -> np.ndarray:
+    """MinHash signature of one text, shape (num_perm,) uint32."""
+    return signature_matrix([text], params)[0]
 
 
 def candidate_pairs(sigs: np.ndarray, params: MinHashParams) -> set[tuple[int, int]]:

@@ -44,7 +44,7 @@ from .document import Drop, RepoFiles, Sample
 from .executors import make_executor
 from .filters import apply_filters, content_hash
 from .languages import normalize_languages
-from .minhash import MinHashParams, near_duplicates, signature
+from .minhash import MinHashParams, near_duplicates, signature_matrix
 from .quality import apply_quality
 from .readers import DEFAULT_MAX_FILE_BYTES, SourceUnit, plan_sources, read_unit
 from .repo_order import build_samples
@@ -113,8 +113,7 @@ def stage_screen_order(task: tuple[RepoFiles, BuildConfig]) -> RepoResult:
     drops += more
     counts["repo_order"] = len(repo.files)
     samples = build_samples(repo)
-    sigs = np.stack([signature(s.text, cfg.minhash) for s in samples]) if samples else \
-        np.empty((0, cfg.minhash.num_perm), np.uint32)
+    sigs = signature_matrix([s.text for s in samples], cfg.minhash)    # (n_samples, num_perm)
     # the files travel back only inside the sample texts: the repo itself stays here
     return RepoResult(RepoFiles(repo.repo), drops, counts, samples=samples, signatures=sigs,
                       lang_bytes=[_lang_bytes(s, repo) for s in samples])
@@ -379,6 +378,8 @@ def _config(args: argparse.Namespace) -> BuildConfig:
 def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str = "local",
           workers: int | None = None, progress_stream=sys.stderr) -> dict:
     """Run every stage and write `out`; returns the stats dict (also written to out/stats.json)."""
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise UserError(f"--workers must be a positive integer, got {workers!r}")
     units = plan_sources(sources)                # UserError on a bad source, before any work
     index = _benchmark_index(cfg.benchmarks)     # UserError on a bad benchmark file, before any work
     if out.exists() and not out.is_dir():
@@ -426,7 +427,9 @@ def _stats_dict(stats: Stats, output: dict, cfg: BuildConfig, n_samples: int, in
                            "unit": "files in, samples out (Algorithm 1 components)"}
     settings = asdict(cfg)
     settings["benchmarks"] = [Path(b).name for b in cfg.benchmarks]   # names only: output independent of paths
-    return {"stages": table, "output": {k: v for k, v in output.items() if not k.startswith("shards_")},
+    output = {k: v for k, v in output.items() if not k.startswith("shards_")}
+    output["input_bytes"] = stats.read_bytes          # decoded bytes of the files that passed reading
+    return {"stages": table, "output": output,
             "decontaminated": stats.decontaminated, "settings": settings,
             "benchmark_ngrams": len(index)}
 

@@ -19,9 +19,10 @@ Safety: sizes come from stat (or the archive/git header) before anything is read
 known binary extension means binary; UTF-8 (BOM stripped) or BOM-marked UTF-16/32 is decoded, anything else is
 dropped as "encoding"; symlinks are never followed (reasons `symlink_escape`, `symlink_loop`, `symlink`); `.git`
 internals, vendored folders and minified files are skipped by path; archive members with `..` or absolute
-names are refused; a truncated or corrupt archive or git store yields its repository with no files and one
-Drop ("truncated_archive", "archive_bomb" past 100x expansion, "git_error"), never a partial repository
-passed off as complete.
+names are refused; a file of no language in `data.languages` ("unknown_language") or outside `languages=`
+("language_excluded") is never opened; a truncated or corrupt archive or git store yields its repository with
+no files and one Drop ("truncated_archive", "archive_bomb" past 100x expansion, "git_error"), never a partial
+repository passed off as complete. Tables and archives are held in memory one source file at a time.
 """
 from __future__ import annotations
 
@@ -133,6 +134,11 @@ def decode_content(data: bytes) -> tuple[str | None, str | None]:
     return _nonempty(text)
 
 
+def _printable(s: str) -> str:
+    """`s` made safe to write anywhere (JSON, Parquet, a terminal): escapes for undecodable bytes and controls."""
+    return s.encode("unicode_escape").decode("ascii") if bad_name(s) else s
+
+
 def _nonempty(text: str) -> tuple[str | None, str | None]:
     if not text or text.isspace():
         return None, "empty"
@@ -151,7 +157,7 @@ class _Repo:
     failed: Drop | None = None
 
     def drop(self, path: str, reason: str, detail: str = "") -> None:
-        self.drops.append(Drop(self.name, path, STAGE, reason, detail))
+        self.drops.append(Drop(self.name, _printable(path), STAGE, reason, _printable(detail)))
 
     def fail(self, reason: str, detail: str) -> None:
         """The whole repository is unreliable (truncated archive, broken git store): emit none of it."""
@@ -160,7 +166,7 @@ class _Repo:
     def admit(self, path: str, size: int) -> str | None:
         """Language of a file worth reading, judged from its path and size alone; None after recording a Drop."""
         if bad_name(path):
-            self.drop(path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "bad_filename")
+            self.drop(path, "bad_filename")
             return None
         reason = path_skip_reason(path)
         lang = detect_language(path) if reason is None else None
@@ -189,9 +195,13 @@ class _Repo:
 
     def add_text(self, path: str, lang: str, text: str) -> None:
         """A row that arrives already decoded (JSONL/Parquet): same rules as bytes, without re-encoding."""
-        if len(text) > self.max_bytes or (4 * len(text) > self.max_bytes
-                                          and len(text.encode("utf-8", "surrogatepass")) > self.max_bytes):
-            self.drop(path, "too_large", f"> cap {self.max_bytes}")
+        try:     # JSON "\ud800" escapes decode to lone surrogates that no writer downstream could encode
+            nbytes = len(text) if text.isascii() else len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            self.drop(path, "encoding")
+            return
+        if nbytes > self.max_bytes:
+            self.drop(path, "too_large", f"{nbytes} bytes > cap {self.max_bytes}")
         elif text.startswith(LFS_PREFIX.decode()):
             self.drop(path, "lfs_pointer")
         elif "\x00" in text[:BINARY_SNIFF_BYTES]:
@@ -422,7 +432,7 @@ def _read_archive(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] 
             rel = rest if (rel and not has_top_files and len(tops) == 1) else rel
         repo = repos.setdefault(key, _Repo(key, max_bytes, languages))
         if not rel:
-            repo.drop(raw.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "path_traversal")
+            repo.drop(raw, "path_traversal")
         elif refusal:
             repo.drop(rel, refusal)
         elif (lang := repo.admit(rel, size)) is not None and data is not None:
@@ -519,7 +529,7 @@ def _read_table(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | 
 def _add_row(repo: _Repo, raw_path: str, content: str | bytes) -> None:
     rel = safe_member_path(raw_path)
     if rel is None:
-        repo.drop(raw_path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), "path_traversal")
+        repo.drop(raw_path, "path_traversal")
         return
     size = len(content) if isinstance(content, bytes) else min(len(content), repo.max_bytes + 1)
     lang = repo.admit(rel, size if content else 0)

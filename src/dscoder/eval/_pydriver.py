@@ -42,7 +42,7 @@ def encode(x, budget=None, depth=0):
     if t is bool:
         return {"t": "bool", "v": x}
     if t is int:
-        return {"t": "int", "v": str(x)}
+        return {"t": "int", "v": hex(x)}  # hex: no 4300-digit str() limit
     if t is float:
         return {"t": "float", "v": float.hex(x)}
     if t is complex:
@@ -71,7 +71,7 @@ def encode(x, budget=None, depth=0):
 
 def decode(d):
     t, v = d["t"], d.get("v")
-    simple = {"none": lambda: None, "bool": lambda: bool(v), "int": lambda: int(v), "str": lambda: str(v),
+    simple = {"none": lambda: None, "bool": lambda: bool(v), "int": lambda: int(v, 16), "str": lambda: str(v),
               "float": lambda: float.fromhex(v), "complex": lambda: complex(float.fromhex(v[0]), float.fromhex(v[1])),
               "bytes": lambda: bytes.fromhex(v), "bytearray": lambda: bytearray.fromhex(v),
               "range": lambda: range(*v)}

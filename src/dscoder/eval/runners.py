@@ -282,8 +282,8 @@ def check_program(lang: str, source: str, *, timeout: float = 10.0, build_timeou
     spec, nonce = LANGS[lang], secrets.token_hex(16)
     program = spec.inject(source, nonce)
     run_cpu = int(timeout) + 1
-    script = (f"({spec.build}) </dev/null >&2 || {{ echo '@@dscoder-build-failed@@' >&2; exit 97; }}\n"
-              f"rm -f {spec.src}\n"
+    rm_src = f"rm -f {spec.src}\n" if spec.build != "true" else ""  # a built test needs no source to read
+    script = (f"({spec.build}) </dev/null >&2 || {{ echo '@@dscoder-build-failed@@' >&2; exit 97; }}\n{rm_src}"
               f"exec prlimit --cpu={run_cpu}:{run_cpu + 1} -- timeout -s KILL {timeout} {spec.run}\n")
     limits = Limits(wall_s=build_timeout + timeout, cpu_s=build_timeout + timeout, memory_bytes=memory_bytes,
                     address_space_bytes=0, nproc=spec.nproc, tmpfs_bytes=512 << 20, output_bytes=1 << 20)

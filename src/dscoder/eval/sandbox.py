@@ -21,9 +21,12 @@ What **bwrap** mode gives (the normal mode here; `make setup` installs bubblewra
 - a filesystem made of read-only binds of /usr (and the /bin, /lib symlinks), a small /etc subset, the Python
   prefix and its site-packages, tool prefixes such as rustc's sysroot — never /root, /home, /work; the cwd and /tmp
   are one fresh size-capped tmpfs (`--size`) per run, so nothing written there outlives the run;
-- an unprivileged uid (61000 + slot, a different one per concurrent run) so RLIMIT_NPROC really applies, with
-  `--disable-userns` (no nested user namespaces) and an environment scrubbed to PATH, LANG, HOME=/tmp — bwrap
-  itself is started with an empty environment so /proc/1/environ shows nothing of ours;
+- an unprivileged uid (61000 + slot, a different one per concurrent run) so RLIMIT_NPROC really applies: as root,
+  bwrap runs privileged (no user namespace, so it can bind the interpreter from /root) and the program drops to
+  the pool uid inside with `setpriv` (no capabilities, empty bounding set, no_new_privs: setuid binaries are
+  inert); as a normal user, bwrap maps that user into a new user namespace with `--disable-userns` instead. The
+  environment is scrubbed to PATH, LANG, HOME=/tmp; bwrap itself starts with an empty environment, and its pid 1
+  belongs to root, so /proc/1/environ shows nothing of ours;
 - limits: wall time (the parent SIGKILLs the tree), CPU time (RLIMIT_CPU), memory (a memory cgroup when the host
   lets us create one, cgroup v2 or v1; else RLIMIT_AS), processes (RLIMIT_NPROC per uid, plus pids cgroup),
   file size (RLIMIT_FSIZE and the tmpfs size), output bytes (pipes read incrementally; the run is killed at the cap).
@@ -38,7 +41,6 @@ Verdicts are NOT made here: see `runners.py` (two-process Python checks; nonce +
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import selectors
 import shutil
@@ -119,14 +121,19 @@ _probe: dict | None = None
 
 
 def _bwrap_works(bwrap: str) -> bool:
-    cmd = _bwrap_prefix(bwrap, tmpfs_bytes=1 << 20) + ["/bin/true"]
-    if os.geteuid() == 0:
-        cmd = ["setpriv", f"--reuid={UID_BASE + UID_SLOTS - 1}", f"--regid={UID_BASE + UID_SLOTS - 1}",
-               "--clear-groups", *cmd]
+    cmd = _bwrap_prefix(bwrap, tmpfs_bytes=1 << 20) + ["--"] + _drop(UID_BASE + UID_SLOTS - 1) + ["/bin/true"]
     try:
         return subprocess.run(cmd, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def _drop(uid: int) -> list[str]:
+    """As root: become the pool uid with no capabilities and no way back (setuid bits ignored). Else nothing."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]
 
 
 def _cgroup_roots() -> dict[str, Path]:
@@ -260,15 +267,20 @@ def _kill_uid(uid: int) -> None:
 
 # ---------------------------------------------------------------- command construction
 def _bwrap_prefix(bwrap: str, tmpfs_bytes: int) -> list[str]:
-    cmd = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+    # As root bwrap runs privileged (no user namespace: the mounts may come from /root) and the program drops to
+    # the pool uid inside; as a normal user bwrap maps that user into a new user namespace instead.
+    userns = ["--unshare-user", "--disable-userns"] if os.geteuid() != 0 else []
+    cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", *userns,
+           "--die-with-parent", "--new-session",
            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
-           "--size", str(tmpfs_bytes), "--tmpfs", SCRATCH, "--chdir", SCRATCH]
+           "--perms", "0777", "--size", str(tmpfs_bytes), "--tmpfs", SCRATCH, "--chdir", SCRATCH]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         p = Path("/") / name
         if p.is_symlink():
             cmd += ["--symlink", os.readlink(p), f"/{name}"]
         elif p.is_dir():
             cmd += ["--ro-bind", str(p), f"/{name}"]
+    cmd += ["--perms", "0755", "--dir", "/etc"]  # else privileged bwrap makes it 0700: alternatives unreachable
     for name in ETC_KEEP:
         if os.path.exists(f"/etc/{name}"):
             cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
@@ -320,16 +332,13 @@ def run_program(argv: Sequence[str], files: Mapping[str, bytes] | None = None, l
         try:
             if info["isolation"] == "bwrap":
                 return _run_bwrap(info, uid, cgroups, list(argv), files, limits, stdin, mounts, senv)
-            return _run_fallback(info, uid, cgroups, list(argv), files, limits, stdin, senv)
+            return _run_fallback(info, uid, cgroups, list(argv), files, limits, stdin, senv, mounts)
         finally:
             _cgroup_destroy(cgroups)
 
 
-def _wrap(info: dict, uid: int, cgroups: Sequence[Path], inner: list[str]) -> list[str]:
-    """Join the run's cgroups (a root shell, before anything untrusted starts), then drop to the pool uid."""
-    cmd = inner
-    if info["root"]:
-        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+def _wrap(cgroups: Sequence[Path], cmd: list[str]) -> list[str]:
+    """Join the run's cgroups from a root shell before anything untrusted starts."""
     if cgroups:
         joins = "; ".join(f'echo $$ > "{d}/cgroup.procs"' for d in cgroups)
         cmd = ["/bin/sh", "-c", f'{joins} || exit 125; exec "$@"', "sh", *cmd]
@@ -340,9 +349,10 @@ def _run_bwrap(info, uid, cgroups, argv, files, limits, stdin, mounts, senv) -> 
     started_r, started_w = os.pipe()
     fds, args = [started_w], []
     try:
-        for m in mounts:  # opened here as root, so the sandbox uid needs no right to traverse e.g. /root
-            fds.append(os.open(m.src, os.O_PATH | os.O_CLOEXEC))
-            args += ["--ro-bind-fd", str(fds[-1]), m.dest or m.src]
+        for m in mounts:  # parents made world-traversable first: bwrap would copy /root's 0700
+            for p in reversed(Path(m.dest or m.src).parents):
+                args += ["--perms", "0755", "--dir", str(p)] if str(p) not in ("/", "/usr", "/tmp") else []
+            args += ["--ro-bind", m.src, m.dest or m.src]
         for name, data in files.items():
             fds.append(os.memfd_create("sbx-file"))
             view = memoryview(data)
@@ -350,14 +360,14 @@ def _run_bwrap(info, uid, cgroups, argv, files, limits, stdin, mounts, senv) -> 
                 view = view[os.write(fds[-1], view):]
             os.lseek(fds[-1], 0, os.SEEK_SET)
             for p in reversed(Path(SCRATCH, name).parents):
-                args += ["--dir", str(p)] if str(p).startswith(SCRATCH + "/") else []
+                args += ["--perms", "0777", "--dir", str(p)] if str(p).startswith(SCRATCH + "/") else []
             args += ["--file", str(fds[-1]), f"{SCRATCH}/{name}"]
         args += ["--clearenv"] + [a for k, v in senv.items() for a in ("--setenv", k, v)]
         # A mark on a pipe once the sandbox is set up tells a bwrap failure (infra_error) from the program's own.
-        mark = ["/bin/sh", "-c", f'printf x >&{started_w}; exec {started_w}>&-; exec "$@"', "sh"]
+        mark = ["/bin/bash", "-c", f'printf x >&{started_w}; exec {started_w}>&-; exec "$@"', "bash"]  # dash: fd<10
         inner = _bwrap_prefix(info["bwrap"], limits.tmpfs_bytes) + args + ["--"] + mark
-        inner += _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
-        res = _supervise(_wrap(info, uid, cgroups, inner), fds, limits, stdin, None, cgroups)
+        inner += _drop(uid) + _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
+        res = _supervise(_wrap(cgroups, inner), fds, limits, stdin, None, cgroups)
     finally:
         for fd in fds:
             os.close(fd)
@@ -381,7 +391,19 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run_fallback(info, uid, cgroups, argv, files, limits, stdin, senv) -> ExecResult:
+def _world_readable(path: str) -> bool:
+    p = Path(path).resolve()
+    return all(os.stat(q).st_mode & 0o005 == 0o005 for q in [p, *p.parents])
+
+
+def _run_fallback(info, uid, cgroups, argv, files, limits, stdin, senv, mounts) -> ExecResult:
+    # No mount namespace: tools are used in place, so the pool uid must be able to reach them (fail closed).
+    if info["root"] and (bad := [m.src for m in mounts if not _world_readable(m.src)]):
+        return ExecResult("infra_error", None, None, b"", b"", 0.0, 0.0, isolation="fallback",
+                          detail=f"fallback sandbox: {bad[0]} is not readable by the unprivileged sandbox uid; "
+                                 "install bubblewrap (scripts/install_system_deps.sh)")
+    for m in mounts:
+        senv.update({k: v.replace(m.dest, m.src) for k, v in m.env.items()} if m.dest else {})
     work = Path(tempfile.mkdtemp(prefix="dscoder-sbx-"))
     try:
         for name, data in files.items():
@@ -392,8 +414,8 @@ def _run_fallback(info, uid, cgroups, argv, files, limits, stdin, senv) -> ExecR
             for p in work.rglob("*"):
                 os.chown(p, uid, uid)
         senv = {**senv, "HOME": str(work), "TMPDIR": str(work)}
-        cmd = _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
-        res = _supervise(_wrap(info, uid, cgroups, cmd), [], limits, stdin, (work, senv), cgroups)
+        cmd = _drop(uid) + _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
+        res = _supervise(_wrap(cgroups, cmd), [], limits, stdin, (work, senv), cgroups)
         if info["root"]:
             _kill_uid(uid)
     finally:

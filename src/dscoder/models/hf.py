@@ -4,7 +4,7 @@ released as `LlamaForCausalLM` / `DeepseekV2ForCausalLM` folders; reference §1.
     model = load_model("deepseek-coder-1.3b-base")               # any HF folder: config.json + weights
     model = load_model("ckpt", device="cuda", dtype="bfloat16")
     model = build_model(get_preset("tiny"))                       # fresh, initialised
-    save_pretrained(model, "out")                                 # config.json, model.safetensors, generation_config.json
+    save_pretrained(model, "out")            # config.json, model.safetensors, generation_config.json
 
 Weights are read from `model.safetensors`, sharded safetensors with `model.safetensors.index.json`, or
 `pytorch_model*.bin` (loaded with `weights_only=True`: a checkpoint never runs code). Loading is strict: a
@@ -89,7 +89,7 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
                         "(is it truncated or corrupt?)") from None
     if not isinstance(sd, dict):
         raise UserError(f"weights file {file} does not hold a state dict")
-    return sd.get("state_dict", sd) if "state_dict" in sd and isinstance(sd["state_dict"], dict) else sd
+    return sd
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -179,8 +179,8 @@ def train_tokenizer(inputs: Iterable[str] | list[str | os.PathLike], vocab_size:
 
 
 def _resolve_inputs(inputs, max_bytes: int) -> Iterable[str]:
-    """Paths or texts: a list of PathLikes and one-line strings, at least one naming an existing path, is a list
-    of paths (so is any list holding a PathLike; a missing one is then an error, not a tiny text to train on); anything else is texts."""
+    """Paths or texts. A list of PathLikes and one-line strings is a list of paths when it holds a PathLike or
+    names an existing path (a missing one is then an error, not a tiny text to train on); anything else is texts."""
     if isinstance(inputs, (str, bytes, os.PathLike)):
         raise UserError("tokenizer inputs must be a list of paths or an iterable of texts, not a single value")
     if isinstance(inputs, (list, tuple)) and inputs and \

@@ -2,7 +2,7 @@
 
 * Sources (`iter_documents`): folders (walked in sorted order: source/text files; binary, non-UTF-8, huge or
   empty files skipped), `.jsonl` / `.jsonl.gz` and `.parquet` files with a `text` column (the data pipeline's
-  `DIR/*.parquet` shards). Order is deterministic: sorted paths, rows in file order.
+  `DIR/*.parquet` shards; a folder holding shards is read for its shards only). Order is deterministic: sorted paths, rows in file order.
 * Split (`is_heldout`): a document is held out for eval loss when a stable hash of its text is 0 mod
   `heldout_every` (default 100 -> 1%). Hashing the text (not its position) keeps duplicates on one side.
 * Packing (`PackedStream`): each document becomes `[BOS] + document_ids(...)` -- FIM (PSM, rate 0.5) is applied to
@@ -69,14 +69,17 @@ def _is_shard(path: Path) -> bool:
 
 def _iter_jsonl(path: Path) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                text = json.loads(line).get("text")
-            except (ValueError, AttributeError):
-                continue                 # one bad record costs one record, not the rest of the shard
-            if isinstance(text, str) and text.strip():
-                yield text
+    try:
+        with opener(path, "rb") as f:
+            for line in f:
+                try:
+                    text = json.loads(line.decode("utf-8")).get("text")
+                except (ValueError, AttributeError):
+                    continue             # one bad record (bad JSON, not UTF-8) costs that record, not the shard
+                if isinstance(text, str) and text.strip():
+                    yield text
+    except (EOFError, OSError) as e:     # truncated or corrupt gzip: an error, never a silently short epoch
+        raise UserError(f"{path}: cannot read ({e})") from e
 
 
 def _iter_parquet(path: Path) -> Iterator[str]:
@@ -105,14 +108,20 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 def iter_documents(paths: list[str | Path]) -> Iterator[str]:
-    """Every usable document under `paths`, in a deterministic order."""
+    """Every usable document under `paths`, in a deterministic order.
+
+    A folder that holds any .jsonl/.jsonl.gz/.parquet shard is read as a shard folder (the data pipeline's
+    output: only the shards, so its reports and stats files never become training text); any other folder is
+    walked for source/text files. A file given directly is read by its suffix (any other suffix: as text)."""
     for root in paths:
         root = Path(root)
         if not root.exists():
             raise UserError(f"--data {root}: no such file or directory")
-        files = _walk(root) if root.is_dir() else iter([root])
+        files = list(_walk(root)) if root.is_dir() else [root]
+        if root.is_dir() and any(_is_shard(p) for p in files):
+            files = [p for p in files if _is_shard(p)]
         for p in files:
-            if p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz"):
+            if p.name.endswith((".jsonl", ".jsonl.gz")):
                 yield from _iter_jsonl(p)
             elif p.suffix == ".parquet":
                 yield from _iter_parquet(p)

@@ -135,8 +135,9 @@ def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor]:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[torch.Tensor], cfg: LoopConfig,
                dist: parallel.Dist) -> dict[str, Any]:
     """Forward/backward over this rank's rows of each micro-batch, clip, AdamW update. Returns local figures."""
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    aux_sum, has_aux, load = 0.0, False, None
+    # running sums stay on the device: no host sync inside the step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+    aux_sum, has_aux, load = torch.zeros((), dtype=torch.float64, device=dist.device), False, None
     for i, global_rows in enumerate(micro):
         rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
         last = i == len(micro) - 1
@@ -146,19 +147,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[t
                 loss, aux = lm_loss(model, rows[:, :-1], rows[:, 1:])
             total = loss if aux is None else loss + aux
             (total / len(micro)).backward()
-        loss_sum += loss.detach().double().cpu()
+        loss_sum += loss.detach().double()
         if aux is not None:
-            aux_sum, has_aux = aux_sum + float(aux.detach()), True
+            aux_sum, has_aux = aux_sum + aux.detach().double(), True
             el = getattr(parallel.unwrap(model), "expert_load", None)
             if el is not None:
-                load = el.detach().cpu().long() if load is None else load + el.detach().cpu().long()
+                load = el.detach().long() if load is None else load + el.detach().long()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     if hasattr(grad_norm, "full_tensor"):                  # FSDP2 returns a DTensor
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_sum.item() / len(micro), "grad_norm": float(grad_norm),
-            "aux_loss": aux_sum / len(micro) if has_aux else None, "expert_load": load}
+            "aux_loss": aux_sum.item() / len(micro) if has_aux else None,
+            "expert_load": None if load is None else load.cpu()}
 
 
 # ------------------------------------------------------------------------------------------- the loop

@@ -1,17 +1,9 @@
 """`dscoder pretrain`: next-token + FIM pretraining of a v1 (Llama) or V2 (MLA + MoE) model (v1 paper §3).
 
-Train a tiny model on CPU:
-    dscoder pretrain --preset tiny --tokenizer TOK --data corpus/ --out runs/tiny --steps 200 --seq-len 256 \\
-        --batch-size 8 --save-every 50
-Resume after a crash, bit-for-bit:    the same command + --resume
-Two processes (DDP):                  python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli pretrain ...
-Long-context extension (v1 §3.6):     --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
-                                      (recipes/long_context.md)
-
-Writes OUT/metrics.jsonl, OUT/loss.png, OUT/checkpoints/step-N/ (atomic; see train/checkpoint.py) and OUT/final/
-(an HF folder `dscoder.load_model` reads). Documents get FIM (PSM) at --fim-rate before packing; 1% of documents
-(by a hash of their text) are held out for the eval loss. --batch-size is the global batch in sequences per
-optimizer step (split over --grad-accum micro-batches and over the torchrun processes).
+Wires the pieces: tokenizer -> model config (preset or --init-from, vocab/bos/eos from the tokenizer, RoPE flags
+for long-context extension, v1 §3.6) -> `data.PackedStream` (FIM at the document level, §3.1.2) -> `loop.run`
+(AdamW + 3-stage or cosine LR, §3.4) -> `checkpoint` (atomic, verifiable, exact resume) and OUT/final/.
+Usage is in `main`'s docstring (= `dscoder pretrain --help`).
 """
 from __future__ import annotations
 
@@ -38,7 +30,7 @@ _RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_eve
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dscoder pretrain", description=__doc__,
+    p = argparse.ArgumentParser(prog="dscoder pretrain", description=main.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", required=True, help="model preset (models/presets.py), e.g. tiny, tiny-moe, deepseek-coder-1.3b")
@@ -188,7 +180,21 @@ def _run_args(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Next-token + FIM pretraining (also long-context extension with --init-from). See the module docstring."""
+    """Next-token + FIM pretraining (v1 paper §3), also the long-context extension (§3.6) with --init-from.
+
+Train a tiny model on CPU:
+    dscoder pretrain --preset tiny --tokenizer TOK --data corpus/ --out runs/tiny --steps 200 --seq-len 256 \\
+        --batch-size 8 --save-every 50
+Resume after a crash, bit-for-bit:    the same command + --resume
+Two processes (DDP):                  python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli pretrain ...
+Long-context extension:               --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
+                                      (recipes/long_context.md)
+
+Writes OUT/metrics.jsonl (one JSON row per optimizer step), OUT/loss.png, OUT/checkpoints/step-N/ (atomic, with
+a manifest; the newest --keep-last are kept) and OUT/final/ (an HF folder `dscoder.load_model` reads).
+Documents get FIM (PSM) at --fim-rate before packing; 1 document in --heldout-every (by a hash of its text) is
+held out for the eval loss. --batch-size is the global batch in sequences per optimizer step, split over
+--grad-accum micro-batches and over the torchrun processes."""
     args = _parser().parse_args(argv)
     _validate(args)
     from ..tokenizer.bpe import load_tokenizer
@@ -224,19 +230,27 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args, cfg, tokenizer, dist) -> int:
     out = Path(args.out)
     ck_dir = out / "checkpoints"
-    resume_from = None
-    if dist.is_main:
+    resume_from, error = None, None
+    if dist.is_main:        # rank 0 decides (it verifies hashes once); every rank gets the verdict
         if args.resume:
             resume_from = ckpt.latest_checkpoint(ck_dir)
             if resume_from is None:
                 print(f"dscoder pretrain: no complete checkpoint under {ck_dir}; starting fresh", file=sys.stderr)
         elif ckpt.list_checkpoints(ck_dir):
-            raise UserError(f"{ck_dir} already holds checkpoints: pass --resume, or choose a new --out")
-    resume_from = parallel.broadcast_object(resume_from, dist)
+            error = f"{ck_dir} already holds checkpoints: pass --resume, or choose a new --out"
+    resume_from, error = parallel.broadcast_object((resume_from, error), dist)
+    if error:
+        raise UserError(error)
     run_args = _run_args(args)
     saved = ckpt.load_train_state(resume_from) if resume_from else None
     if saved is not None:
         _check_resume(saved, cfg, run_args)
+        if ckpt.verify(out / "final") is None and \
+                json.loads((out / "final" / ckpt.MANIFEST).read_text()).get("step") == args.steps:
+            if dist.is_main:
+                print(f"dscoder pretrain: {out / 'final'} already holds step {args.steps}; nothing to do",
+                      file=sys.stderr)
+            return 0
     _seed_all(args.seed)
     model = _setup_model(args, cfg, dist, resume_from)
     model = parallel.parallelize(model, dist, fsdp=args.fsdp)
