@@ -62,9 +62,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--max-mb", type=float, default=40.0, help="cap on source text (whole corpus: ~300)")
+    ap.add_argument("--no-syntax-check", action="store_true", help="skip the tree-sitter screen (quality stage)")
     args = ap.parse_args()
     sources, planned = corpus(args.max_mb)
-    cfg = BuildConfig(benchmarks=tuple(str(p) for p in default_benchmarks()))
+    cfg = BuildConfig(benchmarks=tuple(str(p) for p in default_benchmarks()), check_syntax=not args.no_syntax_check)
     with tempfile.TemporaryDirectory() as out:
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def main() -> None:
     print(f"kept: {stats['output']['samples']} samples, {stats['output']['bytes'] / 1e6:.1f} MB; "
           f"dropped: " + ", ".join(f"{k} {st[k]['in'] - st[k].get('kept', st[k]['in'])}"
                                     for k in ("read", "filter", "dedup", "quality", "decontam", "near_dedup")))
+    print(f"syntax check: {'off' if args.no_syntax_check else 'on (tree-sitter)'}")
     print(f"wall {wall:.1f}s with {args.workers} worker(s): {mb / wall:.2f} MB/s, "
           f"{mb / wall / args.workers:.2f} MB/s per core (target >= 5; datatrove ~0.9)")
     print(f"CPU time {cpu:.1f}s (driver + workers): {mb / cpu:.2f} MB per CPU-second "

@@ -26,19 +26,22 @@ def parse() -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
     p.add_argument("--new", type=int, default=128, help="new tokens per run")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side (best is reported)")
     return p.parse_args()
 
 
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up: first-call allocations and kernel selection are not decode speed
-    best, out = float("inf"), None
+def best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Best wall time and last output of each fn. Runs alternate (a, b, a, b, ...) so that drifting machine
+    load hits both sides alike; one untimed warm-up each (first-call allocations are not decode speed)."""
+    outs = {name: fn() for name, fn in fns.items()}
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outs
 
 
 def main() -> None:
@@ -72,8 +75,8 @@ def main() -> None:
                           min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
         return out[:, args.prompt:].tolist()
 
-    t_ours, tok_ours = best_time(run_ours, args.repeats)
-    t_hf, tok_hf = best_time(run_hf, args.repeats)
+    best, outs = best_times({"ours": run_ours, "hf": run_hf}, args.repeats)
+    (t_ours, tok_ours), (t_hf, tok_hf) = (best["ours"], outs["ours"]), (best["hf"], outs["hf"])
     n = args.batch * args.new
     same = sum(a == b for ra, rb in zip(tok_ours, tok_hf) for a, b in zip(ra, rb))
     print(f"greedy decode, fp32 CPU, {args.threads} threads: {cfg.num_params() / 1e6:.0f}M params "

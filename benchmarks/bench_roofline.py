@@ -4,8 +4,8 @@ At batch 1 every decode step reads every weight matrix once (plus the KV cache s
 tokens/s x bytes read per token can be at most the machine's memory bandwidth. The model is
 1.3b-shaped (hidden 2048, intermediate 5504, 16 heads, vocab 32256; reference §1.1) with fewer
 layers, so that its weights (>= 500 MB fp32) are far larger than the CPU caches. The bandwidth is
-measured in the same run, with the same threads: the best of several full reads (sum) of a 1 GB
-tensor, which is the access pattern of a matrix-vector product.
+measured in the same run, with the same threads, interleaved with the decode runs: the best of several
+full reads (sum) of a 1 GB tensor, which is the access pattern of a matrix-vector product.
 
 bytes per token = all weights except the embedding table (one row of it is read) + the K and V cache
 read by attention, averaged over the generated positions.
@@ -26,35 +26,23 @@ def parse() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for both the bandwidth probe and decode")
     p.add_argument("--bandwidth-gb", type=float, default=1.0, help="size of the tensor read to measure bandwidth")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     return p.parse_args()
 
 
-def read_bandwidth(n_bytes: int, repeats: int) -> float:
-    """Bytes/s of a full read of an fp32 tensor of n_bytes (best of `repeats` after a warm-up)."""
-    x = torch.ones(n_bytes // 4, dtype=torch.float32)
-    x.sum()
-    best = float("inf")
-    for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def copy_bandwidth(n_bytes: int, repeats: int) -> float:
-    """Bytes/s moved (read + write) by a tensor copy of n_bytes, for reference."""
-    x = torch.ones(n_bytes // 4, dtype=torch.float32)
+def bandwidth_probes(n_bytes: int):
+    """(read probe, copy probe): each returns bytes/s of one full pass over an fp32 tensor of n_bytes."""
+    x = torch.ones(n_bytes // 4, dtype=torch.float32)  # ones, not empty: every page really backed
     y = torch.empty_like(x)
-    y.copy_(x)
-    best = float("inf")
-    for _ in range(repeats + 2):
-        t0 = time.perf_counter()
-        y.copy_(x)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * x.numel() * 4 / best
+    return (lambda: n_bytes / timed(x.sum)), (lambda: 2 * n_bytes / timed(lambda: y.copy_(x)))
 
 
 def bytes_per_token(model: torch.nn.Module, cfg, prompt: int, new: int) -> tuple[float, float]:
@@ -75,21 +63,29 @@ def main() -> None:
     from dscoder.models.hf import build_model
     from dscoder.models.presets import get_preset
 
-    bw_read = read_bandwidth(int(args.bandwidth_gb * 2**30), args.repeats)
-    bw_copy = copy_bandwidth(int(args.bandwidth_gb * 2**30), args.repeats)
+    probe_read, probe_copy = bandwidth_probes(int(args.bandwidth_gb * 2**30))
     cfg = get_preset("deepseek-coder-1.3b", num_hidden_layers=args.layers, max_position_embeddings=4096,
                      bos_token_id=None, eos_token_id=None)
     model = build_model(cfg).float().eval()
     engine = Engine(model)
     prompt = torch.randint(0, cfg.vocab_size, (args.prompt,)).tolist()
 
-    # decode-only time: (prompt + new tokens) minus (prompt + 1 token), so the prefill is not counted
-    def timed(n_new: int) -> float:
+    def decode_seconds() -> float:
+        """Time of `new` decode steps: from the first streamed token (prefill done) to the last."""
+        stream = engine.generate_stream(prompt, max_new_tokens=args.new + 1)
+        next(stream)
         t0 = time.perf_counter()
-        engine.generate([prompt], max_new_tokens=n_new)
+        for _ in stream:
+            pass
         return time.perf_counter() - t0
-    timed(2)
-    best = min(timed(args.new + 1) - timed(1) for _ in range(args.repeats))
+
+    probe_read(), probe_copy(), decode_seconds()  # warm-up
+    # interleave probes and decode so drifting load on a shared machine hits both alike; keep the best of each
+    bw_read = bw_copy = 0.0
+    best = float("inf")
+    for _ in range(args.repeats):
+        bw_read, bw_copy = max(bw_read, probe_read()), max(bw_copy, probe_copy())
+        best = min(best, decode_seconds())
     tok_s = args.new / best
     w_bytes, kv_bytes = bytes_per_token(model, cfg, args.prompt, args.new)
     achieved = tok_s * (w_bytes + kv_bytes)

@@ -90,7 +90,9 @@ class RayExecutor(InlineExecutor):
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
         window = window or 2 * self.workers
-        remote = self._remote.setdefault(fn, self._ray.remote(fn))
+        if fn not in self._remote:
+            self._remote[fn] = self._ray.remote(fn)
+        remote = self._remote[fn]
         pending: collections.deque = collections.deque()
         for x in items:
             pending.append(remote.remote(x))

@@ -307,7 +307,8 @@ def write_shards(out: Path, spool: Path, dropped: set[tuple[str, str]], shard_si
     if buf or n_shards == 0:
         flush()                                  # an empty build still gets one (empty) shard with the schema
     for p in out.glob(SHARD_GLOB):               # shards beyond this build's count belong to an older build
-        if int(p.stem.split("-")[1]) >= n_shards:
+        num = p.stem.split("-", 1)[1]
+        if num.isdigit() and len(num) == 5 and int(num) >= n_shards:
             (out / "_done" / f"{p.stem}.json").unlink(missing_ok=True)
             p.unlink()
     for p in out.glob(".part-*.tmp"):

@@ -89,7 +89,8 @@ class Limits:
 
 @dataclass
 class ExecResult:
-    """What one run did. stdout/stderr are cut at Limits.output_bytes (the *_truncated flags say so)."""
+    """What one run did. stdout/stderr are cut at Limits.output_bytes (the *_truncated flags say so). cpu_s is the
+    rusage of the reaped tree: processes that die with the PID namespace are not in it, so treat it as a floor."""
     status: str
     exit_code: int | None
     signal: int | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class TrainState:
     step: int = 0                    # optimizer steps completed
     tokens: int = 0                  # training tokens consumed, all ranks
     elapsed_s: float = 0.0           # wall time spent training, across resumes
+    initial_eval_loss: float | None = None   # held-out loss of the untrained model (fresh runs with --eval-every)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -175,6 +177,12 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
     progress = Progress(cfg.steps, state.step, every=cfg.log_every) if dist.is_main else None
     shard_eval = [parallel.shard_rows(b, dist.rank, dist.world) for b in (eval_batches or [])]
     tokens_per_step = cfg.batch_size * cfg.seq_len
+    if shard_eval and cfg.eval_every and state.step == 0:
+        # the untrained model's held-out loss: the baseline every later eval_loss is read against
+        initial = parallel.all_reduce_mean(evaluate(model, shard_eval, cfg.dtype), dist)
+        state.initial_eval_loss = initial
+        if log is not None:
+            print(f"held-out loss before training: {initial:.4f}", file=sys.stderr)
     model.train()
     try:
         while state.step < cfg.steps:

@@ -283,10 +283,23 @@ def _train(args, cfg, tokenizer, dist) -> int:
     final_model = _gathered_model(model, cfg, dist)
     if dist.is_main:
         ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
+        _write_summary(out, state)
         print(f"dscoder pretrain: {state.step} steps, {state.tokens:,} tokens; final model in {out / 'final'}",
               file=sys.stderr)
     parallel.barrier(dist)
     return 0
+
+
+def _write_summary(out: Path, state) -> None:
+    """OUT/summary.json: totals and the held-out loss before (fresh runs) and after training."""
+    from .metrics import read_metrics
+
+    evals = [r["eval_loss"] for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
+    summary = {"steps": state.step, "tokens": state.tokens, "train_seconds": round(state.elapsed_s, 1),
+               "initial_eval_loss": state.initial_eval_loss, "final_eval_loss": evals[-1] if evals else None}
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "summary.json")
 
 
 def _gathered_model(model, cfg, dist):
