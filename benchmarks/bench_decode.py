@@ -65,9 +65,9 @@ def main() -> None:
 
     prompts = torch.randint(0, args.vocab, (args.batch, args.prompt))
     engine = Engine(ours)
-
-    def run_ours():
-        return [o.tokens for o in engine.generate(prompts.tolist(), max_new_tokens=args.new)]
+    relaid = build_model(cfg).float().eval()  # same values again, stored column-major for the GEMV fast path
+    relaid.load_state_dict(ours.state_dict())
+    engine_gemv = Engine(relaid).use_gemv_layout()
 
     @torch.inference_mode()
     def run_hf():
@@ -75,19 +75,22 @@ def main() -> None:
                           min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
         return out[:, args.prompt:].tolist()
 
-    best, outs = best_times({"ours": run_ours, "hf": run_hf}, args.repeats)
-    (t_ours, tok_ours), (t_hf, tok_hf) = (best["ours"], outs["ours"]), (best["hf"], outs["hf"])
+    runs = {
+        "dscoder Engine.generate": lambda: [o.tokens for o in engine.generate(prompts.tolist(), args.new)],
+        "dscoder Engine + use_gemv_layout()": lambda: [o.tokens for o in engine_gemv.generate(prompts.tolist(),
+                                                                                               args.new)],
+        "transformers LlamaForCausalLM.generate": run_hf,
+    }
+    best, outs = best_times(runs, args.repeats)
     n = args.batch * args.new
-    same = sum(a == b for ra, rb in zip(tok_ours, tok_hf) for a, b in zip(ra, rb))
+    t_hf, tok_hf = best[list(runs)[-1]], outs[list(runs)[-1]]
     print(f"greedy decode, fp32 CPU, {args.threads} threads: {cfg.num_params() / 1e6:.0f}M params "
           f"(hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}), batch {args.batch}, "
-          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats}")
-    print(f"{'implementation':<40}{'seconds':>10}{'tokens/s':>12}{'ms/token':>11}")
-    for name, t in (("dscoder Engine.generate", t_ours), ("transformers LlamaForCausalLM.generate", t_hf)):
-        print(f"{name:<40}{t:>10.3f}{n / t:>12.1f}{1000 * t / args.new:>11.2f}")
-    print(f"speed-up (dscoder / transformers): {t_hf / t_ours:.2f}x   "
-          f"greedy tokens identical: {same}/{n}")
-
+          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats} (prefill included)")
+    print(f"{'implementation':<40}{'seconds':>9}{'tokens/s':>10}{'ms/token':>10}{'vs HF':>8}{'same tokens':>13}")
+    for name, t in best.items():
+        same = sum(a == b for ra, rb in zip(outs[name], tok_hf) for a, b in zip(ra, rb))
+        print(f"{name:<40}{t:>9.3f}{n / t:>10.1f}{1000 * t / args.new:>10.2f}{t_hf / t:>7.2f}x{same:>8}/{n}")
 
 if __name__ == "__main__":
     main()

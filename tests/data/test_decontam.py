@@ -41,14 +41,15 @@ def test_reformatted_solution_still_matches(humaneval):
     assert ix.match(text) is not None
 
 
-def test_short_strings_match_whole_lines_only(tmp_path):
+def test_short_test_strings_match_whole_lines_only(tmp_path):
     bench = tmp_path / "mini.jsonl"
-    bench.write_text(json.dumps({"task_id": "T/1", "code": "return x % 7 + 3"}) + "\n"
-                     + json.dumps({"task_id": "T/2", "test": "ab"}) + "\n")
+    bench.write_text(json.dumps({"task_id": "T/1", "code": "return x + y", "test_list": ["assert f(3) == 10"]})
+                     + "\n" + json.dumps({"task_id": "T/2", "test": "ab"}) + "\n")
     ix = build_index([bench])
-    assert ix.match("def f(x):\n    return x % 7 + 3\n") == ("mini", "T/1")
-    assert ix.match("y = (return x % 7 + 3) * 2\n") is None     # not a whole line
-    assert ix.match("ab\n") is None                            # under 3 tokens: never matched
+    assert ix.match("def g():\n    assert f(3) == 10\n") == ("mini", "T/1")
+    assert ix.match("if ok: assert f(3) == 10 or die()\n") is None     # not a whole line
+    assert ix.match("def add(x, y):\n    return x + y\n") is None    # short *solutions* are too generic
+    assert ix.match("ab\n") is None                                    # under 3 tokens: never matched
 
 
 def test_boilerplate_shared_by_many_tasks_is_ignored(tmp_path):

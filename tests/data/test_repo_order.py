@@ -178,3 +178,12 @@ def test_path_comment_styles():
     assert path_comment("a/b.cpp", "cpp", style="native") == "// a/b.cpp"
     with pytest.raises(ValueError):
         path_comment("x", None, style="bogus")
+
+
+def test_split_group_keeps_order_and_caps_size():
+    from dscoder.data.repo_order import split_group
+    sizes = {"a": 10, "b": 10, "c": 30, "d": 5, "e": 5}
+    runs = split_group(["a", "b", "c", "d", "e"], sizes, 20)
+    assert runs == [["a", "b"], ["c"], ["d", "e"]]           # a file over the cap stands alone
+    assert [p for r in runs for p in r] == ["a", "b", "c", "d", "e"]
+    assert split_group(["a", "b"], sizes, None) == [["a", "b"]]

@@ -57,6 +57,8 @@ def test_batched_greedy_equals_naive_loop(model):
     for p, o in zip(PROMPTS, out):
         assert o.tokens == naive_greedy(model, p, NEW)
         assert o.finish_reason == "length" and o.prompt_tokens == len(p)
+    [alone] = Engine(model).generate([PROMPTS[2]], max_new_tokens=NEW)  # no padding: the mask-free path
+    assert alone.tokens == out[2].tokens
 
 
 def test_stop_ids_cut_each_row_at_its_first_stop(llama):
@@ -146,3 +148,12 @@ def test_context_limit(llama):
 def test_bad_input_is_a_user_error(llama, prompts, kw, msg):
     with pytest.raises(UserError, match=msg):
         Engine(llama).generate(prompts, **({"max_new_tokens": 4} | kw))
+
+
+def test_gemv_layout_keeps_values_and_output(llama):
+    model = _tiny("llama")
+    before = [o.tokens for o in Engine(model).generate(PROMPTS, max_new_tokens=NEW)]
+    engine = Engine(model).use_gemv_layout()
+    w = model.lm_head.weight
+    assert w.stride() == (1, w.shape[0])  # column-major storage, same (vocab, hidden) shape
+    assert [o.tokens for o in engine.generate(PROMPTS, max_new_tokens=NEW)] == before

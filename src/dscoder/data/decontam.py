@@ -1,13 +1,14 @@
 """Decontamination against evaluation benchmarks (v1 paper §2.4).
 
 A file is dropped if it contains any 10-gram of a benchmark string (prompts, canonical solutions, tests), and a
-benchmark string of 3 to 9 tokens is matched exactly: it must equal the tokens of a whole line. The paper leaves
-the n-gram unit open; ours is the whitespace-separated word (`tokenize`), so indentation and line breaks never
-hide a match. Measured on the Python standard library's top-level modules against HumanEval + MBPP + CRUXEval:
-single-punctuation code tokens flag 65 of 168 files (10 such tokens are ~3 words: `) for i in range ( 0 , len
-(`), operator runs 26, whitespace words 2; whitespace words still catch every HumanEval canonical solution
-shipped with its prompt, and 155 of 164 bare solutions (the rest are one-liners under 10 words). Short strings
-as substrings (3-token CRUXEval inputs like `'abc'`) would hit most files, hence whole lines.
+test string (HumanEval `test`, MBPP `test_list`, CRUXEval `input`/`output`...) of 3 to 9 tokens is matched
+exactly: it must equal a whole (stripped) line. The paper leaves the n-gram unit open; ours is the
+whitespace-separated word (`tokenize`), so indentation and line breaks never hide a match. Measured on the
+Python standard library's top-level modules against HumanEval + MBPP + CRUXEval: 10-grams of single-punctuation
+code tokens flag 65 of 168 files (10 such tokens are ~3 words: `) for i in range ( 0 , len (`), operator runs
+26, whitespace words 1. Whitespace words still catch every HumanEval canonical solution shipped with its
+prompt, and 135 of 164 bare solutions (the rest are under 10 words). Short strings as substrings (3-token
+CRUXEval inputs like `'abc'`) would hit most files, hence whole lines, and only from test fields.
 
 Benchmark files (JSONL, JSONL.gz, JSON list or object) are read by field:
 HumanEval `prompt` / `canonical_solution` / `test`, MBPP `text` / `code` / `test_list` (+ `prompt`,
@@ -40,6 +41,9 @@ from .document import Drop, FileRecord, RepoFiles
 NGRAM = 10            # paper: "any 10-gram"
 MIN_EXACT = 3         # paper: "test strings of 3 to <10 grams are matched exactly"
 
+# short strings are matched only from test-like fields: a 5-word canonical solution (`return x + y`) is too
+# generic a line to mean contamination, a test input or expected output is not
+_TEST_FIELDS = frozenset({"test", "test_list", "challenge_test_list", "input", "output", "tests"})
 _FIELDS = ("prompt", "canonical_solution", "test", "text", "code", "test_list", "test_setup_code",
            "challenge_test_list", "input", "output", "tests")
 
@@ -137,14 +141,16 @@ def _records(path: Path) -> Iterator[dict]:
                 yield row
 
 
-def _strings(row: dict) -> Iterator[str]:
-    keys = [k for k in _FIELDS if k in row] or list(row)
-    for k in keys:
+def _strings(row: dict) -> Iterator[tuple[str, bool]]:
+    """(string, is_test) for the benchmark fields of a row; every string field when none is known."""
+    known = [k for k in _FIELDS if k in row]
+    for k in known or list(row):
         v = row[k]
+        is_test = k in _TEST_FIELDS or not known
         if isinstance(v, str):
-            yield v
+            yield v, is_test
         elif isinstance(v, list):
-            yield from (x for x in v if isinstance(x, str))
+            yield from ((x, is_test) for x in v if isinstance(x, str))
 
 
 def _task_id(row: dict, k: int) -> str:
@@ -171,10 +177,10 @@ def build_index(paths: Iterable[str | Path], max_tasks: int = 20) -> BenchmarkIn
         for k, row in enumerate(_records(p)):
             task = (bench, _task_id(row, k))
             grams: set[tuple[int, ...]] = set()
-            for s in _strings(row):
+            for s, is_test in _strings(row):
                 words = tokenize(s)
                 ids = [ix.vocab.setdefault(t, len(ix.vocab)) for t in words]
-                if MIN_EXACT <= len(ids) < NGRAM:
+                if is_test and MIN_EXACT <= len(ids) < NGRAM:
                     ix.exact.setdefault(" ".join(words), task)
                     ix.exact.setdefault(s.strip(), task)
                 grams.update(tuple(ids[i:i + NGRAM]) for i in range(len(ids) - NGRAM + 1))

@@ -62,6 +62,7 @@ class BuildConfig:
     check_syntax: bool = True
     minhash: MinHashParams = field(default_factory=MinHashParams)
     shard_size: int = 10_000
+    max_sample_bytes: int | None = None     # split huge dependency components at file boundaries
 
 
 @dataclass
@@ -112,7 +113,7 @@ def stage_screen_order(task: tuple[RepoFiles, BuildConfig]) -> RepoResult:
     repo, more = decontaminate(repo, _benchmark_index(cfg.benchmarks))
     drops += more
     counts["repo_order"] = len(repo.files)
-    samples = build_samples(repo)
+    samples = build_samples(repo, max_sample_bytes=cfg.max_sample_bytes)
     sigs = signature_matrix([s.text for s in samples], cfg.minhash)    # (n_samples, num_perm)
     # the files travel back only inside the sample texts: the repo itself stays here
     return RepoResult(RepoFiles(repo.repo), drops, counts, samples=samples, signatures=sigs,
@@ -345,6 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     ap.add_argument("--languages", default=None, help="comma-separated languages to keep (default: all)")
     ap.add_argument("--shard-size", type=int, default=10_000, help="samples per Parquet shard")
+    ap.add_argument("--max-sample-bytes", type=int, default=None,
+                    help="split dependency components larger than this at file boundaries, keeping their order "
+                         "(default: one sample per component, as the paper)")
     ap.add_argument("--no-syntax-check", action="store_true", help="skip the parser-based syntax screen")
     ap.add_argument("--minhash-ngram", type=int, default=MinHashParams.ngram)
     ap.add_argument("--minhash-perm", type=int, default=MinHashParams.num_perm)
@@ -371,9 +375,12 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         bench = [str(Path(b).resolve()) for b in args.decontaminate]
     else:
         bench = [str(p) for p in default_benchmarks()]
+    if args.max_sample_bytes is not None and args.max_sample_bytes < 1:
+        raise UserError(f"--max-sample-bytes must be a positive integer, got {args.max_sample_bytes}")
     mh = MinHashParams(ngram=args.minhash_ngram, num_perm=args.minhash_perm, bands=args.minhash_bands,
                        rows=args.minhash_perm // args.minhash_bands, threshold=args.minhash_threshold)
-    return BuildConfig(args.max_file_bytes, langs, tuple(bench), not args.no_syntax_check, mh, args.shard_size)
+    return BuildConfig(args.max_file_bytes, langs, tuple(bench), not args.no_syntax_check, mh, args.shard_size,
+                       args.max_sample_bytes)
 
 
 def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str = "local",

@@ -440,16 +440,37 @@ def concat_files(files: list[FileRecord], style: str = "hash") -> str:
     return "".join(parts)
 
 
-def build_samples(repo: RepoFiles, style: str = "hash") -> list[Sample]:
+def split_group(group: list[str], sizes: dict[str, int], max_bytes: int | None) -> list[list[str]]:
+    """Cut an ordered component into consecutive runs of at most `max_bytes` (a bigger file stands alone).
+
+    Not in the paper: a large repo can form one component of tens of MB (the whole stdlib is one), which a
+    short-context run cannot use as one FIM document. The cut keeps Algorithm 1's order: each file still comes
+    after the files it depends on, within a run or in an earlier one."""
+    if not max_bytes:
+        return [group]
+    runs, cur, size = [], [], 0
+    for p in group:
+        if cur and size + sizes[p] > max_bytes:
+            runs.append(cur)
+            cur, size = [], 0
+        cur.append(p)
+        size += sizes[p]
+    return runs + [cur] if cur else runs
+
+
+def build_samples(repo: RepoFiles, style: str = "hash", max_sample_bytes: int | None = None) -> list[Sample]:
     """One sample per dependency component (files in Algorithm 1 order), one per file of other languages.
 
-    Samples are ordered by their first path in sorted order; ids are `{repo}:{k}`, stable for a given repo."""
+    Samples are ordered by their first path in sorted order; ids are `{repo}:{k}`, stable for a given repo.
+    `max_sample_bytes` splits big components at file boundaries (`split_group`); None keeps the paper's rule."""
     by_path = {f.path: f for f in repo.files}
     parseable = [f for f in repo.files if f.language in LANGUAGES and LANGUAGES[f.language].imports]
     groups = dependency_order([f.path for f in parseable], resolve_dependencies(parseable))
     parse_set = {f.path for f in parseable}
     groups += [[f.path] for f in repo.files if f.path not in parse_set]
     groups.sort(key=min)
+    sizes = {f.path: f.nbytes for f in repo.files} if max_sample_bytes else {}
+    groups = [run for g in groups for run in split_group(g, sizes, max_sample_bytes)]
     samples = []
     for k, group in enumerate(groups):
         files = [by_path[p] for p in group]

@@ -76,6 +76,15 @@ def _append(f, rec: dict) -> None:
     f.flush()
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (a run killed mid-write) so the next append starts on a fresh line."""
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+
 def check_out_dir(out: Path, meta: dict) -> None:
     """Refuse to resume into a folder that holds another benchmark's results; else record what this run is."""
     out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +312,8 @@ def run(args: argparse.Namespace) -> dict:
     if out:
         source = "samples" if args.samples else "endpoint" if args.endpoint else "model"
         check_out_dir(out, {"benchmark": args.benchmark, "languages": args.language, "source": source})
+        for name in ("results.jsonl", "samples.jsonl"):
+            drop_torn_tail(out / name)
         if (out / "results.jsonl").is_file():
             for r in read_jsonl_records(out / "results.jsonl", ("task_id", "sample", "passed")):
                 done[(str(r["task_id"]), int(r["sample"]))] = r
@@ -371,10 +382,10 @@ def _validate(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.n > 1 and args.temperature == 0:
-        raise UserError("--n > 1 with greedy decoding gives n identical samples; set --temperature > 0")
     if args.samples and args.n != 1:
         raise UserError("--n applies to generation; a --samples file has its own number of samples per task")
+    if args.n > 1 and args.temperature == 0:
+        raise UserError("--n > 1 with greedy decoding gives n identical samples; set --temperature > 0")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,8 @@ def _parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    p.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop strings (cut from the output)")
+    p.add_argument("--stop", action="append", default=[], metavar="S",
+                   help="stop string, cut from the output (repeat the flag for several)")
     return p
 
 
@@ -132,7 +133,7 @@ def main_generate(argv: list[str]) -> int:
     """Complete a code prompt with a checkpoint; prints only the new text.
 
     dscoder generate --model DIR [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed N]
-                     [--stop S ...] PROMPT        (PROMPT "-" reads it from stdin)"""
+                     [--stop S] [--stop S2 ...] PROMPT        (PROMPT "-" reads it from stdin)"""
     p = _parser("dscoder generate", main_generate.__doc__)
     p.add_argument("prompt", help='the code to continue; "-" reads stdin')
     args = p.parse_args(argv)

@@ -47,9 +47,8 @@ def extract_instruct(prompt: str, reply: str, lang: str = "python") -> str:
 
 def align_base(prompt: str, text: str) -> str:
     """The completion to append to the ORIGINAL prompt, given the model continued `prompt.strip()`."""
-    head = prompt.strip()
-    full = head + text
-    return full[len(prompt):] if full.startswith(prompt) else "\n" + text
+    tail = prompt[len(prompt.rstrip()):]  # the trailing whitespace the model did not see (leading is irrelevant)
+    return text[len(tail):] if text.startswith(tail) else "\n" + text
 
 
 class HumanEval(Task):

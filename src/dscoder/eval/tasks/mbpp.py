@@ -23,8 +23,8 @@ import os
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import Verdict, check_python
-from dscoder.eval.tasks.base import (PY_IMPORTS, Prompt, Task, first_code_block, read_jsonl, require_fields,
-                                     resolve_data, with_py_imports)
+from dscoder.eval.tasks.base import (Prompt, Task, first_code_block, py_import_header, read_jsonl,
+                                     require_fields, resolve_data, with_py_imports)
 
 SHOT_IDS = (2, 3, 4)
 TEST_IDS = range(11, 511)
@@ -107,6 +107,7 @@ class MBPP(Task):
         # after the completion; the checker gets the trusted reference for those classes, its names then rebound.
         setup = clean_code(problem.get("test_setup_code") or "")
         names = entry_points(problem["code"], problem["test_list"])
-        prelude = PY_IMPORTS + (clean_code(problem["code"]) + "\n" + setup if setup else "")
-        return check_python(with_py_imports(completion + "\n" + setup), "\n".join(problem["test_list"]) + "\n",
-                            names, prelude=prelude, timeout=self.timeout)
+        tests = "\n".join(problem["test_list"]) + "\n"
+        trusted = clean_code(problem["code"]) + "\n" + setup if setup else ""
+        return check_python(with_py_imports(completion + "\n" + setup), tests, names,
+                            prelude=py_import_header(tests + trusted) + trusted, timeout=self.timeout)

@@ -9,6 +9,11 @@ program = prompt + completion + "\\n" + tests. Python goes through `check_python
 verdict); every other language through `check_program`, which requires exit status 0 AND a per-run nonce printed
 after the last check (weaker: the program shares a process with its checks; see `runners.py`). A language whose
 toolchain is missing is a reported skip, never a failure.
+
+Data repair: in the shipped C# file (158 rows) every prompt's method signature is glued onto the last doc-comment
+line (`    //     public static long Add(long x, long y) {`), so the function under completion does not exist and
+even a correct body cannot compile. `repair_prompt` moves such a signature back onto its own line; nothing else
+in any prompt or test is touched.
 """
 from __future__ import annotations
 
@@ -32,6 +37,20 @@ def canonical_lang(lang: str) -> str:
     if lang != "py" and lang not in LANGS:
         raise UserError(f"unknown MultiPL-E language {lang!r}; known: py, {', '.join(LANGS)}")
     return lang
+
+
+CS_GLUED_SIGNATURE = re.compile(r"^(\s*)//\s+((?:public|private|static|internal)\b.*\{)\s*$")
+
+
+def repair_prompt(lang: str, prompt: str) -> str:
+    """Un-comment a C# signature glued onto the doc comment's last line (see the module docstring)."""
+    if lang != "cs":
+        return prompt
+    lines = prompt.rstrip("\n").split("\n")
+    m = CS_GLUED_SIGNATURE.match(lines[-1])
+    if not m:
+        return prompt
+    return "\n".join(lines[:-1] + [m.group(1) + m.group(2)]) + "\n"
 
 
 def _lang_of_file(p: Path) -> str | None:
@@ -74,7 +93,8 @@ class MultiPLE(Task):
             rows = read_jsonl(p)
             require_fields(rows, FIELDS, p)
             for r in rows:
-                problems.append({**r, "task_id": f"{lang}/{r['name']}", "lang": lang})
+                problems.append({**r, "prompt": repair_prompt(lang, r["prompt"]), "task_id": f"{lang}/{r['name']}",
+                                 "lang": lang})
         return problems
 
     def language(self, problem: dict) -> str:
