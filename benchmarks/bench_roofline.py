@@ -94,7 +94,8 @@ def main() -> None:
     w_bytes, kv_bytes = bytes_per_token(model, cfg, args.prompt, args.new)
 
     print(f"batch-1 greedy decode, fp32 CPU, {args.threads} threads; 1.3b-shaped model with {args.layers} layers "
-          f"({cfg.num_params() / 1e6:.0f}M params), prompt {args.prompt}, {args.new} decode steps, best of {args.repeats}")
+          f"({cfg.num_params() / 1e6:.0f}M params), prompt {args.prompt}, {args.new} decode steps, "
+          f"best of {args.repeats}")
     rows = [
         ("measured read bandwidth (sum of 1 GB)", f"{bw_read / 1e9:.2f} GB/s"),
         ("measured copy bandwidth (read+write)", f"{bw_copy / 1e9:.2f} GB/s"),

@@ -103,7 +103,8 @@ def test_mbpp_reference_solutions_pass_and_wrong_fail(mbpp):
 # ---------------------------------------------------------------- MultiPL-E
 ADD = {"cpp": "    return x + y;\n", "java": "        return x + y;\n", "js": "  return x + y;\n}\n",
        "ts": "  return x + y;\n}\n", "php": "    return $x + $y;\n}\n", "cs": "        return x + y;\n",
-       "sh": "    echo $(( $1 + $2 ))\n", "py": "    return x + y\n", "go": "    return x + y\n}\n", "rs": "    x + y\n"}
+       "sh": "    echo $(( $1 + $2 ))\n", "py": "    return x + y\n", "go": "    return x + y\n}\n",
+       "rs": "    x + y\n"}
 
 
 def test_multipl_e_hand_written_solutions(benchmarks_dir):

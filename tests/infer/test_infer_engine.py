@@ -157,3 +157,19 @@ def test_gemv_layout_keeps_values_and_output(llama):
     w = model.lm_head.weight
     assert w.stride() == (1, w.shape[0])  # column-major storage, same (vocab, hidden) shape
     assert [o.tokens for o in engine.generate(PROMPTS, max_new_tokens=NEW)] == before
+
+
+def test_concurrent_streams_use_separate_caches(llama):
+    engine = Engine(llama)
+    a = engine.generate_stream(PROMPTS[0], max_new_tokens=NEW)
+    b = engine.generate_stream(PROMPTS[1], max_new_tokens=NEW)
+    got_a, got_b = [], []
+    for ta, tb in zip(a, b):  # interleaved steps: the second stream must not write into the first one's cache
+        got_a.append(ta)
+        got_b.append(tb)
+    assert got_a == naive_greedy(llama, PROMPTS[0], NEW) and got_b == naive_greedy(llama, PROMPTS[1], NEW)
+
+
+def test_stream_rejects_bad_input_before_streaming(llama):
+    with pytest.raises(UserError, match="context of 48"):
+        Engine(llama).generate_stream(list(range(1, 45)), max_new_tokens=10)  # no next() needed

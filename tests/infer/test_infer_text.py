@@ -109,9 +109,13 @@ def _printed(text: str) -> str:
 def test_cli_generate_and_infill(ckpt, loaded, tmp_path):
     engine, tok = loaded
     code = "class Engine:\n    def"
-    r = cli("generate", "--model", str(ckpt), "--max-new-tokens", str(NEW), "-", stdin=code)
+    full = complete(engine, tok, code, max_new_tokens=NEW)
+    at = next(i for i in range(1, len(full) - 1) if full[i:i + 2].isascii() and full[i:i + 2].isprintable())
+    stop = full[at:at + 2]  # an ASCII pair from the greedy text: the CLI must cut just before it
+    r = cli("generate", "--model", str(ckpt), "--max-new-tokens", str(NEW), "--stop", "@@never@@", "--stop", stop, "-",
+            stdin=code)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == _printed(complete(engine, tok, code, max_new_tokens=NEW))
+    assert r.stdout == _printed(full[:full.index(stop)])
     (tmp_path / "suffix.py").write_text("\n    return out\n")
     r = cli("infill", "--model", str(ckpt), "--max-new-tokens", str(NEW), "--prefix", "def g(a):\n",
             "--suffix-file", str(tmp_path / "suffix.py"), "--temperature", "0.8", "--seed", "1")

@@ -20,12 +20,13 @@ the same table that is printed. A language whose toolchain is missing is a repor
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -259,7 +260,7 @@ def _generated_jobs(args, task: Task, problems: list[dict], done: dict[Key, dict
         prompts = [task.prompt(p) for p in to_gen]
         stream = gen.generate(prompts, n=args.n, temperature=args.temperature,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)
-        with open(cache_path, "a", encoding="utf-8") if cache_path else _NullFile() as cache:
+        with open(cache_path or os.devnull, "a", encoding="utf-8") as cache:
             for batch in _timed(stream, timing):
                 for i, texts in batch:
                     p = to_gen[i]
@@ -269,20 +270,6 @@ def _generated_jobs(args, task: Task, problems: list[dict], done: dict[Key, dict
                         if (str(p["task_id"]), s) not in done:
                             yield p, s, completion
     return jobs(), total
-
-
-class _NullFile:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, s):
-        pass
-
-    def flush(self):
-        pass
 
 
 def _timed(it: Iterator, timing: dict) -> Iterator:
@@ -303,8 +290,14 @@ def run(args: argparse.Namespace) -> dict:
     t_start = time.monotonic()
     task = get_task(args.benchmark, languages=args.language, timeout=args.timeout)
     problems = task.load(args.data)
-    if args.limit:
-        problems = problems[:args.limit]
+    if args.limit:  # the first N of each language (one language except for multipl-e)
+        seen: dict[str, int] = defaultdict(int)
+        kept = []
+        for p in problems:
+            seen[task.language(p)] += 1
+            if seen[task.language(p)] <= args.limit:
+                kept.append(p)
+        problems = kept
     problems, skipped = _skips(task, problems)
     by_id = {str(p["task_id"]): p for p in problems}
     out = Path(args.out) if args.out else None
@@ -343,7 +336,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dscoder eval", description=main.__doc__,
+    p = argparse.ArgumentParser(prog="dscoder eval", description=inspect.cleandoc(main.__doc__ or ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--language", nargs="+", default=None, metavar="L",
@@ -358,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (DeepSeek's) value")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward with --model DIR")
-    p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks (of each language)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel scorers")
     p.add_argument("--timeout", type=float, default=None, help="seconds per sample (default: the benchmark's)")
     p.add_argument("--out", help="folder for results.jsonl, summary.json, summary.md (resumable)")

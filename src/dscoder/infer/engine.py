@@ -16,6 +16,7 @@ and `make_cache(batch, max_len)`): the v1 Llama `Transformer` and the V2 MLA+MoE
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterator, Sequence
 
@@ -77,7 +78,7 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self._cache = None          # kept between calls: reallocating 2 x layers x (B, S, H, D) each call is waste
         self._cache_key: tuple[int, int] | None = None
-        self._cache_busy = False    # an unfinished stream holds it; a concurrent call gets its own
+        self._cache_lock = threading.Lock()  # held while a run uses the kept cache; a concurrent run gets its own
 
     def use_gemv_layout(self) -> "Engine":
         """Store every Linear weight column-major (same values, same shape) so that batch-1 decode on CPU
@@ -129,20 +130,23 @@ class Engine:
 
     # --- the cache ------------------------------------------------------------------------------------
     def _take_cache(self, batch: int, length: int):
-        if self._cache_busy:
+        if not self._cache_lock.acquire(blocking=False):  # an unfinished stream or another thread has it
             return self.model.make_cache(batch, length, device=self.device)
-        self._cache_busy = True
-        key = self._cache_key
-        if self._cache is None or key[0] != batch or key[1] < length:
-            self._cache = None  # free the old one before allocating
-            self._cache = self.model.make_cache(batch, length, device=self.device)
-            self._cache_key = (batch, length)
-        self._cache.reset()
-        return self._cache
+        try:
+            key = self._cache_key
+            if self._cache is None or key[0] != batch or key[1] < length:
+                self._cache = None  # free the old one before allocating
+                self._cache = self.model.make_cache(batch, length, device=self.device)
+                self._cache_key = (batch, length)
+            self._cache.reset()
+            return self._cache
+        except BaseException:  # e.g. out of memory: leave the engine usable
+            self._cache_lock.release()
+            raise
 
     def _give_cache(self, cache) -> None:
         if cache is self._cache:
-            self._cache_busy = False
+            self._cache_lock.release()
 
     # --- the decode loop ------------------------------------------------------------------------------
     def _steps(self, prompts: list[list[int]], max_new_tokens: int, pick: Callable[[torch.Tensor], torch.Tensor],
@@ -237,19 +241,23 @@ class Engine:
                     active[b], reason[b] = False, "stop"
         return [self._finish(out[b], reason[b], len(prompts[b]), stops, decode) for b in range(B)]
 
-    @torch.inference_mode()
     def generate_stream(self, prompt: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
                         top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
                         stop_strings: Sequence[str] = (), decode: Decode | None = None, seed: int | None = None,
                         truncate: str | None = None) -> Generator[int, None, GenOutput]:
         """Yield one prompt's new token ids as they are decided; the generator's return value is the GenOutput.
 
-        With stop strings, a token is held back until it can no longer be part of one (at most as many
-        tokens as the longest stop string has bytes), so nothing after the cut is ever yielded."""
+        Bad input raises `UserError` here, before the generator is returned (a server can answer 400 before
+        it starts streaming). With stop strings, a token is held back until it can no longer be part of one
+        (at most as many tokens as the longest stop string has bytes), so nothing after the cut is yielded."""
         pick = self._picker(temperature, top_k, top_p, seed)
         stops = self._stops(stop_strings, decode)
         [prompt] = self.prepare([prompt], max_new_tokens, truncate)
-        stop_set = frozenset(int(t) for t in stop_ids)
+        return self._stream(prompt, max_new_tokens, pick, frozenset(int(t) for t in stop_ids), stops, decode)
+
+    @torch.inference_mode()
+    def _stream(self, prompt: list[int], max_new_tokens: int, pick, stop_set: frozenset[int],
+                stops: StopStrings | None, decode: Decode | None) -> Generator[int, None, GenOutput]:
         hold = stops.max_bytes if stops is not None else 0
         out: list[int] = []
         reason, active, sent = "length", [True], 0

@@ -74,7 +74,7 @@ def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str =
     from ..tokenizer.chat import render_chat
     if style not in ("v1", "v2"):
         raise UserError(f"chat style must be 'v1' or 'v2', got {style!r}")
-    if not messages or messages[-1].get("role") != "user":
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
         raise UserError("chat needs a conversation that ends with a user message")
     sp = _special(tokenizer)
     prompt = encode(tokenizer, render_chat(messages, style=style))

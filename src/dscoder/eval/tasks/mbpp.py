@@ -13,7 +13,9 @@ the first ```python block of the reply is the program (the whole reply if there 
 Scoring: program = completion, tests = the row's asserts, through `check_python`; the entry points are the
 reference solution's top-level names that the asserts call. Timeout 10 s (DeepSeek's).
 
-Benchmark-broken rows (reference solutions that fail their own asserts) are listed in `KNOWN_BROKEN`.
+Benchmark-broken rows: none. All 500 reference solutions pass their asserts through this scorer (checked by
+running them all, ~110 s with 2 workers); the one trap is task 367, whose `test_setup_code` builds trees of the
+solution's own `Node` class and so must run after the completion, not before.
 """
 from __future__ import annotations
 
@@ -33,8 +35,6 @@ BASE_SHOT = ("You are an expert Python programmer, and here is your task: {text}
              "tests:\n\n{tests}\n[BEGIN]")
 INSTRUCT = ("Please refer the given examples and generate a python function for my problem.\n"
             "Examples are listed as follows:\n{shots}\n\nHere is my problem:\n{problem}")
-# task_id -> why its own reference solution fails its asserts (found by running all 500 references here).
-KNOWN_BROKEN: dict[int, str] = {}
 
 
 def clean_code(code: str) -> str:
