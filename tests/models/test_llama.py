@@ -120,3 +120,14 @@ def test_training_step_reduces_loss():
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1
     assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+def test_logits_to_keep_returns_the_last_positions(preset):
+    torch.manual_seed(0)
+    m = build_model(get_preset(preset, vocab_size=128, num_hidden_layers=2)).eval()
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        full, last = m(ids), m(ids, logits_to_keep=1)
+    assert last.shape == (2, 1, 128)
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-5)

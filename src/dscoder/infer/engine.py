@@ -172,7 +172,7 @@ class Engine:
             # takes its default path (is_causal prefill, no mask or position gather per decode step)
             padded = any(len(p) != P for p in prompts)
             logits = self.model(ids, positions=pos if padded else None, cache=cache,
-                                attn_mask=mask[:, :P] if padded else None)[:, -1]  # (B, V)
+                                attn_mask=mask[:, :P] if padded else None, logits_to_keep=1)[:, -1]  # (B, V)
             next_pos = pos[:, -1:] + 1  # (B, 1) each row's own RoPE position
             for step in range(max_new_tokens):
                 tok = pick(logits)  # (B,)

@@ -177,7 +177,7 @@ class MLA(nn.Module):
 
         Heads are folded into the query-length axis, so this is one multi-query attention over (c_kv ; k_pe)."""
         b, h, t, _ = q_nope.shape
-        w = self.kv_b_proj.weight.view(h, self.d_nope + self.d_v, self.d_c)
+        w = self.kv_b_proj.weight.reshape(h, self.d_nope + self.d_v, self.d_c)
         w_uk, w_uv = w[:, :self.d_nope], w[:, self.d_nope:]                    # (H, d_n, d_c), (H, d_v, d_c)
         q_lat = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)                    # (B, H, T, d_c)
         q = torch.cat((q_lat, q_pe), dim=-1).reshape(b, 1, h * t, self.d_c + self.d_rope)
@@ -328,7 +328,9 @@ class DeepseekV2(nn.Module):
         return LatentCache(self.config, batch_size, max_len, device or p.device, dtype or p.dtype)
 
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
-                cache: LatentCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache: LatentCache | None = None, attn_mask: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab), fp32 (only the last `logits_to_keep` positions when > 0)."""
         b, t = input_ids.shape
         offset = cache.length if cache is not None else 0
         if cache is not None and offset + t > cache.max_len:
@@ -349,4 +351,6 @@ class DeepseekV2(nn.Module):
         # summed over MoE layers: the original adds each layer's loss to backward separately
         self.aux_loss = torch.stack(aux).sum() if aux else None
         self.expert_load = torch.stack(loads) if loads else None
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.model.norm(x)).float()

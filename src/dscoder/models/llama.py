@@ -143,8 +143,10 @@ class Transformer(nn.Module):
         return attention_mask(T, L, None, device), False
 
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab), fp32. See the model interface in the module docstring."""
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab), fp32 -- or only the last `logits_to_keep` positions' (a prefill needs one).
+        See the model interface in the module docstring."""
         B, T = input_ids.shape
         L = cache.length if cache is not None else 0
         if cache is not None and L + T > cache.max_len:
@@ -160,4 +162,6 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, is_causal, cache)
         if cache is not None:
             cache.length = L + T
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.model.norm(x)).float()  # (B, T, vocab)

@@ -89,10 +89,10 @@ class CRUXEval(Task):
         return parse_answer(text, self.target)
 
     def score(self, problem: dict, completion: str) -> Verdict:
-        if not completion.strip():
-            return Verdict(False, "failed", "empty answer")
         code = problem["code"]
         if self.target == "output":
+            if not completion.strip():  # (for -I an empty argument list is a real answer: sample_135 is f())
+                return Verdict(False, "failed", "empty answer")
             program = f"{code}\n\ndef __answer():\n    return (\n{completion}\n    )\n"
             return check_python(program, f"assert f({problem['input']}) == __answer()\n", "__answer",
                                 prelude=code, timeout=self.timeout)
