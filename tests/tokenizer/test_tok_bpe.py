@@ -142,12 +142,15 @@ def test_training_input_errors(tmp_path):
 
 
 def test_iter_texts_skips_binary_and_caps_bytes(tmp_path):
-    (tmp_path / "a.py").write_text("print('é')\n" * 10)
-    (tmp_path / "b.bin").write_bytes(b"\x00\x01binary")
-    (tmp_path / "c.txt").write_bytes(b"\xff\xfe not utf8")
-    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "from jsonl"}) + "\nbroken\n")
-    assert list(iter_texts([tmp_path])) == ["print('é')\n" * 10, "from jsonl"]
-    capped = "".join(iter_texts([tmp_path], max_bytes=25))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("print('é')\n" * 10)
+    (src / "b.bin").write_bytes(b"\x00\x01binary")
+    (src / "c.txt").write_bytes(b"\xff\xfe not utf8")
+    shard = tmp_path / "d.jsonl"
+    shard.write_text(json.dumps({"text": "from jsonl"}) + "\nbroken\n")
+    assert list(iter_texts([src, shard])) == ["print('é')\n" * 10, "from jsonl"]
+    capped = "".join(iter_texts([src, shard], max_bytes=25))
     assert len(capped.encode()) <= 25 and capped.startswith("print('é')")
 
 

@@ -134,16 +134,19 @@ class _Index:
 
     def __init__(self, paths: Iterable[str]) -> None:
         self.paths = set(paths)
-        self.by_name: dict[str, list[str]] = defaultdict(list)
         self.by_dir: dict[str, list[str]] = defaultdict(list)
+        # every '/'-boundary suffix of every path -> the paths ending so, in path order: one dict lookup per
+        # import instead of a scan over all files sharing a basename (thousands of `__init__.py` in big repos)
+        self.by_suffix: dict[str, list[str]] = defaultdict(list)
         for p in sorted(self.paths):
-            self.by_name[posixpath.basename(p)].append(p)
             self.by_dir[posixpath.dirname(p)].append(p)
+            parts = p.split("/")
+            for k in range(len(parts)):
+                self.by_suffix["/".join(parts[k:])].append(p)
 
     def suffix(self, rel: str) -> list[str]:
         """Files whose path is `rel` or ends with `/rel`."""
-        rel = rel.lstrip("/")
-        return [p for p in self.by_name.get(posixpath.basename(rel), ()) if p == rel or p.endswith("/" + rel)]
+        return list(self.by_suffix.get(rel.lstrip("/"), ()))
 
     def first(self, candidates: Iterable[str]) -> list[str]:
         """The first candidate path that exists (exactly), as a 0/1-element list."""

@@ -17,74 +17,24 @@ DeepSeek's `add_bos_token: true`, `add_eos_token: false`). The folder written is
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..data.corpus import iter_documents
 from ..errors import UserError
 from .chat import V1_CHAT_TEMPLATE
 from .special import BOS, EOS, SPECIAL_TOKENS
 
 DEFAULT_MAX_BYTES = 50_000_000
-MAX_FILE_BYTES = 1 << 20         # bigger files are data dumps or minified bundles, not code to learn merges from
 MODEL_MAX_LENGTH = 16384         # DeepSeek-Coder v1 tokenizer_config (16K context after long-context training)
 # DeepSeek-Coder's pre-tokenizer regexes, applied in this order (llama.cpp's transcription, reference §1.2)
 SPLIT_PATTERNS = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def _shard_texts(path: Path) -> Iterator[str]:
-    """`text` fields of a .jsonl(.gz) or .parquet shard (the data pipeline's output)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises several types for a corrupt file
-            raise UserError(f"--input {path}: not a readable parquet file ({e})") from e
-        if "text" not in pf.schema_arrow.names:
-            raise UserError(f"--input {path}: parquet file has no 'text' column")
-        for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-            yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
-        return
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                text = json.loads(line).get("text")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(text, str):
-                yield text
-
-
-def _file_text(path: Path) -> str | None:
-    """A plain file's text; None when it is huge, binary (NUL byte) or not UTF-8."""
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if b"\x00" in raw[:8192]:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    if not root.is_dir():
-        yield root
-        return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))   # .git and friends
-        yield from (Path(dirpath) / n for n in sorted(filenames) if not (Path(dirpath) / n).is_symlink())
-
-
 def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[str]:
     """Texts from files/folders (folders walked in sorted order; .jsonl/.parquet shards give their `text` fields;
     binary and undecodable files skipped), stopping once `max_bytes` UTF-8 bytes have been yielded."""
@@ -97,16 +47,13 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX
 
 def _iter_texts(paths: list[Path], max_bytes: int) -> Iterator[str]:
     budget = max_bytes
-    for root in paths:
-        for path in _walk(root):
-            is_shard = path.name.endswith((".jsonl", ".jsonl.gz", ".parquet"))
-            for text in (_shard_texts(path) if is_shard else filter(None, [_file_text(path)])):
-                raw = text.encode("utf-8", "surrogatepass")
-                if len(raw) >= budget:     # cut the last text at the cap, on a character boundary
-                    yield raw[:budget].decode("utf-8", "ignore")
-                    return
-                budget -= len(raw)
-                yield text
+    for text in iter_documents(paths):
+        raw = text.encode("utf-8", "surrogatepass")
+        if len(raw) >= budget:     # cut the last text at the cap, on a character boundary
+            yield raw[:budget].decode("utf-8", "ignore")
+            return
+        budget -= len(raw)
+        yield text
 
 
 # ----------------------------------------------------------------------------------------------- building
