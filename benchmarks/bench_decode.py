@@ -10,9 +10,12 @@ whether the two greedy continuations agree token for token.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
+
+from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
 
 
 def parse() -> argparse.Namespace:
@@ -48,25 +51,13 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from dscoder.infer.engine import Engine
-    from dscoder.models.config import ModelConfig
-    from dscoder.models.hf import build_model
-
-    cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=4096,
-                      bos_token_id=None, eos_token_id=None)
-    ours = build_model(cfg).float().eval()
-    hf = LlamaForCausalLM(LlamaConfig.from_dict(cfg.to_hf())).float().eval()
-    missing = hf.load_state_dict(ours.state_dict(), strict=False)
-    assert not missing.missing_keys, missing.missing_keys
+    ours, hf = llama_pair(args)
+    ours, hf = ours.eval(), hf.eval()
 
     prompts = torch.randint(0, args.vocab, (args.batch, args.prompt))
     engine = Engine(ours)
-    relaid = build_model(cfg).float().eval()  # same values again, stored column-major for the GEMV fast path
-    relaid.load_state_dict(ours.state_dict())
+    relaid = copy.deepcopy(ours)  # same values again, stored column-major for the GEMV fast path
     engine_gemv = Engine(relaid).use_gemv_layout()
 
     @torch.inference_mode()
@@ -84,7 +75,7 @@ def main() -> None:
     best, outs = best_times(runs, args.repeats)
     n = args.batch * args.new
     t_hf, tok_hf = best[list(runs)[-1]], outs[list(runs)[-1]]
-    print(f"greedy decode, fp32 CPU, {args.threads} threads: {cfg.num_params() / 1e6:.0f}M params "
+    print(f"greedy decode, fp32 CPU, {args.threads} threads: {sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M params "
           f"(hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}), batch {args.batch}, "
           f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats} (prefill included)")
     print(f"{'implementation':<40}{'seconds':>9}{'tokens/s':>10}{'ms/token':>10}{'vs HF':>8}{'same tokens':>13}")

@@ -16,6 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,19 +57,8 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dscoder.models.config import ModelConfig
-    from dscoder.models.hf import build_model
-
-    cfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=4096,
-                      bos_token_id=None, eos_token_id=None)
-    ours = build_model(cfg).float().train()
-    hf = LlamaForCausalLM(LlamaConfig.from_dict(cfg.to_hf())).float().train()
-    result = hf.load_state_dict(ours.state_dict(), strict=False)
-    assert not result.missing_keys and not result.unexpected_keys, result
+    ours, hf = llama_pair(args)
+    ours, hf = ours.train(), hf.train()
     print(f"HF attention implementation: {hf.config._attn_implementation}")
 
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
@@ -84,7 +75,7 @@ def main() -> None:
         t_hf.append(timed(step_hf))
     tokens = args.batch * args.seq
     med_ours, med_hf = statistics.median(t_ours), statistics.median(t_hf)
-    print(f"train step, fp32 CPU, {args.threads} threads: {cfg.num_params() / 1e6:.1f}M params (hidden "
+    print(f"train step, fp32 CPU, {args.threads} threads: {ours.config.num_params() / 1e6:.1f}M params (hidden "
           f"{args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, vocab {args.vocab}), "
           f"batch {args.batch} x seq {args.seq}, median of {args.repeats}")
     print(f"  dscoder      {tokens / med_ours:8.0f} tokens/s  ({med_ours * 1e3:.0f} ms/step)")
