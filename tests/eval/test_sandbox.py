@@ -14,6 +14,7 @@ import pytest
 from dscoder.errors import UserError
 from dscoder.eval.runners import check_python, python_setup
 from dscoder.eval.sandbox import UID_BASE, UID_SLOTS, Limits, run_program, sandbox_info
+from dscoder.eval.zygote import zygote_available
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST = "assert f(2) == 4\nassert f(3) == 9\n"
@@ -73,14 +74,20 @@ def _pool_processes() -> list[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def attack_verdicts():
-    """All attacks, with correct samples interleaved, on 4 threads at once: neighbours must be unaffected."""
+PATHS = [pytest.param("zygote", marks=pytest.mark.skipif(not zygote_available(), reason="needs bwrap as root")),
+         "process"]
+
+
+@pytest.fixture(scope="module", params=PATHS)
+def attack_verdicts(request):
+    """All attacks, with correct samples interleaved, on 4 threads at once: neighbours must be unaffected. Run
+    through both Python sandbox paths: a zygote fork per sample (the default here) and a fresh sandbox per run."""
     jobs = []
     for name, prog in ATTACKS.items():
         jobs += [(name, prog), (f"good_beside_{name}", GOOD)]
     with ThreadPoolExecutor(4) as pool:
-        futs = {name: pool.submit(check_python, prog, TEST, "f", limits=FAST) for name, prog in jobs}
+        futs = {name: pool.submit(check_python, prog, TEST, "f", limits=FAST, sandbox=request.param)
+                for name, prog in jobs}
         return {name: fut.result() for name, fut in futs.items()}
 
 

@@ -15,6 +15,9 @@ test cannot forge its verdict (reliability.md §3, attacks 14-18):
   all fail. Residual risk, documented: process 1 sees the test code, so a program that reads the expected values
   out of its caller's frame can return them as plain data (an oracle read, §3.16); the module-level `random` is
   re-seeded for both processes and restored around each call, so randomised tests replay identically.
+  Both processes are, by default (bwrap as root), forks of long-lived pre-imported sandboxed interpreters, one
+  set per role ("zygotes", `zygote.py`: ~10x cheaper, same per-sample isolation but for a per-zygote memory
+  cgroup); `sandbox="process"` or DSCODER_PY_SANDBOX=process starts a fresh sandbox and interpreter per run.
   Usage: HumanEval `check_python(prompt + completion, test + f"\\ncheck({ep})", ep, prelude=prompt)`;
   MBPP `check_python(code, "\\n".join(test_list), name)`; CRUXEval `check_python(code, "assert f(x) == y", "f")`.
 
@@ -45,6 +48,7 @@ from typing import Callable, Sequence
 
 from dscoder.errors import UserError
 from dscoder.eval.sandbox import ExecResult, Limits, Mount, run_program
+from dscoder.eval.zygote import run_python_role, zygote_available
 
 DRIVER = Path(__file__).with_name("_pydriver.py")
 SITE_IN_SANDBOX = "/opt/dscoder-site"
@@ -83,26 +87,40 @@ def python_setup() -> tuple[list[str], tuple[Mount, ...]]:
     return [str(exe), "-B"], tuple(mounts)
 
 
+def _run_driver(path: str, role: str, files: dict[str, bytes], limits: Limits, stdin: bytes = b"") -> ExecResult:
+    """One half of check_python: a fork of a pre-imported sandboxed zygote ("zygote", see zygote.py) or a fresh
+    sandbox and interpreter ("process")."""
+    argv, mounts = python_setup()
+    if path == "zygote":
+        return run_python_role(role, ["_driver.py", role], files, limits, stdin=stdin, mounts=mounts, python=argv)
+    return run_program(argv + ["_driver.py", role], {"_driver.py": DRIVER.read_bytes(), **files}, limits,
+                       stdin=stdin, mounts=mounts)
+
+
 def check_python(program: str, test_code: str, entry_points: str | Sequence[str], *, prelude: str = "",
-                 timeout: float = 10.0, limits: Limits | None = None, seed: int = 0) -> Verdict:
-    """Run the tests of one Python sample through the two-process design above."""
+                 timeout: float = 10.0, limits: Limits | None = None, seed: int = 0, sandbox: str | None = None
+                 ) -> Verdict:
+    """Run the tests of one Python sample through the two-process design above. `sandbox`: "zygote" (fork per
+    sample of a long-lived sandboxed interpreter, the default where bwrap runs as root), "process" (a fresh
+    sandbox per run); None picks; DSCODER_PY_SANDBOX=process forces the latter."""
     names = [entry_points] if isinstance(entry_points, str) else list(entry_points)
     if not names or not all(n.isidentifier() for n in names):
         raise UserError(f"check_python entry points must be Python identifiers, got {entry_points!r}")
     limits = limits or Limits(wall_s=timeout, output_bytes=16 << 20)
-    argv, mounts = python_setup()
+    path = sandbox or ("zygote" if zygote_available() else "process")
+    if path not in ("zygote", "process") or (path == "zygote" and not zygote_available()):
+        raise UserError(f"check_python sandbox {sandbox!r} is not available here (zygote needs bwrap as root)")
     spec = json.dumps({"entry_points": names, "seed": seed}).encode()
-    driver = DRIVER.read_bytes()
-    cand = run_program(argv + ["_driver.py", "candidate"], {"_driver.py": driver, "spec.json": spec,
-                       "program.py": program.encode(), "test.py": test_code.encode()}, limits, mounts=mounts)
+    cand = _run_driver(path, "candidate", {"spec.json": spec, "program.py": program.encode(),
+                                           "test.py": test_code.encode()}, limits)
     if (early := _verdict_from_run(cand, "program")) is not None:
         return early
+    if cand.detail == "sandbox zygote died":  # the sample broke its own sandbox: it fails, its neighbours do not
+        return Verdict(False, "failed", "program: its sandbox zygote died", [cand])
     nonce = secrets.token_hex(16)
     checker_limits = replace(limits, wall_s=max(limits.wall_s, 5.0), output_bytes=1 << 16)
-    chk = run_program(argv + ["_driver.py", "checker"],
-                      {"_driver.py": driver, "spec.json": spec, "test.py": test_code.encode(),
-                       "records.jsonl": cand.stdout},
-                      checker_limits, stdin=json.dumps({"nonce": nonce, "prelude": prelude}).encode(), mounts=mounts)
+    chk = _run_driver(path, "checker", {"spec.json": spec, "test.py": test_code.encode(), "records.jsonl": cand.stdout},
+                      checker_limits, stdin=json.dumps({"nonce": nonce, "prelude": prelude}).encode())
     lines = chk.stdout.decode("utf-8", "replace").strip().splitlines()
     last = lines[-1] if lines else ""
     if chk.status == "ok" and last == f"PASS {nonce}":
