@@ -60,7 +60,7 @@ def pretrain(out: Path, data: Path, tok: Path, steps: int, threads: int) -> dict
         p = out / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     pt.main(["--preset", "tiny", "--tokenizer", str(tok), "--data", str(data), "--out", str(out),
-             "--steps", str(steps), "--seq-len", "512", "--batch-size", "16", "--lr", "2e-3",
+             "--steps", str(steps), "--seq-len", "512", "--batch-size", "16", "--lr", "1e-3",
              "--warmup", str(max(1, steps // 20)), "--schedule", "step", "--fim-rate", "0.5",
              "--eval-every", str(max(1, steps // 4)), "--eval-batches", "6", "--heldout-every", "40",
              "--save-every", str(max(1, steps // 2)), "--keep-last", "1", "--threads", str(threads), "--seed", "0"])

@@ -116,3 +116,27 @@ def test_stream_resumes_exactly_and_shards_rows(corpus_dir, tok_dir):
     batch = torch.arange(12).view(6, 2)
     parts = [shard_rows(batch, r, 3) for r in range(3)]
     assert sorted(torch.cat(parts)[:, 0].tolist()) == batch[:, 0].tolist() and torch.equal(parts[1], batch[1::3])
+
+
+@pytest.mark.parametrize("buffer", [3, 10_000])
+def test_shuffled_stream_is_a_permutation_and_resumes_exactly(corpus_dir, tok_dir, buffer):
+    from dscoder.tokenizer.bpe import load_tokenizer
+
+    tok = load_tokenizer(tok_dir)
+    docs = [d for d in iter_documents([corpus_dir]) if not is_heldout(d, 100)]
+    plain = PackedStream([corpus_dir], lambda c: [[len(t)] for t in c], seq_len=1, docs_per_chunk=1,
+                         shuffle_docs=buffer, seed=1, epochs=1)
+    order = []
+    while (w := plain._next_chunk()) is not None:
+        order += w
+    assert sorted(order) == sorted(docs) and order != docs          # every document once, not in file order
+    mk = lambda seed: PackedStream([corpus_dir], DocEncoder(tok, 0.5, seed=seed), seq_len=31, docs_per_chunk=2,
+                                   shuffle_docs=buffer, seed=seed)
+    a = mk(7)
+    for _ in range(4):
+        a.next_windows(3)
+    state = a.state_dict()
+    expected = [a.next_windows(3) for _ in range(60)]
+    b = mk(999)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, b.next_windows(3)) for x in expected)

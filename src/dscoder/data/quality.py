@@ -50,6 +50,9 @@ QUALITY_REASONS = ("syntax_error", "encoded_blob", "hex_table", "long_lines")
 _BLOB_RUN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{%d,}={0,2}" % BLOB_MIN_RUN)
 _HEX_LITERAL = re.compile(r"\b0[xX][0-9a-fA-F]+\b")
 _DIGIT = re.compile(r"[0-9]")
+_BLOB_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_BLOB_BYTES = bytes(1 if i in _BLOB_ALPHABET else 0 for i in range(256))   # translate: 1 on the alphabet
+_BLOB_NEEDLE = b"\x01" * BLOB_MIN_RUN
 
 
 @lru_cache(maxsize=None)
@@ -114,6 +117,10 @@ def syntax_error(rec: FileRecord) -> bool:
 def encoded_chars(text: str) -> int:
     """Characters of `text` in base64/hex runs of at least BLOB_MIN_RUN that contain a digit (real identifiers
     and paths that long rarely do, encoded bytes almost always do)."""
+    # Exact pre-screen: the regex can match only where BLOB_MIN_RUN alphabet bytes stand in a row, and
+    # bytes.translate + find rule that out at memcpy speed for almost every file (5-10x faster than findall).
+    if _BLOB_NEEDLE not in text.encode("utf-8", "surrogatepass").translate(_BLOB_BYTES):
+        return 0
     return sum(len(m) for m in _BLOB_RUN.findall(text) if _DIGIT.search(m))
 
 
@@ -121,9 +128,10 @@ def readability_issue(rec: FileRecord) -> str | None:
     """A readability reason (encoded_blob, hex_table, long_lines) or None. Linear, C-speed scans only."""
     text = rec.content
     n = len(text)
-    blob = encoded_chars(text)
-    if blob >= BLOB_MIN_CHARS and blob >= BLOB_MIN_SHARE * n:
-        return "encoded_blob"
+    if n >= BLOB_MIN_CHARS:                          # shorter files cannot hold BLOB_MIN_CHARS of blob
+        blob = encoded_chars(text)
+        if blob >= BLOB_MIN_CHARS and blob >= BLOB_MIN_SHARE * n:
+            return "encoded_blob"
     if "0x" in text or "0X" in text:
         hex_chars = sum(map(len, _HEX_LITERAL.findall(text)))
         if hex_chars >= BLOB_MIN_CHARS and hex_chars >= HEX_MIN_SHARE * n:

@@ -89,36 +89,68 @@ class DocEncoder:
 
 # ----------------------------------------------------------------------------------------------- packing
 class PackedStream:
-    """Fixed (n, seq_len + 1) windows packed from one split of the corpus; exactly resumable."""
+    """Fixed (n, seq_len + 1) windows packed from one split of the corpus; exactly resumable.
+
+    `shuffle_docs` > 0 draws documents through a seeded shuffle buffer of that many documents (a corpus no
+    larger than the buffer is fully shuffled each epoch): files and shards come sorted, and packing neighbouring
+    files (one package after another) gives batches far from the corpus distribution. The buffer is saved as
+    document indices, so a checkpoint stays small; resuming re-reads those documents."""
 
     def __init__(self, paths: list[str | Path], encode: Callable[[list[str]], list[list[int]]], seq_len: int,
-                 split: str = "train", heldout_every: int = 100, docs_per_chunk: int = 64, epochs: int | None = None):
+                 split: str = "train", heldout_every: int = 100, docs_per_chunk: int = 64, epochs: int | None = None,
+                 shuffle_docs: int = 0, seed: int = 0):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be train or heldout, got {split!r}")
-        if seq_len < 1 or heldout_every < 2:
-            raise UserError(f"bad data settings: seq_len {seq_len}, heldout_every {heldout_every} (need >= 2)")
+        if seq_len < 1 or heldout_every < 2 or shuffle_docs < 0:
+            raise UserError(f"bad data settings: seq_len {seq_len}, heldout_every {heldout_every} (need >= 2), "
+                            f"shuffle_docs {shuffle_docs}")
         self.paths, self.encode, self.seq_len = [Path(p) for p in paths], encode, seq_len
         self.split, self.heldout_every, self.docs_per_chunk, self.epochs = split, heldout_every, docs_per_chunk, epochs
+        self.shuffle_docs, self.rng = shuffle_docs, random.Random(seed)
         self.epoch, self.doc_index, self.buffer = 0, 0, []
+        self.pool: list[tuple[int, str]] = []          # (index in the epoch's document order, text)
         self._docs: Iterator[str] | None = None
 
     def _wanted(self, text: str) -> bool:
         return is_heldout(text, self.heldout_every) == (self.split == "heldout")
 
-    def _open(self) -> Iterator[str]:
+    def _open(self, keep: set[int] = frozenset()) -> Iterator[str]:
         docs = iter_documents(self.paths)
-        for _ in range(self.doc_index):              # resume: re-read (not re-tokenize) the consumed documents
-            next(docs, None)
+        for i in range(self.doc_index):              # resume: re-read (not re-tokenize) the consumed documents
+            text = next(docs, None)
+            if i in keep:                            # ... and put the shuffle buffer's documents back
+                self.pool.append((i, text))
         return docs
+
+    def _read(self) -> tuple[int, str] | None:
+        """The next document of this split in file order, or None at the end of the epoch."""
+        if self._docs is None:
+            self._docs = self._open()
+        while (text := next(self._docs, None)) is not None:
+            self.doc_index += 1
+            if self._wanted(text):
+                return self.doc_index - 1, text
+        return None
+
+    def _next_doc(self) -> str | None:
+        """Next document in training order (through the shuffle buffer); None at the end of the epoch."""
+        while len(self.pool) < max(1, self.shuffle_docs):
+            doc = self._read()
+            if doc is None:
+                break
+            self.pool.append(doc)
+        if not self.pool:
+            return None
+        j = self.rng.randrange(len(self.pool)) if self.shuffle_docs else 0
+        self.pool[j], self.pool[-1] = self.pool[-1], self.pool[j]
+        return self.pool.pop()[1]
 
     def _next_chunk(self) -> list[str] | None:
         """Up to docs_per_chunk documents of this split; None when `epochs` are used up or the split is empty."""
         chunk: list[str] = []
         rolled = False
         while len(chunk) < self.docs_per_chunk:
-            if self._docs is None:
-                self._docs = self._open()
-            text = next(self._docs, None)
+            text = self._next_doc()
             if text is None:
                 if chunk:
                     break                            # hand out this chunk before rolling the epoch
@@ -126,9 +158,7 @@ class PackedStream:
                     return None                      # a whole epoch gave nothing of this split, or no epochs left
                 self.epoch, self.doc_index, self._docs, rolled = self.epoch + 1, 0, None, True
                 continue
-            self.doc_index += 1
-            if self._wanted(text):
-                chunk.append(text)
+            chunk.append(text)
         return chunk
 
     def next_windows(self, n: int) -> torch.Tensor | None:
@@ -144,7 +174,8 @@ class PackedStream:
         return torch.tensor(out, dtype=torch.long).view(n, self.seq_len + 1)  # (n, T+1)
 
     def state_dict(self) -> dict:
-        st = {"epoch": self.epoch, "doc_index": self.doc_index, "buffer": torch.tensor(self.buffer, dtype=torch.int64)}
+        st = {"epoch": self.epoch, "doc_index": self.doc_index, "buffer": torch.tensor(self.buffer, dtype=torch.int64),
+              "pool": [i for i, _ in self.pool], "shuffle_rng": self.rng.getstate()}
         if hasattr(self.encode, "state_dict"):
             st["encoder"] = self.encode.state_dict()
         return st
@@ -152,9 +183,20 @@ class PackedStream:
     def load_state_dict(self, st: dict) -> None:
         self.epoch, self.doc_index = int(st["epoch"]), int(st["doc_index"])
         self.buffer = [int(x) for x in st["buffer"].tolist()]
-        self._docs = None
+        if "shuffle_rng" in st:
+            self.rng.setstate(_as_rng_state(st["shuffle_rng"]))
+        order = list(st.get("pool", []))
+        self.pool = []
+        self._docs = self._open(set(order))
+        where = {i: k for k, i in enumerate(order)}
+        self.pool.sort(key=lambda d: where[d[0]])    # the saved buffer order, which the next draws depend on
         if "encoder" in st and hasattr(self.encode, "load_state_dict"):
             self.encode.load_state_dict(st["encoder"])
+
+
+def _as_rng_state(st):
+    """random.Random state after a round trip through torch.save / weights_only load (lists for tuples)."""
+    return (st[0], tuple(st[1]), st[2]) if isinstance(st, (list, tuple)) else st
 
 
 def check_corpus(paths: list[str | Path], heldout_every: int = 100) -> tuple[int, int]:
