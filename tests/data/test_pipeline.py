@@ -226,3 +226,20 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, capsys, args, message)
 def test_missing_source_is_a_user_error(tmp_path, capsys):
     assert cli_main(["data", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_shard_table_from_buffers_equals_arrow_from_lists():
+    import pyarrow as pa
+
+    from dscoder.data.document import Sample
+    from dscoder.data.pipeline import _schema, _shard_table
+    samples = [Sample("r", "r:0", "héllo\nworld", ["a.py", "b/é.py"], ["python", "python"]),
+               Sample("q", "q:1", "", [], []), Sample("s", "s:2", "x", ["c.rs"], ["rust"])]
+    texts = [s.text.encode() for s in samples]
+    ref = pa.table({"repo": [s.repo for s in samples], "id": [s.id for s in samples],
+                    "text": [s.text for s in samples], "paths": [s.paths for s in samples],
+                    "languages": [s.languages for s in samples], "bytes": [s.nbytes for s in samples]},
+                   schema=_schema())
+    table = _shard_table(samples, texts)
+    table.validate(full=True)
+    assert table.equals(ref)

@@ -73,3 +73,13 @@ def test_apply_quality():
     assert [(d.path, d.stage, d.reason) for d in drops] == [("b.py", "quality", "syntax_error")]
     kept, drops = apply_quality(repo, check_syntax=False)
     assert len(kept.files) == 3 and drops == []
+
+
+def test_blob_prescreen_agrees_with_the_regex():
+    from dscoder.data.quality import _BLOB_RUN, _DIGIT, BLOB_MIN_RUN, encoded_chars
+    blob = base64.b64encode(os.urandom(300)).decode()
+    cases = ["x" * (BLOB_MIN_RUN - 1) + "1", "a1" * BLOB_MIN_RUN, "é" + "b2" * 40 + "é", "/" * 200,
+             "ab" * 31 + "-" + "cd" * 31 + "9", "k = '" + blob + "'\n", "AB" * 40 + "=="]
+    for text in cases:
+        assert encoded_chars(text) == sum(len(m) for m in _BLOB_RUN.findall(text) if _DIGIT.search(m))
+    assert encoded_chars("a1" * BLOB_MIN_RUN) == 2 * BLOB_MIN_RUN and encoded_chars("x" * (BLOB_MIN_RUN - 2) + "1") == 0

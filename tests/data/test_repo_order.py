@@ -187,3 +187,27 @@ def test_split_group_keeps_order_and_caps_size():
     assert runs == [["a", "b"], ["c"], ["d", "e"]]           # a file over the cap stands alone
     assert [p for r in runs for p in r] == ["a", "b", "c", "d", "e"]
     assert split_group(["a", "b"], sizes, None) == [["a", "b"]]
+
+
+def test_import_excerpt_finds_exactly_what_the_whole_file_gives():
+    from dscoder.data.repo_order import _PY_FROM, _PY_IMPORT, _import_lines
+    rng = random.Random(0)
+    frags = ["import a", "from b import (", "from . import c", "x = 1", "", "  y,", ")", "from d.e import f, g",
+             "import h as i, j", "# import k", "from l import", "  m", "s = 'import'", "from n import (\n"]
+    texts = ["\n".join(rng.choice(frags) for _ in range(rng.randrange(1, 14))) for _ in range(1500)]
+    texts += ["from x import (\nfrom y import z", "importimport\nimport x", "import", "from a import b  # c"]
+    for t in texts:
+        excerpt = _import_lines(t)
+        assert _PY_IMPORT.findall(excerpt) == _PY_IMPORT.findall(t), t
+        assert _PY_FROM.findall(excerpt) == _PY_FROM.findall(t), t
+
+
+def test_suffix_index_matches_the_definition():
+    from dscoder.data.repo_order import _Index
+    rng = random.Random(1)
+    parts = ["a", "b", "pkg", "x.py", "__init__.py", "y.h"]
+    paths = {"/".join(rng.choice(parts) for _ in range(rng.randrange(1, 5))) for _ in range(300)}
+    ix = _Index(paths)
+    for rel in ["x.py", "a/x.py", "/pkg/__init__.py", "b/y.h", "nope.py", "a/b/a/x.py"]:
+        want = sorted(p for p in paths if p == rel.lstrip("/") or p.endswith("/" + rel.lstrip("/")))
+        assert ix.suffix(rel) == want

@@ -118,8 +118,8 @@ def test_stream_resumes_exactly_and_shards_rows(corpus_dir, tok_dir):
     assert sorted(torch.cat(parts)[:, 0].tolist()) == batch[:, 0].tolist() and torch.equal(parts[1], batch[1::3])
 
 
-@pytest.mark.parametrize("buffer", [3, 10_000])
-def test_shuffled_stream_is_a_permutation_and_resumes_exactly(corpus_dir, tok_dir, buffer):
+@pytest.mark.parametrize("buffer,windows", [(3, 0), (10_000, 0), (10_000, 5)])
+def test_shuffled_stream_is_a_permutation_and_resumes_exactly(corpus_dir, tok_dir, buffer, windows):
     from dscoder.tokenizer.bpe import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
@@ -131,7 +131,7 @@ def test_shuffled_stream_is_a_permutation_and_resumes_exactly(corpus_dir, tok_di
         order += w
     assert sorted(order) == sorted(docs) and order != docs          # every document once, not in file order
     mk = lambda seed: PackedStream([corpus_dir], DocEncoder(tok, 0.5, seed=seed), seq_len=31, docs_per_chunk=2,
-                                   shuffle_docs=buffer, seed=seed)
+                                   shuffle_docs=buffer, shuffle_windows=windows, seed=seed)
     a = mk(7)
     for _ in range(4):
         a.next_windows(3)

@@ -98,11 +98,17 @@ class BenchmarkIndex:
             return None
         words = text.split()
         ids = np.fromiter(map(self.vocab.get, words, repeat(-1)), dtype=np.int64, count=len(words))   # (W,)
-        h = ngram_hashes(ids)                                                                       # (W-9,)
-        if not len(h):
+        if len(ids) < NGRAM:
             return None
+        # only windows of ten known words can match (an unknown word, id -1, rules a window out): screen those
+        unknown = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum(ids < 0, out=unknown[1:])
+        cand = np.flatnonzero(unknown[NGRAM:] == unknown[:-NGRAM])                              # (C,)
+        if not len(cand):
+            return None
+        h = ngram_hashes(ids)[cand]                                                                 # (C,)
         pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
-        for i in np.flatnonzero(self.hashes[pos] == h):
+        for i in cand[self.hashes[pos] == h]:
             hit = self.ngrams.get(tuple(ids[i:i + NGRAM].tolist()))   # confirm: a hash match may collide
             if hit:
                 return hit

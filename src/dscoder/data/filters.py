@@ -38,6 +38,7 @@ DATA_SIZE_WINDOW = (50, 5000)
 # Everything that is not a letter (any script): deleting these leaves exactly the alphabetic characters.
 _NON_ALPHA = regex.compile(r"[^\p{L}]+")
 _ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # A tag with no `<` inside: an unclosed `<` ("a < b") then costs one scan up to the next `<`, keeping it linear.
 _TAG = re.compile(r"<[^<>]*>")
 _HIDDEN_BLOCKS = (("<!--", "-->"), ("<script", "</script>"), ("<style", "</style>"))
@@ -61,10 +62,13 @@ def alpha_fraction(text: str) -> float:
     """Share of alphabetic characters (Unicode letters) in `text`; 0.0 for an empty string."""
     if not text:
         return 0.0
-    if text.isascii():       # fast path: bytes.translate deletes letters at memcpy speed
-        raw = text.encode("ascii")
-        return (len(raw) - len(raw.translate(None, _ASCII_LETTERS))) / len(raw)
-    return len(_NON_ALPHA.sub("", text)) / len(text)
+    # ASCII letters: bytes.translate deletes them at memcpy speed (UTF-8 bytes of other characters are >= 0x80,
+    # never ASCII letters); the Unicode letter test runs only on the non-ASCII characters, usually few.
+    raw = text.encode("utf-8", "surrogatepass")
+    letters = len(raw) - len(raw.translate(None, _ASCII_LETTERS))
+    if not text.isascii():
+        letters += len(_NON_ALPHA.sub("", "".join(_NON_ASCII.findall(text))))
+    return letters / len(text)
 
 
 def rule_alpha_fraction(rec: FileRecord) -> str | None:

@@ -3,8 +3,10 @@
 Each concatenated repo-level sample is one document ("repo-level minhash", README). Defaults, with why:
 
 - shingles: 5-grams of whitespace-separated tokens (BigCode's near-dedup and datatrove use 5-grams);
-- 256 permutations (BigCode), signatures by `rensa.RMinHash` over 64-bit shingle hashes folded with numpy
-  (`benchmarks/bench_minhash.py`: far faster than datasketch on the same shingles);
+- 256 permutations (BigCode), signatures by `rensa.RMinHash` (permutations in Rust) over 64-bit shingle
+  hashes computed in numpy without one Python object per word: a word's hash is a polynomial over its UTF-8
+  bytes read off prefix sums (`word_hashes`, 64 KiB blocks), a shingle's hash folds its n word hashes in
+  order. `benchmarks/bench_minhash.py` compares with datasketch on the same shingles (target >= 20x);
 - LSH with 32 bands x 8 rows: candidate probability 1-(1-s^8)^32 is 0.5 at s≈0.65 and >0.98 at s=0.8, so pairs
   above the threshold are almost all found; each candidate pair is then *verified* by the signature agreement
   (the MinHash Jaccard estimate, sd ≈ 0.03 at 256 permutations) against `threshold` = 0.7 (BigCode's

@@ -117,7 +117,7 @@ def stage_screen_order(task: tuple[RepoFiles, BuildConfig]) -> RepoResult:
     sigs = signature_matrix([s.text for s in samples], cfg.minhash)    # (n_samples, num_perm)
     # the files travel back only inside the sample texts: the repo itself stays here
     return RepoResult(RepoFiles(repo.repo), drops, counts, samples=samples, signatures=sigs,
-                      lang_bytes=[_lang_bytes(s, repo) for s in samples])
+                      lang_bytes=_lang_bytes(samples, repo))
 
 
 def dedup_exact(results: Iterator[list[RepoResult]], seen: set[str], stats: "Stats",
@@ -362,14 +362,17 @@ def write_shards(out: Path, spool: Path, dropped: set[tuple[str, str]], shard_si
             "files_per_language": dict(sorted(lang_files.items()))}
 
 
-def _lang_bytes(sample: Sample, repo: RepoFiles) -> dict[str, list[int]]:
-    """language -> [bytes, files] of the files (without path comments) in one sample."""
-    by_path = {f.path: f for f in repo.files}
-    out: dict[str, list[int]] = {}
-    for p, lang in zip(sample.paths, sample.languages):
-        acc = out.setdefault(lang, [0, 0])
-        acc[0] += by_path[p].nbytes
-        acc[1] += 1
+def _lang_bytes(samples: list[Sample], repo: RepoFiles) -> list[dict[str, list[int]]]:
+    """Per sample: language -> [bytes, files] of its files (without path comments)."""
+    nbytes = {f.path: f.nbytes for f in repo.files}          # once per repository, not once per sample
+    out = []
+    for sample in samples:
+        acc: dict[str, list[int]] = {}
+        for p, lang in zip(sample.paths, sample.languages):
+            row = acc.setdefault(lang, [0, 0])
+            row[0] += nbytes[p]
+            row[1] += 1
+        out.append(acc)
     return out
 
 

@@ -66,8 +66,30 @@ _RUST_MOD = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?mod[ \t]+(\w+)[ \t
 _RUST_USE = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?use[ \t]+((?:crate|super|self)::[^;]+);", re.M)
 
 
+def _import_lines(text: str) -> str:
+    """The lines of `text` that contain "import", each with the line after it, joined by newlines.
+
+    Both Python import patterns start at a line holding "import" and span at most that line and the next
+    (`from x import (` continues on one more line), so running them over this excerpt finds exactly what
+    they find over the whole file, with a tenth of the regex work (lines are found by str.find, in C)."""
+    spans: list[list[int]] = []
+    pos = text.find("import")
+    while pos >= 0:
+        start = text.rfind("\n", 0, pos) + 1
+        eol = text.find("\n", pos)
+        end = -1 if eol < 0 else text.find("\n", eol + 1)
+        end = len(text) if end < 0 else end
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = end                   # overlapping excerpts merge, so no match is split
+        else:
+            spans.append([start, end])
+        pos = -1 if eol < 0 else text.find("import", eol)
+    return "\n".join(text[a:b] for a, b in spans)
+
+
 def _py_imports(text: str) -> list[str]:
     out: list[str] = []
+    text = _import_lines(text)
     for m in _PY_IMPORT.finditer(text):
         for part in m.group(1).split(","):
             name = part.split()[0] if part.split() else ""
@@ -269,10 +291,18 @@ def resolve_dependencies(files: list[FileRecord]) -> dict[str, set[str]]:
             for ns in _CS_NAMESPACE.findall(f.content):
                 namespaces[ns].append(f.path)
     deps: dict[str, set[str]] = {}
+    # Resolution depends on the importing file only through its directory (Rust: its path), and files of one
+    # directory import much the same modules: memoise per (language, spec, directory).
+    memo: dict[tuple[str | None, str, str], list[str]] = {}
     for f in parse:
         found: set[str] = set()
+        where = f.path if f.language == "rust" else posixpath.dirname(f.path)
         for spec in parse_imports(f):
-            found.update(_resolve_one(f, spec, ix, namespaces))
+            key = (f.language, spec, where)
+            hits = memo.get(key)
+            if hits is None:
+                hits = memo[key] = _resolve_one(f, spec, ix, namespaces)
+            found.update(hits)
         found.discard(f.path)
         deps[f.path] = found
     return deps

@@ -94,19 +94,21 @@ class PackedStream:
     `shuffle_docs` > 0 draws documents through a seeded shuffle buffer of that many documents (a corpus no
     larger than the buffer is fully shuffled each epoch): files and shards come sorted, and packing neighbouring
     files (one package after another) gives batches far from the corpus distribution. The buffer is saved as
-    document indices, so a checkpoint stays small; resuming re-reads those documents."""
+    document indices, so a checkpoint stays small; resuming re-reads those documents. `shuffle_windows` > 0
+    then draws each batch's rows from a pool of that many packed windows (saved as tokens)."""
 
     def __init__(self, paths: list[str | Path], encode: Callable[[list[str]], list[list[int]]], seq_len: int,
                  split: str = "train", heldout_every: int = 100, docs_per_chunk: int = 64, epochs: int | None = None,
-                 shuffle_docs: int = 0, seed: int = 0):
+                 shuffle_docs: int = 0, shuffle_windows: int = 0, seed: int = 0):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be train or heldout, got {split!r}")
-        if seq_len < 1 or heldout_every < 2 or shuffle_docs < 0:
+        if seq_len < 1 or heldout_every < 2 or shuffle_docs < 0 or shuffle_windows < 0:
             raise UserError(f"bad data settings: seq_len {seq_len}, heldout_every {heldout_every} (need >= 2), "
                             f"shuffle_docs {shuffle_docs}")
         self.paths, self.encode, self.seq_len = [Path(p) for p in paths], encode, seq_len
         self.split, self.heldout_every, self.docs_per_chunk, self.epochs = split, heldout_every, docs_per_chunk, epochs
-        self.shuffle_docs, self.rng = shuffle_docs, random.Random(seed)
+        self.shuffle_docs, self.shuffle_windows, self.rng = shuffle_docs, shuffle_windows, random.Random(seed)
+        self.windows: list[list[int]] = []             # packed windows waiting to be drawn (shuffle_windows)
         self.epoch, self.doc_index, self.buffer = 0, 0, []
         self.pool: list[tuple[int, str]] = []          # (index in the epoch's document order, text)
         self._docs: Iterator[str] | None = None
@@ -162,7 +164,27 @@ class PackedStream:
         return chunk
 
     def next_windows(self, n: int) -> torch.Tensor | None:
-        """(n, seq_len + 1) LongTensor, or None when the data (limited `epochs`, or an empty split) runs out."""
+        """(n, seq_len + 1) LongTensor, or None when the data (limited `epochs`, or an empty split) runs out.
+
+        With `shuffle_windows`, rows are drawn at random from a pool of that many packed windows, so one batch
+        mixes many documents instead of a few consecutive ones (a long document fills several windows)."""
+        if not self.shuffle_windows:
+            return self._pack(n)
+        while len(self.windows) < max(n, self.shuffle_windows):
+            w = self._pack(1)
+            if w is None:
+                break
+            self.windows.append(w[0].tolist())
+        if len(self.windows) < n:
+            return None
+        rows = []
+        for _ in range(n):
+            j = self.rng.randrange(len(self.windows))
+            self.windows[j], self.windows[-1] = self.windows[-1], self.windows[j]
+            rows.append(self.windows.pop())
+        return torch.tensor(rows, dtype=torch.long)  # (n, T+1)
+
+    def _pack(self, n: int) -> torch.Tensor | None:
         need = n * (self.seq_len + 1)
         while len(self.buffer) < need:
             chunk = self._next_chunk()
@@ -175,7 +197,8 @@ class PackedStream:
 
     def state_dict(self) -> dict:
         st = {"epoch": self.epoch, "doc_index": self.doc_index, "buffer": torch.tensor(self.buffer, dtype=torch.int64),
-              "pool": [i for i, _ in self.pool], "shuffle_rng": self.rng.getstate()}
+              "pool": [i for i, _ in self.pool], "shuffle_rng": self.rng.getstate(),
+              "windows": torch.tensor(self.windows, dtype=torch.int64).view(-1, self.seq_len + 1)}
         if hasattr(self.encode, "state_dict"):
             st["encoder"] = self.encode.state_dict()
         return st
@@ -183,6 +206,7 @@ class PackedStream:
     def load_state_dict(self, st: dict) -> None:
         self.epoch, self.doc_index = int(st["epoch"]), int(st["doc_index"])
         self.buffer = [int(x) for x in st["buffer"].tolist()]
+        self.windows = st["windows"].tolist() if "windows" in st else []
         if "shuffle_rng" in st:
             self.rng.setstate(_as_rng_state(st["shuffle_rng"]))
         order = list(st.get("pool", []))

@@ -26,7 +26,8 @@ from .loop import LoopConfig, TrainState, rng_state, run, set_rng_state
 from .optim import SCHEDULES, build_optimizer
 
 # settings a resumed run must share with the checkpoint: they decide what the data stream and model are
-_RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_every", "shuffle_docs", "data", "fsdp")
+_RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_every", "shuffle_docs",
+                 "shuffle_windows", "data", "fsdp")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--eval-batches", type=int, default=8)
     a("--shuffle-docs", type=int, default=4096,
       help="shuffle buffer in documents (0: file order); a corpus this small or smaller is fully shuffled")
+    a("--shuffle-windows", type=int, default=256,
+      help="draw each batch's rows from a pool of this many packed windows (0: consecutive windows)")
     a("--heldout-every", type=int, default=100, help="hold out 1 document in N (by text hash) for eval")
     a("--rope-scaling-factor", type=float, default=None, help="v1: linear factor (4 for 16K); V2: YaRN factor")
     a("--rope-theta", type=float, default=None)
@@ -177,6 +180,7 @@ def _seed_all(seed: int) -> None:
 def _run_args(args) -> dict:
     return {"seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "fim_rate": args.fim_rate, "heldout_every": args.heldout_every, "shuffle_docs": args.shuffle_docs,
+            "shuffle_windows": args.shuffle_windows,
             "data": [str(Path(d).resolve()) for d in args.data], "fsdp": bool(args.fsdp), "steps": args.steps,
             "lr": args.lr, "schedule": args.schedule, "preset": args.preset, "seed": args.seed}
 
@@ -259,7 +263,7 @@ def _train(args, cfg, tokenizer, dist) -> int:
     optimizer = build_optimizer(model, args.lr)
     encoder = DocEncoder(tokenizer, fim_rate=args.fim_rate, seed=args.seed)
     stream = PackedStream(args.data, encoder, args.seq_len, heldout_every=args.heldout_every,
-                          shuffle_docs=args.shuffle_docs, seed=args.seed)
+                          shuffle_docs=args.shuffle_docs, shuffle_windows=args.shuffle_windows, seed=args.seed)
     evals = heldout_batches(args.data, DocEncoder(tokenizer, args.fim_rate, seed=args.seed + 1), args.seq_len,
                             args.eval_batches, args.batch_size // args.grad_accum, args.heldout_every)
     if not evals and dist.is_main:
