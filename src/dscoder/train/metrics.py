@@ -87,8 +87,8 @@ class Progress:
         self.stream.flush()
 
 
-def plot_loss(metrics_path: Path, png_path: Path) -> None:
-    """Train (and eval, where logged) loss vs step, written atomically with the Agg backend."""
+def plot_loss(metrics_path: Path, png_path: Path, initial_eval: float | None = None) -> None:
+    """Train (and eval, where logged; `initial_eval` at step 0) loss vs step, written atomically (Agg backend)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -98,7 +98,8 @@ def plot_loss(metrics_path: Path, png_path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", lw=1)
-    ev = [r for r in rows if "eval_loss" in r]
+    ev = ([{"step": 0, "eval_loss": initial_eval}] if initial_eval is not None else []) + \
+        [r for r in rows if "eval_loss" in r]
     if ev:
         ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="held-out loss")
     ax.set_xlabel("optimizer step")

@@ -299,11 +299,13 @@ def _train(args, cfg, tokenizer, dist) -> int:
 
 def _write_summary(out: Path, state) -> None:
     """OUT/summary.json: totals and the held-out loss before (fresh runs) and after training."""
-    from .metrics import read_metrics
+    from .metrics import plot_loss, read_metrics
 
     evals = [r["eval_loss"] for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
     summary = {"steps": state.step, "tokens": state.tokens, "train_seconds": round(state.elapsed_s, 1),
                "initial_eval_loss": state.initial_eval_loss, "final_eval_loss": evals[-1] if evals else None}
+    if state.initial_eval_loss is not None:
+        plot_loss(out / "metrics.jsonl", out / "loss.png", state.initial_eval_loss)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out / "summary.json")
