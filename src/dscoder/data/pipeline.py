@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..durable import replace_durably, sha256_file
 from ..errors import UserError
 from .decontam import BenchmarkIndex, build_index, decontaminate, default_benchmarks
 from .document import Drop, RepoFiles, Sample
@@ -207,26 +208,6 @@ def _schema():
     return _SCHEMA
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    """Make `tmp` durable, then atomically give it its final name (and make the rename durable)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _rows_digest(samples: list[Sample], texts: list[bytes]) -> str:
     """SHA-256 over the rows a shard holds (texts[i] = samples[i].text as UTF-8), each field length-prefixed."""
     h = hashlib.sha256()
@@ -293,18 +274,18 @@ def write_shard(out: Path, index: int, samples: list[Sample]) -> bool:
     if marker.is_file() and final.is_file():
         try:
             done = json.loads(marker.read_text())
-            if done.get("rows_sha256") == digest and done.get("file_sha256") == _file_sha256(final):
+            if done.get("rows_sha256") == digest and done.get("file_sha256") == sha256_file(final):
                 return False
         except (OSError, ValueError):
             pass                                 # unreadable marker: rewrite the shard
     marker.unlink(missing_ok=True)               # a stale marker must never vouch for a new file
     tmp = out / f".{name}.tmp"
     pq.write_table(_shard_table(samples, texts), tmp, compression="zstd")
-    _fsync_replace(tmp, final)
+    replace_durably(tmp, final)
     tmp_marker = marker.with_suffix(".json.tmp")
     tmp_marker.write_text(json.dumps({"rows": len(samples), "rows_sha256": digest,
-                                      "file_sha256": _file_sha256(final)}) + "\n")
-    _fsync_replace(tmp_marker, marker)
+                                      "file_sha256": sha256_file(final)}) + "\n")
+    replace_durably(tmp_marker, marker)
     return True
 
 
@@ -491,7 +472,7 @@ def _stats_dict(stats: Stats, output: dict, cfg: BuildConfig, n_samples: int, in
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    _fsync_replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

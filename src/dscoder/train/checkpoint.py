@@ -14,7 +14,6 @@ skipping torn ones (no manifest, missing/truncated file, bad hash), so a resume 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,41 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..durable import fsync_dir, fsync_file, replace_durably, sha256_file
 from ..errors import UserError
 
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state.pt"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    # a rename is durable only once the directory entry itself is on disk
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -71,13 +41,11 @@ def write_manifest(folder: Path, meta: dict[str, Any] | None = None) -> None:
     """fsync every file, then write manifest.json (names, sizes, sha256) and fsync it: the commit marker."""
     files = {}
     for p in _files_under(folder):
-        _fsync_file(p)
-        files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        fsync_file(p)
+        files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     tmp = folder / (MANIFEST + ".part")
     tmp.write_text(json.dumps({"files": files, **(meta or {})}, indent=1))
-    _fsync_file(tmp)
-    os.replace(tmp, folder / MANIFEST)
-    _fsync_dir(folder)
+    replace_durably(tmp, folder / MANIFEST)
 
 
 def verify(folder: Path) -> str | None:
@@ -97,7 +65,7 @@ def verify(folder: Path) -> str | None:
             return f"missing {name}"
         if p.stat().st_size != info["size"]:
             return f"{name}: size {p.stat().st_size} != {info['size']} in manifest (truncated?)"
-        if _sha256(p) != info["sha256"]:
+        if sha256_file(p) != info["sha256"]:
             return f"{name}: sha256 mismatch (corrupt)"
     return None
 
@@ -111,7 +79,7 @@ def _commit(tmp: Path, final: Path) -> None:
             shutil.rmtree(trash)
         os.rename(final, trash)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -135,7 +103,7 @@ def save_hf_folder(final: Path, model: nn.Module, tokenizer=None, extra: dict[st
         for name, obj in (extra or {}).items():
             torch.save(obj, tmp / name)
         write_manifest(tmp, meta)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _commit(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
