@@ -75,13 +75,15 @@ def show(out: Path) -> None:
     model = dscoder.load_model(out / "final")
     tok = dscoder.load_tokenizer(out / "final")
     engine = dscoder.Engine(model)
-    prompt = "import os\n\n\ndef read_lines(path):\n"
-    text = complete(engine, tok, prompt, max_new_tokens=60)
+    print("(a 5M-parameter model after ~15 CPU-minutes: expect code-shaped text, not working code)")
+    prompt = "class Stack:\n    def __init__(self):\n"
+    text = complete(engine, tok, prompt, max_new_tokens=48)
     print("--- completion (greedy) ---")
     print(prompt + text)
-    prefix, suffix = "def area(width, height):\n    ", "\n    return result\n"
-    middle = infill(engine, tok, prefix, suffix, max_new_tokens=30)
-    print("--- infill: <prefix>[middle]<suffix> ---")
+    prefix = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        "
+    suffix = "\n\n    def __repr__(self):\n        return f'Point({self.x}, {self.y})'\n"
+    middle = infill(engine, tok, prefix, suffix, max_new_tokens=24, stop_strings=["\n"])
+    print("--- single-line infill (greedy): <prefix>[middle]<suffix> ---")
     print(f"{prefix}[{middle}]{suffix}")
 
 
