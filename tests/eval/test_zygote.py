@@ -2,13 +2,13 @@
 namespace, pool uid, no leftovers), recovery when a zygote dies, and timeouts enforced from the host."""
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from dscoder.eval import zygote
 from dscoder.eval.runners import check_python
 from dscoder.eval.sandbox import UID_BASE, UID_SLOTS, Limits
+from test_sandbox import _pool_processes  # processes still running as a pool uid
 
 pytestmark = pytest.mark.skipif(not zygote.zygote_available(), reason="the zygote path needs bwrap as root")
 TEST = "assert f(2) == 4\n"
@@ -32,17 +32,6 @@ def f(x):
 
 def _fields(stderr: bytes) -> dict[str, str]:
     return {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in stderr.decode().splitlines() if " " in ln}
-
-
-def _pool_processes() -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        try:
-            if p.name.isdigit() and UID_BASE <= p.stat().st_uid < UID_BASE + UID_SLOTS:
-                out.append(int(p.name))
-        except OSError:
-            pass
-    return out
 
 
 def test_each_sample_is_isolated_and_starts_clean():
