@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dscoder.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", type=Path)
-    p.add_argument("--steps", type=int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 450)))
+    p.add_argument("--steps", type=int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 500)))
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
