@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dscoder.errors import UserError
-from dscoder.train.data import (DocEncoder, PackedStream, check_corpus, heldout_batches, is_heldout, iter_documents,
-                                shard_rows)
+from dscoder.train.data import DocEncoder, PackedStream, check_corpus, heldout_batches, is_heldout, iter_documents
+from dscoder.train.parallel import shard_rows
 
 
 def test_reader_skips_binary_non_utf8_huge_and_blank(tmp_path):

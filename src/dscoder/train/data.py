@@ -11,7 +11,7 @@
   the next epoch starts over the same order (FIM draws differ: the rng runs on).
 * Resumability: `state_dict()` = (epoch, index of the next document, the leftover token buffer, FIM rng state);
   `load_state_dict` puts the stream back at exactly that token.
-* Data parallel: every rank builds the same global batch and keeps rows r::world (`shard_rows`), so the data
+* Data parallel: every rank builds the same global batch and keeps rows r::world (`parallel.shard_rows`), so the data
   order does not depend on the number of processes.
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 
 from ..data.corpus import iter_documents  # noqa: F401  (re-exported)
 from ..errors import UserError
-from .parallel import shard_rows  # noqa: F401  (re-exported: the data-parallel row split)
 
 
 def is_heldout(text: str, every: int = 100) -> bool:
