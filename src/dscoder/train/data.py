@@ -1,8 +1,7 @@
 """Pretraining data: documents from files, FIM at the document level, packing into fixed windows (v1 paper §3.1).
 
-* Sources (`iter_documents`): folders (walked in sorted order: source/text files; binary, non-UTF-8, huge or
-  empty files skipped), `.jsonl` / `.jsonl.gz` and `.parquet` files with a `text` column (the data pipeline's
-  `DIR/*.parquet` shards; a folder holding shards is read for its shards only). Order is deterministic: sorted paths, rows in file order.
+* Sources: `data.corpus.iter_documents` (folders of source files; `.jsonl[.gz]` / `.parquet` shards with `text`),
+  in a deterministic order: sorted paths, rows in file order.
 * Split (`is_heldout`): a document is held out for eval loss when a stable hash of its text is 0 mod
   `heldout_every` (default 100 -> 1%). Hashing the text (not its position) keeps duplicates on one side.
 * Packing (`PackedStream`): each document becomes `[BOS] + document_ids(...)` -- FIM (PSM, rate 0.5) is applied to
