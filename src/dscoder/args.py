@@ -1,0 +1,247 @@
+"""Shared pieces of every verb's command line: the parser class, argument types that reject bad numbers at parse
+time, --device/--dtype, strict UTF-8 reading of user text, and the output-folder check.
+
+Every error here is one line naming the flag or input and the offending value; argparse's own errors (an unknown
+flag, a missing required one) come out the same way, as `dscoder VERB: error: ...` and exit status 2. torch is
+imported only inside `resolve_device_dtype`, so a bad flag fails before any heavy import.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import UserError
+
+SEED_MAX = 2**64 - 1     # torch.manual_seed and numpy's SeedSequence accept 0 ... 2**64-1
+
+
+# --------------------------------------------------------------------------------------------- the parser
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description keeps its line breaks (it is the verb's docstring); an option's default is appended to its
+    help as "(default: X)" unless the help already mentions a default or the default is None/False/empty."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d in (None, False, [], "") or d is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `PROG: error: MESSAGE (see PROG --help)`, exit status 2, no usage block.
+
+    `add_inputs` declares the verb's input paths as positionals that may also be given through a hidden, deprecated
+    option spelling (e.g. `--data`)."""
+
+    def __init__(self, prog: str, doc: str | None = None, **kw: Any) -> None:
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(prog=prog, description=inspect.cleandoc(doc) if doc else None, **kw)
+        self._required_lists: list[tuple[str, str]] = []
+        self._intermixed = False
+
+    def error(self, message: str) -> None:   # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def add_inputs(self, dest: str, metavar: str, help: str, *, alias: str | None = None,
+                   required: bool = True) -> None:
+        """Positional input paths (`dest`, one or more), plus `alias` as a hidden, deprecated option spelling."""
+        self.add_argument(dest, nargs="*", action="extend", metavar=metavar, help=help)
+        self._intermixed = True     # `dscoder pretrain a/ --out o b/`: inputs may sit between options
+        if alias:
+            self.add_argument(alias, dest=dest, nargs="+", action="extend", help=argparse.SUPPRESS)
+        if required:
+            self._required_lists.append((dest, metavar))
+
+    def add_alias(self, old: str, dest: str, **kw: Any) -> None:
+        """A renamed option's old spelling, kept working but hidden from --help."""
+        self.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kw)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns = self.parse_intermixed_args(args, namespace) if self._intermixed else super().parse_args(args, namespace)
+        for dest, metavar in self._required_lists:
+            if not getattr(ns, dest, None):
+                self.error(f"the following arguments are required: {metavar}")
+        return ns
+
+
+# ---------------------------------------------------------------------------------------- argument types
+
+def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _bounds(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"<= {hi:g}"
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in [lo, hi] ((lo, hi] with lo_open); nan and inf are refused."""
+    def parse(text: str) -> float:
+        v = _number(text, float, "a number")
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, lo_open)}, got {text!r}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi] (either bound may be None)."""
+    def parse(text: str) -> int:
+        v = _number(text, int, "an integer")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi)}, got {text!r}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = int_range(1)
+non_negative_int = int_range(0)
+positive_float = finite_float(0.0, lo_open=True)
+non_negative_float = finite_float(0.0)
+probability = finite_float(0.0, 1.0)
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, 0 ... 2**64-1 (what torch.manual_seed accepts)."""
+    v = _number(text, int, "an integer")
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64-1], got {text!r}")
+    return v
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type for `--flag a,b,c` (used with action="extend", so the flag may also repeat)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+# ------------------------------------------------------------------------------------------ device/dtype
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                  "float": "float32"}
+
+
+def _device_name(text: str) -> str:
+    t = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return t
+
+
+def _dtype_name(text: str) -> str:
+    t = _DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
+    if t not in DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
+    return t
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device auto|cpu|cuda|cuda:N and --dtype auto|float32|bfloat16|float16 (see `resolve_device_dtype`)."""
+    parser.add_argument("--device", type=_device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="where to run; auto: CUDA when available, else CPU")
+    parser.add_argument("--dtype", type=_dtype_name, default="auto", metavar="|".join(DTYPES),
+                        help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
+
+
+def resolve_device_dtype(args: argparse.Namespace):
+    """(torch.device, torch.dtype) from --device/--dtype; UserError when CUDA is asked for and absent."""
+    import torch
+
+    name = getattr(args, "device", "auto") or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+        index = int(name.split(":")[1]) if ":" in name else None
+        if index is not None and index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    device = torch.device(name)
+    dtype = getattr(args, "dtype", "auto") or "auto"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    return device, getattr(torch, dtype)
+
+
+# ------------------------------------------------------------------------------------------- user text
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def read_text_arg(value: str, what: str) -> str:
+    """A command-line string, refused if it came from bytes that are not UTF-8 (Python hands those over as lone
+    surrogates, which no tokenizer or file can hold)."""
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff":
+            raise UserError(f"{what} is not valid UTF-8 (undecodable byte or lone surrogate at character {i})")
+    return value
+
+
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The whole file as strict UTF-8; UserError naming `what` and the path when it cannot be read or decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    return _utf8(data, f"{what} {str(path)!r}")
+
+
+def read_stdin_text(what: str) -> str:
+    """All of stdin as strict UTF-8."""
+    return _utf8(sys.stdin.buffer.read(), what)
+
+
+def stdin_lines(what: str) -> Iterator[str]:
+    """stdin line by line (newline stripped), each strict UTF-8; a bad line is an error naming its number."""
+    for n, raw in enumerate(iter(sys.stdin.buffer.readline, b""), 1):
+        yield _utf8(raw, f"{what} (line {n})").rstrip("\r\n")
+
+
+# ------------------------------------------------------------------------------------------ output folder
+
+def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Check, before anything is written, that `path` is or can become a writable folder; nothing is created.
+
+    UserError naming the path when it is an existing file, when an ancestor is a file, or when the nearest
+    existing ancestor is not writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {str(p)!r} exists and is not a folder")
+    probe = p
+    while not probe.exists():
+        if probe.is_symlink():
+            raise UserError(f"{what} {str(p)!r}: {str(probe)!r} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {str(p)!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "is not writable" if probe == p else f"cannot be created ({str(probe)!r} is not writable)"
+        raise UserError(f"{what} {str(p)!r} {verb}")
+    return p
