@@ -1,7 +1,7 @@
 """`dscoder pretrain`: next-token + FIM pretraining of a v1 (Llama) or V2 (MLA + MoE) model (v1 paper §3).
 
 Wires the pieces: tokenizer -> model config (preset or --init-from, vocab/bos/eos from the tokenizer, RoPE flags
-for long-context extension, v1 §3.6) -> `data.PackedStream` (FIM at the document level, §3.1.2) -> `loop.run`
+for long-context extension, v1 §3.6) -> `packing.PackedStream` (FIM at the document level, §3.1.2) -> `loop.run`
 (AdamW + 3-stage or cosine LR, §3.4) -> `checkpoint` (atomic, verifiable, exact resume) and OUT/final/.
 Usage is in `main`'s docstring (= `dscoder pretrain --help`).
 """
@@ -21,7 +21,7 @@ import torch
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import parallel
-from .data import DocEncoder, PackedStream, check_corpus, heldout_batches
+from .packing import DocEncoder, PackedStream, check_corpus, heldout_batches
 from .loop import LoopConfig, TrainState, rng_state, run, set_rng_state
 from .optim import SCHEDULES, build_optimizer
 

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dscoder.data.corpus import iter_documents
 from dscoder.errors import UserError
-from dscoder.train.data import DocEncoder, PackedStream, check_corpus, heldout_batches, is_heldout, iter_documents
+from dscoder.train.packing import DocEncoder, PackedStream, check_corpus, heldout_batches, is_heldout
 from dscoder.train.parallel import shard_rows
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..data.corpus import iter_documents  # noqa: F401  (re-exported)
+from ..data.corpus import iter_documents
 from ..errors import UserError
 
 
