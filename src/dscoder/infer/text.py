@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..args import (Parser, add_device_args, finite_float, non_negative_float, non_negative_int, positive_int,
+                    read_stdin_text, read_text_arg, read_text_file, resolve_device_dtype, stdin_lines)
+from ..args import seed as seed_int
 from ..errors import UserError
 
 if TYPE_CHECKING:  # torch is imported only once a model is loaded: bad CLI input fails fast
@@ -88,7 +91,7 @@ def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str =
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
-def load(model_dir: str) -> tuple[Engine, Any]:
+def load(model_dir: str, device: Any = "cpu", dtype: Any = None) -> tuple[Engine, Any]:
     """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files."""
     path = Path(model_dir)
     if not path.is_dir():
@@ -103,25 +106,52 @@ def load(model_dir: str) -> tuple[Engine, Any]:
         raise
     except Exception as e:  # a folder without tokenizer files fails deep inside tokenizers/transformers
         raise UserError(f"cannot load the tokenizer from {model_dir!r}: {e}") from e
-    return Engine(dscoder.load_model(str(path))), tokenizer
+    return Engine(dscoder.load_model(str(path), device=device, dtype=dtype)), tokenizer
 
 
-def _parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="Hugging Face model folder (config.json, weights, tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+def _parser(prog: str, doc: str | None) -> Parser:
+    p = Parser(prog, doc)
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="Hugging Face model folder (config.json, weights, tokenizer)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, metavar="N", help="tokens to generate at most")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=finite_float(0.0, 1.0, lo_open=True), default=1.0,
+                   help="nucleus sampling: keep the smallest set of tokens with this much probability")
+    p.add_argument("--top-k", type=non_negative_int, default=0,
+                   help="sample among the K most likely tokens (0: all; at most the vocabulary size)")
+    p.add_argument("--seed", type=seed_int, default=None, help="makes sampling reproducible (0 ... 2**64-1)")
     p.add_argument("--stop", action="append", default=[], metavar="S",
                    help="stop string, cut from the output (repeat the flag for several)")
+    p.add_argument("--truncate", choices=("left", "error"), default="error",
+                   help="a prompt that does not fit the context with --max-new-tokens: keep its last tokens "
+                        "(left) or stop with an error")
+    add_device_args(p)
     return p
 
 
-def _gen(args: argparse.Namespace) -> dict[str, Any]:
+def _gen(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
+    if args.top_k > engine.vocab_size:
+        raise UserError(f"--top-k {args.top_k} is larger than the model's vocabulary of {engine.vocab_size} tokens")
+    stops = [read_text_arg(s, f"--stop {i + 1}") for i, s in enumerate(args.stop)]
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                top_k=args.top_k, seed=args.seed, stop_strings=args.stop)
+                top_k=args.top_k, seed=args.seed, stop_strings=stops,
+                truncate="left" if args.truncate == "left" else None)
+
+
+def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
+    device, dtype = resolve_device_dtype(args)
+    return load(args.model, device, dtype)
+
+
+# the engine's messages name its Python arguments; on the command line the options have these names
+_FLAG_WORDS = (("truncate='left'", "--truncate left"), ("max_new_tokens", "--max-new-tokens"))
+
+
+def _cli_error(e: UserError) -> UserError:
+    msg = str(e)
+    for python, flag in _FLAG_WORDS:
+        msg = msg.replace(python, flag)
+    return UserError(msg)
 
 
 def _emit(text: str) -> None:
@@ -133,15 +163,19 @@ def main_generate(argv: list[str]) -> int:
     """Complete a code prompt with a checkpoint; prints only the new text.
 
     dscoder generate --model DIR [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed N]
-                     [--stop S] [--stop S2 ...] PROMPT        (PROMPT "-" reads it from stdin)"""
+                     [--stop S] [--stop S2 ...] [--truncate left|error] [--device D] [--dtype T] PROMPT
+    (PROMPT "-" reads it from stdin)"""
     p = _parser("dscoder generate", main_generate.__doc__)
     p.add_argument("prompt", help='the code to continue; "-" reads stdin')
     args = p.parse_args(argv)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_stdin_text("the prompt on stdin") if args.prompt == "-" else read_text_arg(args.prompt, "the prompt")
     if not prompt:
         raise UserError("empty prompt: give some code to complete")
-    engine, tok = load(args.model)
-    _emit(complete(engine, tok, prompt, **_gen(args)))
+    engine, tok = _load(args)
+    try:
+        _emit(complete(engine, tok, prompt, **_gen(args, engine)))
+    except UserError as e:
+        raise _cli_error(e) from None
     return 0
 
 
@@ -149,11 +183,8 @@ def _read(text: str | None, file: str | None, what: str) -> str:
     if text is not None and file is not None:
         raise UserError(f"give --{what} or --{what}-file, not both")
     if file is None:
-        return text or ""
-    try:
-        return Path(file).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read --{what}-file {file!r}: {e.strerror}") from e
+        return read_text_arg(text or "", f"--{what}")
+    return read_text_file(file, f"--{what}-file")
 
 
 def main_infill(argv: list[str]) -> int:
@@ -161,17 +192,20 @@ def main_infill(argv: list[str]) -> int:
 
     dscoder infill --model DIR (--prefix TEXT | --prefix-file F) (--suffix TEXT | --suffix-file F) [sampling options]"""
     p = _parser("dscoder infill", main_infill.__doc__)
-    p.add_argument("--prefix")
-    p.add_argument("--suffix")
-    p.add_argument("--prefix-file")
-    p.add_argument("--suffix-file")
+    p.add_argument("--prefix", metavar="TEXT", help="the code before the hole")
+    p.add_argument("--suffix", metavar="TEXT", help="the code after the hole")
+    p.add_argument("--prefix-file", metavar="FILE", help="read the prefix from FILE (UTF-8)")
+    p.add_argument("--suffix-file", metavar="FILE", help="read the suffix from FILE (UTF-8)")
     args = p.parse_args(argv)
     prefix = _read(args.prefix, args.prefix_file, "prefix")
     suffix = _read(args.suffix, args.suffix_file, "suffix")
     if not prefix and not suffix:
         raise UserError("infill needs --prefix/--prefix-file or --suffix/--suffix-file")
-    engine, tok = load(args.model)
-    _emit(infill(engine, tok, prefix, suffix, **_gen(args)))
+    engine, tok = _load(args)
+    try:
+        _emit(infill(engine, tok, prefix, suffix, **_gen(args, engine)))
+    except UserError as e:
+        raise _cli_error(e) from None
     return 0
 
 
@@ -182,21 +216,26 @@ def main_chat(argv: list[str]) -> int:
     dscoder chat --model DIR [--style v1|v2] [--system TEXT] [sampling options]"""
     p = _parser("dscoder chat", main_chat.__doc__)
     p.add_argument("--style", choices=("v1", "v2"), default="v1", help="v1: DeepSeek-Coder instruct; v2: Coder-V2")
-    p.add_argument("--system", default=None, help="system prompt (v1 default: DeepSeek's)")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (v1 default: DeepSeek's)")
     args = p.parse_args(argv)
-    engine, tok = load(args.model)
-    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    system = read_text_arg(args.system, "--system") if args.system else None
+    engine, tok = _load(args)
+    gen = _gen(args, engine)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     tty = sys.stdin.isatty()
+    lines = stdin_lines("the chat input on stdin")
     while True:
         if tty:
             print(">>> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        line = next(lines, None)
+        if line is None:
             return 0
-        line = line.rstrip("\n")
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        reply = chat(engine, tok, messages, style=args.style, **_gen(args))
+        try:
+            reply = chat(engine, tok, messages, style=args.style, **gen)
+        except UserError as e:
+            raise _cli_error(e) from None
         messages.append({"role": "assistant", "content": reply})
         _emit(reply)
