@@ -1,11 +1,30 @@
 """`dscoder VERB ...`: one table from verbs to the functions that implement them. Nothing imports this module.
 
-Each entry point is `main(argv) -> int` in the module that owns the work, with its own argparse whose
-description is its docstring. Bad input raises `UserError`, printed here as one line, exit status 2.
+Each entry point is `main(argv) -> int` in the module that owns the work, with its own parser whose
+description is its docstring. Bad input raises `UserError`, printed here as one line, exit status 2. Any other
+exception is printed as one `internal error` line, exit status 1; DSCODER_DEBUG=1 shows its traceback instead.
+
+Command-line conventions (every verb follows them; the shared pieces are in `dscoder.args`):
+* Parser: `args.Parser(prog, doc)`. Its errors (unknown option, bad value) are one line too, exit status 2.
+* Inputs a verb consumes are positional: `data build SRC...`, `tokenizer train PATH...`, `pretrain DATA...`.
+  Its output folder is `--out DIR`, checked (`args.output_folder`) and locked (`durable.lock_run_folder`) before
+  anything is written. A checkpoint to run is `--model DIR`; every other path is a named option
+  (`--tokenizer DIR`, `--init-from DIR`, `--samples FILE`, `--prefix-file FILE`, eval's `--data PATH`).
+* Parallelism is `--workers N` (processes or CPU threads, whichever the verb uses).
+* Lists are comma-separated and the option may repeat: `--languages python,java --languages go`.
+* Every verb that runs a model takes `--device auto|cpu|cuda|cuda:N` and `--dtype auto|float32|bfloat16|float16`
+  (`args.add_device_args`); auto means CUDA when present, bfloat16 on CUDA and float32 on CPU.
+* Numbers are range-checked at parse time through `args` types (`finite_float`, `int_range`, `positive_int`,
+  `seed`): nan, inf, negative counts and seeds outside 0 ... 2**64-1 are refused with the option's name.
+* Text from the user (argv, files, stdin) must be UTF-8 (`args.read_text_arg`, `read_text_file`, `read_stdin_text`).
+* A stage that runs by default is turned off with `--no-STAGE`; an option that is off by default is a bare flag.
+* Help: every option has a help string (lowercase, no final period); the formatter appends "(default: X)".
+* A renamed option keeps its old spelling as a hidden alias (`Parser.add_alias`).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from .errors import UserError
@@ -29,6 +48,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _group_usage(group: str) -> str:
+    subs = {v.split()[1]: help_ for v, (_, help_) in VERBS.items() if v.startswith(group + " ")}
+    width = max(map(len, subs))
+    lines = [f"usage: dscoder {group} {'|'.join(subs)} [options]   (dscoder {group} VERB --help for its options)",
+             "", f"{group} verbs:"]
+    return "\n".join(lines + [f"  {v:<{width}}  {h}" for v, h in subs.items()])
+
+
 def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
         return f"{argv[0]} {argv[1]}", argv[2:]
@@ -46,21 +73,42 @@ def main(argv: list[str] | None = None) -> int:
         from . import __version__
         print(f"dscoder {__version__}")
         return 0
+    groups = {v.split()[0] for v in VERBS if " " in v}
+    if argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+        print(_group_usage(argv[0]))         # `dscoder data`: list its sub-verbs
+        return 0
     found = _resolve(argv)
     if found is None:
-        groups = sorted({v.split()[0] for v in VERBS if " " in v})
-        hint = f" (did you mean `{argv[0]} {'|'.join(v.split()[1] for v in VERBS if v.startswith(argv[0] + ' '))}`?)" \
-            if argv[0] in groups else ""
-        print(f"dscoder: unknown verb {' '.join(argv[:2])!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        if argv[0] in groups:
+            print(f"dscoder {argv[0]}: error: unknown verb {argv[1]!r}; one of: "
+                  f"{', '.join(v.split()[1] for v in VERBS if v.startswith(argv[0] + ' '))}", file=sys.stderr)
+        else:
+            print(f"dscoder: error: unknown verb {argv[0]!r}; one of: {', '.join(VERBS)} (dscoder --help)",
+                  file=sys.stderr)
         return 2
     verb, rest = found
+    try:
+        return _run(verb, rest)
+    except Exception as e:      # last resort: a user sees one line, never a traceback, unless they ask for it
+        if os.environ.get("DSCODER_DEBUG"):
+            raise
+        what = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"dscoder {verb}: internal error: {what}  (re-run with DSCODER_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _run(verb: str, rest: list[str]) -> int:
     target, _ = VERBS[verb]
     mod, fn = target.split(":")
     try:
         return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
     except UserError as e:
-        print(f"dscoder {verb}: error: {e}", file=sys.stderr)
+        print(f"dscoder {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:     # stdout closed early (`dscoder generate ... | head -1`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"dscoder {verb}: interrupted", file=sys.stderr)
         return 130
