@@ -56,6 +56,14 @@ def _group_usage(group: str) -> str:
     return "\n".join(lines + [f"  {v:<{width}}  {h}" for v, h in subs.items()])
 
 
+def _group_usage(group: str) -> str:
+    subs = {v.split()[1]: help_ for v, (_, help_) in VERBS.items() if v.startswith(group + " ")}
+    width = max(map(len, subs))
+    lines = [f"usage: dscoder {group} {'|'.join(subs)} [options]   (dscoder {group} VERB --help for its options)",
+             "", f"{group} verbs:"]
+    return "\n".join(lines + [f"  {v:<{width}}  {h}" for v, h in subs.items()])
+
+
 def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
         return f"{argv[0]} {argv[1]}", argv[2:]
@@ -106,6 +114,8 @@ def _run(verb: str, rest: list[str]) -> int:
     except UserError as e:
         print(f"dscoder {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except SystemExit as e:     # the verb's parser: --help (0) or a usage error (2), already printed
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     except BrokenPipeError:     # stdout closed early (`dscoder generate ... | head -1`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

