@@ -1,5 +1,8 @@
-"""Benchmark tasks on the real data: DeepSeek's prompts and post-processing, and verdicts from the real sandbox
-(reference solutions pass, wrong ones fail) for HumanEval, MBPP, MultiPL-E, FIM and CRUXEval."""
+"""Benchmark tasks on real rows (tests/fixtures/benchmarks; the full sets only where a test needs every row):
+DeepSeek's prompts and post-processing, data lookup (--data, $DSCODER_BENCHMARKS, the hub, one clear error), and
+verdicts from the real sandbox (reference solutions pass, wrong ones fail) for HumanEval, MBPP, MultiPL-E,
+HumanEval-Infilling and CRUXEval."""
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,7 +12,7 @@ from dscoder.eval.runners import toolchain_available
 from dscoder.eval.tasks import get_task
 from dscoder.eval.tasks.base import truncate_at, with_py_imports
 from dscoder.eval.tasks.cruxeval import parse_answer
-from dscoder.eval.tasks.fim import single_line_problems
+from dscoder.eval.tasks.fim import SUBSETS
 from dscoder.eval.tasks.humaneval import align_base, extract_instruct
 
 
@@ -19,8 +22,8 @@ def score_all(task, pairs):
 
 
 @pytest.fixture(scope="module")
-def humaneval(benchmarks_dir):
-    rows = get_task("humaneval").load(benchmarks_dir)
+def humaneval(fixture_benchmarks):
+    rows = get_task("humaneval").load(fixture_benchmarks)
     return {r["task_id"]: r for r in rows}
 
 
@@ -64,14 +67,14 @@ def test_py_imports_are_added_only_when_named():
 
 # ---------------------------------------------------------------- MBPP
 @pytest.fixture(scope="module")
-def mbpp(benchmarks_dir):
+def mbpp(fixture_benchmarks):
     task = get_task("mbpp")
-    return task, {r["task_id"]: r for r in task.load(benchmarks_dir)}
+    return task, {r["task_id"]: r for r in task.load(fixture_benchmarks)}
 
 
 def test_mbpp_rows_and_base_prompt(mbpp):
     task, rows = mbpp
-    assert sorted(rows) == list(range(11, 511))
+    assert sorted(rows) == [11, 12, 17, 56, 101, 245, 367, 510]  # the fixture's test rows; the shots are not test problems
     assert [s["task_id"] for s in task.shots] == [2, 3, 4]
     pr = task.prompt(rows[11])
     assert pr.text.count("[DONE]") == 3 and pr.text.endswith("[BEGIN]") and pr.stop == ("[DONE]",)
@@ -80,9 +83,9 @@ def test_mbpp_rows_and_base_prompt(mbpp):
     assert task.postprocess(rows[11], "\ndef f():\n    return 1\n[DONE]\nYou are") == "def f():\n    return 1"
 
 
-def test_mbpp_instruct_prompt(benchmarks_dir):
+def test_mbpp_instruct_prompt(fixture_benchmarks):
     task = get_task("mbpp-instruct")
-    rows = task.load(benchmarks_dir)
+    rows = task.load(fixture_benchmarks)
     pr = task.prompt(rows[0])
     assert pr.kind == "chat" and pr.text.startswith("Please refer the given examples and generate a python function")
     assert "- Example 3:\n>>> Problem:" in pr.text and pr.text.endswith(">>> Test Cases:\n" +
@@ -107,11 +110,11 @@ ADD = {"cpp": "    return x + y;\n", "java": "        return x + y;\n", "js": " 
        "rs": "    x + y\n"}
 
 
-def test_multipl_e_hand_written_solutions(benchmarks_dir):
+def test_multipl_e_hand_written_solutions(fixture_benchmarks):
     task = get_task("multipl-e")
     installed = [lang for lang in ADD if toolchain_available(lang)]
     assert "py" in installed
-    probs = {p["task_id"]: p for p in task.load(benchmarks_dir / "multipl-e") if p["lang"] in installed}
+    probs = {p["task_id"]: p for p in task.load(fixture_benchmarks / "multipl-e") if p["lang"] in installed}
     jobs = []
     for lang in installed:
         p = probs[f"{lang}/HumanEval_53_add"]
@@ -123,9 +126,13 @@ def test_multipl_e_hand_written_solutions(benchmarks_dir):
         assert want or v.status == "failed", (p["task_id"], v.status)  # wrong answers fail at runtime, not build
 
 
-def test_multipl_e_prompts_and_repairs(benchmarks_dir):
+def test_multipl_e_prompts_and_repairs(fixture_benchmarks):
     task = get_task("multipl-e", languages=["ts", "cs"])
-    probs = {p["task_id"]: p for p in task.load(benchmarks_dir)}
+    probs = {p["task_id"]: p for p in task.load(fixture_benchmarks)}
+    assert sorted(probs) == ["cs/HumanEval_0_has_close_elements", "cs/HumanEval_53_add",
+                             "ts/HumanEval_0_has_close_elements", "ts/HumanEval_53_add"]
+    one = task.load(fixture_benchmarks / "multipl-e" / "humaneval-java-reworded.jsonl.gz")  # a file: its language
+    assert {p["lang"] for p in one} == {"java"} and len(one) == 2
     ts = probs["ts/HumanEval_53_add"]
     assert task.prompt(ts).text == ts["prompt"] and "\nconsole.log" in task.prompt(ts).stop
     assert task.postprocess(ts, "  return x + y;\n}\nconsole.log(add(1, 2));") == "  return x + y;\n}"
@@ -137,30 +144,55 @@ def test_multipl_e_prompts_and_repairs(benchmarks_dir):
         get_task("humaneval", languages=["cpp"])
 
 
-# ---------------------------------------------------------------- FIM
-def test_fim_single_line_construction_and_exact_match(humaneval, benchmarks_dir):
-    row = humaneval["HumanEval/0"]
-    probs = single_line_problems(row)
-    lines = [x for x in row["canonical_solution"].splitlines() if x.strip()]
-    assert [p["middle"] for p in probs] == lines
-    for p in probs:
-        assert p["prefix"] + p["middle"] + p["suffix"] == row["prompt"] + row["canonical_solution"]
-        assert p["prefix"].endswith("\n") and (p["suffix"].startswith("\n") or not p["suffix"])
-    task = get_task("fim")
-    p = probs[1]
-    pr = task.prompt(p)
-    assert pr.kind == "fim" and pr.prefix == p["prefix"] and pr.suffix == p["suffix"]
-    assert task.score(p, task.postprocess(p, "  " + p["middle"].strip() + "  \n    junk\n")).passed
-    assert not task.score(p, task.postprocess(p, "\n" + p["middle"])).passed  # the FIRST line is what counts
-    assert not task.score(p, "    pass").passed
-    all_probs = task.load(benchmarks_dir)
-    assert len(all_probs) > 164 * 3 and len({p["task_id"] for p in all_probs}) == len(all_probs)
+# ---------------------------------------------------------------- HumanEval-Infilling
+@pytest.mark.parametrize("benchmark", list(SUBSETS))
+def test_infilling_official_rows_reference_passes_and_wrong_fails(benchmark, fixture_benchmarks):
+    task = get_task(benchmark)
+    rows = task.load(fixture_benchmarks)
+    prefix = {"fim-single-line": "SingleLineInfilling", "fim-multi-line": "MultiLineInfilling",
+              "fim-random-span": "RandomSpanInfilling", "fim-random-span-light": "RandomSpanInfillingLight"}[benchmark]
+    assert rows and all(r["task_id"].startswith(prefix + "/HumanEval/") for r in rows)
+    r = rows[0]
+    pr = task.prompt(r)
+    assert pr.kind == "fim" and pr.prefix == r["prompt"] and pr.suffix == r["suffix"]
+    wrong = r["canonical_solution"].replace("return", "return not", 1) if "return" in r["canonical_solution"] \
+        else "    return None\n"
+    verdicts = score_all(task, [(r, r["canonical_solution"]), (r, wrong), (r, "")])
+    assert [v.passed for v in verdicts] == [True, False, False], [v.details for v in verdicts]
+
+
+def test_single_line_layout_postprocess_and_exact_match(fixture_benchmarks):
+    task = get_task("fim-single-line")
+    rows = {r["task_id"]: r for r in task.load(fixture_benchmarks)}
+    r = rows["SingleLineInfilling/HumanEval/0/L1"]
+    # the official layout: the middle is a whole line WITH its newline; the suffix starts on the next line
+    assert r["canonical_solution"] == "        for idx2, elem2 in enumerate(numbers):\n"
+    assert r["prompt"].endswith("\n") and not r["suffix"].startswith("\n")
+    assert task.prompt(r).stop == ("\n",) and task.timeout == 3.0
+    raw = "        for idx2, elem2 in enumerate(numbers):\n            junk that is cut\n"
+    comp = task.postprocess(r, raw)
+    assert comp == r["canonical_solution"] and task.exact_match(r, comp) is True
+    assert task.exact_match(r, "  for idx2, elem2 in enumerate(numbers):  \n") is True  # whitespace ignored
+    assert task.exact_match(r, "        for idx2, e2 in enumerate(numbers):\n") is False
+    assert task.exact_match(r, task.postprocess(r, "\n" + raw)) is False  # the FIRST generated line counts
+    assert get_task("fim-multi-line").exact_match(r, comp) is None  # exact match is a single-line metric
+    equivalent = "        for idx2, elem2 in enumerate(list(numbers)):\n"  # not an exact match, yet it runs right
+    verdict = task.score(r, equivalent)
+    assert verdict.passed and task.exact_match(r, equivalent) is False
+
+
+def test_infilling_full_sets_have_the_official_counts(benchmarks_dir):
+    counts = {b: len(get_task(b).load(benchmarks_dir)) for b in SUBSETS}
+    assert counts == {"fim-single-line": 1033, "fim-multi-line": 5815, "fim-random-span": 1640,
+                      "fim-random-span-light": 164}
+    ids = [r["task_id"] for r in get_task("fim-single-line").load(benchmarks_dir)]
+    assert ids[0] == "SingleLineInfilling/HumanEval/0/L0" and len(set(ids)) == 1033
 
 
 # ---------------------------------------------------------------- CRUXEval
 @pytest.fixture(scope="module")
-def crux(benchmarks_dir):
-    rows = get_task("cruxeval-o").load(benchmarks_dir)
+def crux(fixture_benchmarks):
+    rows = get_task("cruxeval-o").load(fixture_benchmarks)
     return {r["task_id"]: r for r in rows}
 
 
@@ -192,6 +224,39 @@ def test_cruxeval_input_prediction(crux):
     assert parse_answer("garbage == 5", "output") == "5"
 
 
+def test_data_from_env_folder(fixture_benchmarks, monkeypatch):
+    monkeypatch.setenv("DSCODER_BENCHMARKS", str(fixture_benchmarks))
+    assert [r["task_id"] for r in get_task("humaneval").load()] == ["HumanEval/0", "HumanEval/2", "HumanEval/38",
+                                                                     "HumanEval/53"]
+    assert len(get_task("multipl-e", languages=["py", "go"]).load()) == 4
+
+
+def test_missing_data_is_one_clear_error_without_waiting_for_the_hub(tmp_path, monkeypatch):
+    monkeypatch.delenv("DSCODER_BENCHMARKS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as e:
+        get_task("cruxeval-o").load()
+    assert time.monotonic() - t0 < 10
+    msg = str(e.value)
+    assert "cruxeval/cruxeval.jsonl" in msg and "--data DIR" in msg and "DSCODER_BENCHMARKS=DIR" in msg
+    assert "cruxeval-org/cruxeval" in msg and "not reachable" in msg
+    monkeypatch.setenv("DSCODER_BENCHMARKS", str(tmp_path))  # a folder without the file: same error, says so
+    with pytest.raises(UserError, match="lacks it"):
+        get_task("humaneval").load()
+
+
+def test_full_sets_load_with_deepseeks_rows(benchmarks_dir):
+    assert len(get_task("humaneval").load(benchmarks_dir)) == 164
+    mbpp = get_task("mbpp")
+    assert [r["task_id"] for r in mbpp.load(benchmarks_dir)] == list(range(11, 511))
+    assert [s["task_id"] for s in mbpp.shots] == [2, 3, 4]
+    assert len(get_task("cruxeval-o").load(benchmarks_dir)) == 800
+    assert len(get_task("multipl-e", languages=["cpp"]).load(benchmarks_dir)) == 161
+
+
 def test_bad_data_paths(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         get_task("humaneval").load(tmp_path / "nope.jsonl")
@@ -202,5 +267,10 @@ def test_bad_data_paths(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(UserError, match="not valid JSON"):
         get_task("humaneval").load(tmp_path)
+    bad.write_bytes(b'{"task_id": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(UserError, match="cannot read"):
+        get_task("humaneval").load(bad)
+    with pytest.raises(UserError, match="cannot find HumanEval.jsonl.gz under"):
+        get_task("humaneval").load(tmp_path / "..")
     with pytest.raises(UserError, match="unknown benchmark"):
         get_task("apps")

@@ -6,9 +6,10 @@ A task is a short class (nanochat-style): `load(path)` reads its problems (dicts
 completion that is stored and scored, `score(problem, completion)` runs it and returns a `runners.Verdict`.
 The mode ("base" or "instruct") is fixed when the task is built, because scoring depends on it too.
 
-Data: each task names its file under the shared benchmarks folder (`$DSCODER_BENCHMARKS`, else
-`../shared/benchmarks` beside the checkout); `--data PATH` may name the file itself, the folder holding it, or the
-benchmarks root. Evaluation only: none of these files may reach training data.
+Data (`load_rows`): `--data PATH` (the file itself, the folder holding it, or a benchmarks root laid out as
+`tests/fixtures/benchmarks`), else `$DSCODER_BENCHMARKS` (such a root), else the Hugging Face hub through `datasets`
+when it is reachable (HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1 restrict that to the local `datasets` cache), else
+one UserError saying where to put the files. Evaluation only: none of these files may reach training data.
 """
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ import gzip
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import Verdict
 
-ROOT = Path(__file__).resolve().parents[4]  # the checkout (src/dscoder/eval/tasks/base.py)
+ENV_VAR = "DSCODER_BENCHMARKS"
+HUB_PROBE_S = 3.0  # seconds to wait for the hub before falling through to the error
 
 # DeepSeek's Python post-processing cuts a base completion at the first of these (Evaluation/HumanEval utils).
 PY_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
@@ -50,26 +54,80 @@ class Prompt:
     max_new_tokens: int = 512
 
 
-def benchmarks_root() -> Path:
-    return Path(os.environ.get("DSCODER_BENCHMARKS", ROOT.parent / "shared" / "benchmarks"))
+@dataclass(frozen=True)
+class HubSource:
+    """Where the same rows live on the Hugging Face hub: `datasets.load_dataset(repo, config, split=split)`."""
+    repo: str
+    config: str | None = None
+    split: str = "test"
 
 
-def resolve_data(default_rel: str, path: str | os.PathLike | None) -> Path:
-    """The data file of a task: `path` as a file, `path/<basename>`, `path/<default_rel>`, or the shared default."""
-    rel = Path(default_rel)
-    if path is None:
-        cands = [benchmarks_root() / rel]
-    else:
+def _candidates(base: Path, rel: Path) -> list[Path]:
+    alt = rel.name[:-3] if rel.name.endswith(".gz") else rel.name + ".gz"  # compressed or not
+    return [base / rel.name, base / alt, base / rel, base / rel.parent / alt]
+
+
+def find_data(rel: str, path: str | os.PathLike | None) -> Path | None:
+    """The local file `rel` (e.g. "humaneval/HumanEval.jsonl.gz"): `path` as a file, or looked up under `path`,
+    else under $DSCODER_BENCHMARKS; None when neither is given or the env folder lacks it. A `path` that does not
+    exist or lacks the file is a UserError (an explicit path never falls through)."""
+    if path is not None:
         p = Path(path)
-        alt = rel.name[:-3] if rel.name.endswith(".gz") else rel.name + ".gz"  # compressed or not
-        cands = [p] if p.is_file() else [p / rel.name, p / alt, p / rel, p / rel.parent / alt]
         if not p.exists():
             raise UserError(f"benchmark data {str(p)!r} does not exist")
-    for c in cands:
-        if c.is_file():
-            return c
-    raise UserError(f"cannot find {rel.name} (looked at {', '.join(map(str, cands))}); pass --data PATH to the "
-                    f"file or its folder, or set DSCODER_BENCHMARKS")
+        cands = [p] if p.is_file() else _candidates(p, Path(rel))
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise UserError(f"cannot find {Path(rel).name} under {p} (looked at {', '.join(map(str, cands))})")
+        return found
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return next((c for c in _candidates(Path(env), Path(rel)) if c.is_file()), None)
+    return None
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_rows(src: HubSource) -> tuple[list[dict] | None, str]:
+    """(rows, "") from the hub, or (None, why not). Unreachable hosts fail within HUB_PROBE_S seconds instead of
+    the hub client's minutes of retries; offline mode reads only the local `datasets` cache."""
+    if not _offline():
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host = url.hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)),
+                                     timeout=HUB_PROBE_S).close()
+        except OSError as e:
+            return None, f"{host} is not reachable ({e.strerror or e})"
+    try:
+        import datasets
+    except ImportError:
+        return None, "the `datasets` package is not installed"
+    try:
+        ds = datasets.load_dataset(src.repo, src.config, split=src.split)
+    except Exception as e:  # noqa: BLE001 -- any hub/cache failure means: not available from the hub
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+    return [dict(r) for r in ds], ""
+
+
+def load_rows(rel: str, path: str | os.PathLike | None, hub: HubSource | None) -> tuple[list[dict], str]:
+    """(rows, where they came from) for the benchmark file `rel`; see the module docstring for the order."""
+    local = find_data(rel, path)
+    if local is not None:
+        return read_jsonl(local), str(local)
+    why = "no hub source is known for it"
+    if hub is not None:
+        rows, why = hub_rows(hub)
+        if rows is not None:
+            return rows, f"hf://{hub.repo}" + (f"/{hub.config}" if hub.config else "")
+    env = os.environ.get(ENV_VAR)
+    looked = f"${ENV_VAR}={env} lacks it" if env else f"${ENV_VAR} is not set"
+    raise UserError(f"benchmark data {rel} not found: no --data given, {looked}, and the Hugging Face hub "
+                    f"{'(' + hub.repo + ') ' if hub else ''}failed: {why}. Put the file at DIR/{rel} and pass "
+                    f"--data DIR or set {ENV_VAR}=DIR")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -84,12 +142,12 @@ def read_jsonl(path: Path) -> list[dict]:
                         rows.append(json.loads(line))
                     except ValueError as e:
                         raise UserError(f"{path}:{i}: not valid JSON ({e})") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
     return rows
 
 
-def require_fields(rows: Sequence[dict], fields: Sequence[str], path: Path) -> None:
+def require_fields(rows: Sequence[dict], fields: Sequence[str], path: Path | str) -> None:
     for i, r in enumerate(rows):
         missing = [f for f in fields if f not in r]
         if missing:
@@ -131,6 +189,7 @@ class Task:
     name = "task"
     modes: tuple[str, ...] = ("base",)
     data_file = ""              # relative to the benchmarks root
+    hub: HubSource | None = None  # the same rows on the Hugging Face hub
     timeout = 10.0              # per-sample wall seconds (DeepSeek's values; --timeout overrides)
 
     def __init__(self, mode: str = "base", timeout: float | None = None):
@@ -144,6 +203,12 @@ class Task:
     def load(self, path: str | os.PathLike | None = None) -> list[dict]:
         raise NotImplementedError
 
+    def rows(self, path: str | os.PathLike | None, fields: Sequence[str]) -> list[dict]:
+        """The rows of `data_file` (see `load_rows`), each checked to have `fields`."""
+        rows, source = load_rows(self.data_file, path, self.hub)
+        require_fields(rows, fields, source)
+        return rows
+
     def prompt(self, problem: dict) -> Prompt:
         raise NotImplementedError
 
@@ -152,6 +217,10 @@ class Task:
 
     def score(self, problem: dict, completion: str) -> Verdict:
         raise NotImplementedError
+
+    def exact_match(self, problem: dict, completion: str) -> bool | None:
+        """Whether `completion` matches the reference text, for benchmarks that report it (else None)."""
+        return None
 
     def language(self, problem: dict) -> str:
         """The language of a problem, for per-language tables and toolchain skips."""

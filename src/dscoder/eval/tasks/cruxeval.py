@@ -19,7 +19,7 @@ import os
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import Verdict, check_python
-from dscoder.eval.tasks.base import Prompt, Task, read_jsonl, require_fields, resolve_data
+from dscoder.eval.tasks.base import HubSource, Prompt, Task
 
 HEAD_O = ("You are given a Python function and an assertion containing an input to the function. Complete the "
           "assertion with a literal (no unsimplified expressions, no function calls) containing the output when "
@@ -64,6 +64,7 @@ def parse_answer(text: str, target: str) -> str:
 class CRUXEval(Task):
     name = "cruxeval"
     data_file = "cruxeval/cruxeval.jsonl"
+    hub = HubSource("cruxeval-org/cruxeval")
     timeout = 5.0
 
     def __init__(self, mode: str = "base", timeout: float | None = None, target: str = "output"):
@@ -74,9 +75,7 @@ class CRUXEval(Task):
         self.name = "cruxeval-" + target[0]
 
     def load(self, path: str | os.PathLike | None = None) -> list[dict]:
-        p = resolve_data(self.data_file, path)
-        rows = read_jsonl(p)
-        require_fields(rows, ("id", "code", "input", "output"), p)
+        rows = self.rows(path, ("id", "code", "input", "output"))
         return [{**r, "task_id": r["id"]} for r in rows]
 
     def prompt(self, problem: dict) -> Prompt:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 
 from dscoder.eval.runners import Verdict, check_python
-from dscoder.eval.tasks.base import (PY_STOPS, Prompt, Task, first_code_block, read_jsonl, require_fields,
-                                     resolve_data, truncate_at, with_py_imports)
+from dscoder.eval.tasks.base import PY_STOPS, HubSource, Prompt, Task, first_code_block, truncate_at, with_py_imports
 
 INSTRUCT = ("Please continue to complete the function. You are not allowed to modify the given code and do the "
             "completion only. Please return all completed function in a codeblock. Here is the given code to do "
@@ -55,6 +54,7 @@ class HumanEval(Task):
     name = "humaneval"
     modes = ("base", "instruct")
     data_file = "humaneval/HumanEval.jsonl.gz"
+    hub = HubSource("openai/openai_humaneval")
     timeout = 10.0
 
     def __init__(self, mode: str = "base", timeout: float | None = None):
@@ -63,10 +63,7 @@ class HumanEval(Task):
             self.timeout = 3.0
 
     def load(self, path: str | os.PathLike | None = None) -> list[dict]:
-        p = resolve_data(self.data_file, path)
-        rows = read_jsonl(p)
-        require_fields(rows, FIELDS, p)
-        return rows
+        return self.rows(path, FIELDS)
 
     def prompt(self, problem: dict) -> Prompt:
         if self.mode == "instruct":

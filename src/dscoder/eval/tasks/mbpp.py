@@ -25,8 +25,7 @@ import os
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import Verdict, check_python
-from dscoder.eval.tasks.base import (Prompt, Task, first_code_block, py_import_header, read_jsonl,
-                                     require_fields, resolve_data, with_py_imports)
+from dscoder.eval.tasks.base import HubSource, Prompt, Task, first_code_block, py_import_header, with_py_imports
 
 SHOT_IDS = (2, 3, 4)
 TEST_IDS = range(11, 511)
@@ -68,16 +67,15 @@ class MBPP(Task):
     name = "mbpp"
     modes = ("base", "instruct")
     data_file = "mbpp/mbpp.jsonl"
+    hub = HubSource("google-research-datasets/mbpp", "full", "train+test+validation+prompt")
     timeout = 10.0
 
     def load(self, path: str | os.PathLike | None = None) -> list[dict]:
-        p = resolve_data(self.data_file, path)
-        rows = read_jsonl(p)
-        require_fields(rows, FIELDS, p)
+        rows = self.rows(path, FIELDS)
         by_id = {int(r["task_id"]): r for r in rows}
         missing = [i for i in SHOT_IDS if i not in by_id]
         if missing:
-            raise UserError(f"{p}: the few-shot rows (task_ids {missing}) are missing; give the full mbpp.jsonl")
+            raise UserError(f"MBPP data: the few-shot rows (task_ids {missing}) are missing; give the full mbpp.jsonl")
         self.shots = [by_id[i] for i in SHOT_IDS]
         return [by_id[i] for i in TEST_IDS if i in by_id]
 

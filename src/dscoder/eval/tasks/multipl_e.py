@@ -24,7 +24,7 @@ from typing import Sequence
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import ALIASES, LANGS, Verdict, check_program, check_python, toolchain_available
-from dscoder.eval.tasks.base import Prompt, Task, benchmarks_root, read_jsonl, require_fields, truncate_at
+from dscoder.eval.tasks.base import HubSource, Prompt, Task, load_rows, require_fields, truncate_at
 
 PAPER_LANGS = ("py", "cpp", "java", "php", "ts", "cs", "sh", "js")
 DEFAULT_LANGS = PAPER_LANGS + ("go", "rs")
@@ -68,30 +68,21 @@ class MultiPLE(Task):
         super().__init__(mode, timeout)
         self.languages = [canonical_lang(x) for x in (languages or DEFAULT_LANGS)]
 
-    def _files(self, path: str | os.PathLike | None) -> list[tuple[str, Path]]:
-        base = Path(path) if path is not None else benchmarks_root() / self.data_file
-        if path is not None and not base.exists():
-            raise UserError(f"benchmark data {str(base)!r} does not exist")
-        if base.is_file():
-            lang = _lang_of_file(base)
+    def _sources(self, path: str | os.PathLike | None) -> list[tuple[str, str | os.PathLike | None]]:
+        """(language, data path) pairs: a `path` naming one language's file selects that language alone."""
+        if path is not None and Path(path).is_file():
+            lang = _lang_of_file(Path(path))
             if lang is None:
-                raise UserError(f"{base}: expected a file named humaneval-LANG-reworded.jsonl[.gz]")
-            return [(canonical_lang(lang), base)]
-        folder = base / self.data_file if (base / self.data_file).is_dir() else base
-        out = []
-        for lang in self.languages:
-            found = [folder / f"humaneval-{lang}-reworded.jsonl{ext}" for ext in (".gz", "")]
-            found = [f for f in found if f.is_file()]
-            if not found:
-                raise UserError(f"no MultiPL-E file for {lang} in {folder} (humaneval-{lang}-reworded.jsonl.gz)")
-            out.append((lang, found[0]))
-        return out
+                raise UserError(f"{path}: expected a file named humaneval-LANG-reworded.jsonl[.gz]")
+            return [(canonical_lang(lang), path)]
+        return [(lang, path) for lang in self.languages]
 
     def load(self, path: str | os.PathLike | None = None) -> list[dict]:
         problems = []
-        for lang, p in self._files(path):
-            rows = read_jsonl(p)
-            require_fields(rows, FIELDS, p)
+        for lang, src in self._sources(path):
+            rel = f"{self.data_file}/humaneval-{lang}-reworded.jsonl.gz"
+            rows, where = load_rows(rel, src, HubSource("nuprl/MultiPL-E", f"humaneval-{lang}"))
+            require_fields(rows, FIELDS, where)
             for r in rows:
                 problems.append({**r, "prompt": repair_prompt(lang, r["prompt"]), "task_id": f"{lang}/{r['name']}",
                                  "lang": lang})
