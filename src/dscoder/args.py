@@ -226,22 +226,38 @@ def stdin_lines(what: str) -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------ output folder
 
+def _folder_problem(p: Path) -> str | None:
+    """Why `p` cannot be used as an output folder, or None."""
+    if p.exists() and not p.is_dir():
+        return "exists and is not a folder"
+    probe = p
+    while not probe.exists():
+        if probe.is_symlink():
+            return f"cannot be created: {str(probe)!r} is a dangling symbolic link"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot be created: {str(probe)!r} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return "is not writable" if probe == p else f"cannot be created: {str(probe)!r} is not writable"
+    return None
+
+
 def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
     """Check, before anything is written, that `path` is or can become a writable folder; nothing is created.
 
     UserError naming the path when it is an existing file, when an ancestor is a file, or when the nearest
     existing ancestor is not writable."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{what} {str(p)!r} exists and is not a folder")
-    probe = p
-    while not probe.exists():
-        if probe.is_symlink():
-            raise UserError(f"{what} {str(p)!r}: {str(probe)!r} is a dangling symbolic link")
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{what} {str(p)!r} cannot be created: {str(probe)!r} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        verb = "is not writable" if probe == p else f"cannot be created ({str(probe)!r} is not writable)"
-        raise UserError(f"{what} {str(p)!r} {verb}")
+    problem = _folder_problem(p)
+    if problem:
+        raise UserError(f"{what} {str(p)!r} {problem}")
+    return p
+
+
+def out_dir(text: str) -> Path:
+    """argparse type for `--out DIR`: the `output_folder` check at parse time."""
+    p = Path(text)
+    problem = _folder_problem(p) if text else "is empty"
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return p

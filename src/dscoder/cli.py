@@ -56,14 +56,6 @@ def _group_usage(group: str) -> str:
     return "\n".join(lines + [f"  {v:<{width}}  {h}" for v, h in subs.items()])
 
 
-def _group_usage(group: str) -> str:
-    subs = {v.split()[1]: help_ for v, (_, help_) in VERBS.items() if v.startswith(group + " ")}
-    width = max(map(len, subs))
-    lines = [f"usage: dscoder {group} {'|'.join(subs)} [options]   (dscoder {group} VERB --help for its options)",
-             "", f"{group} verbs:"]
-    return "\n".join(lines + [f"  {v:<{width}}  {h}" for v, h in subs.items()])
-
-
 def _resolve(argv: list[str]) -> tuple[str, list[str]] | None:
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
         return f"{argv[0]} {argv[1]}", argv[2:]
