@@ -1,16 +1,18 @@
-"""Atomic checkpoints: fault injection (torn / .tmp / bad hash / missing manifest) and retention."""
+"""Atomic checkpoints: fault injection (torn / .tmp / bad hash / missing manifest), retention, torn deletes."""
 from __future__ import annotations
 
 import json
-import warnings
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from dscoder.errors import UserError
 from dscoder.models.presets import get_preset
-from dscoder.train.checkpoint import (latest_checkpoint, list_checkpoints, load_train_state, save_checkpoint,
-                                      verify)
+from dscoder.train.checkpoint import (checkpoint_step, clean_leftovers, latest_checkpoint, list_checkpoints,
+                                      load_train_state, remove_dir, save_checkpoint, verify)
 from dscoder.train.optim import build_optimizer
 
 
@@ -67,13 +69,17 @@ def test_torn_newest_falls_back_to_previous(tmp_path, tiny, fault):
         (bad / "manifest.json").unlink()
     else:                                                    # killed before the rename
         bad.rename(tmp_path / "step-00000012.tmp")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert latest_checkpoint(tmp_path) == good
-    assert (fault == "tmp") or any("skipping checkpoint" in str(w.message) for w in caught)
+    found, rejected = latest_checkpoint(tmp_path)
+    assert found == good and checkpoint_step(good) == 4
+    if fault == "tmp":
+        assert rejected == []                                # a .tmp folder is not a checkpoint at all
+    else:
+        assert [p for p, _ in rejected] == [bad] and checkpoint_step(bad) is None
+        assert {"truncate": "truncated", "flip": "sha256 mismatch", "no_manifest": "no manifest"}[fault] \
+            in rejected[0][1]
     # the next save clears the leftover .tmp and can overwrite a torn step-N folder
     again = _save(tmp_path, 12 if fault == "tmp" else 8, model, opt)
-    assert latest_checkpoint(tmp_path) == again and not list(tmp_path.glob("*.tmp"))
+    assert latest_checkpoint(tmp_path) == (again, []) and not list(tmp_path.glob("*.tmp"))
 
 
 def test_retention_keeps_newest_complete(tmp_path, tiny):
@@ -83,5 +89,51 @@ def test_retention_keeps_newest_complete(tmp_path, tiny):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
     with pytest.raises(UserError):
         _save(tmp_path, 5, model, opt, keep=0)
-    assert latest_checkpoint(tmp_path).name == "step-00000004"
-    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert latest_checkpoint(tmp_path)[0].name == "step-00000004"
+    assert latest_checkpoint(tmp_path / "nothing") == (None, [])
+
+
+def test_retention_removes_torn_older_folders(tmp_path, tiny):
+    """A step folder left holding only config.json (an in-place delete that was killed) is removed by the next
+    retention pass, as is any folder older than the newest keep_last complete ones."""
+    model, opt = tiny
+    _save(tmp_path, 1, model, opt)
+    torn = tmp_path / "step-00000002"
+    torn.mkdir()
+    (torn / "config.json").write_text("{}")
+    for s in (3, 4):
+        _save(tmp_path, s, model, opt, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 4]
+    assert sorted(os.listdir(tmp_path)) == ["step-00000003", "step-00000004"]
+
+
+def test_kill_mid_delete_leaves_only_trash_which_is_cleaned(tmp_path, tiny):
+    """SIGKILL a process while remove_dir deletes a big checkpoint: the step folder is either whole or gone (renamed
+    to .trash-*), never half-emptied; clean_leftovers removes the trash and .tmp leftovers."""
+    model, opt = tiny
+    victim = _save(tmp_path, 1, model, opt)
+    for i in range(3000):                                    # many files: the delete takes long enough to kill
+        (victim / f"pad{i:05d}").write_bytes(b"x")
+    code = ("import sys, time; from dscoder.train.checkpoint import remove_dir; "
+            "print('go', flush=True); remove_dir(sys.argv[1]); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(victim)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "go\n"
+    proc.kill()
+    proc.wait()
+    # whatever instant the kill hit: the step folder is whole (manifest verifies) or gone, never torn
+    assert not victim.exists() or verify(victim) is None
+    (tmp_path / "step-00000009.tmp").mkdir()
+    (tmp_path / "final.tmp").mkdir()
+    (tmp_path / "notes.tmp").mkdir()                         # not a name a save writes: kept
+    gone = clean_leftovers(tmp_path)
+    assert {"final.tmp", "step-00000009.tmp"} <= set(gone) and "notes.tmp" not in gone
+    assert sorted(os.listdir(tmp_path)) == ["notes.tmp"] + (["step-00000001"] if victim.exists() else [])
+
+
+def test_remove_dir(tmp_path):
+    d = tmp_path / "step-00000003"
+    d.mkdir()
+    (d / "a").write_text("x")
+    (tmp_path / ".trash-step-00000003").mkdir()                 # an older leftover of the same name
+    remove_dir(d)
+    assert os.listdir(tmp_path) == []

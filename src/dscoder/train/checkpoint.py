@@ -5,12 +5,14 @@ generation_config.json, tokenizer files: `dscoder.load_model` opens it directly)
 (optimizer state, RNG states, data-loader position, step, tokens seen, config, world size) and `manifest.json`.
 
 Write protocol, so a kill at any instant leaves either the previous set of checkpoints or the new one:
-  1. remove leftover `*.tmp` dirs from an earlier crash; write everything into `step-N.tmp/` and fsync each file;
+  1. write everything into `step-N.tmp/` and fsync each file;
   2. write `manifest.json` LAST (every file's size and sha256) and fsync it;
   3. fsync the tmp dir, rename it to `step-N`, fsync the parent dir;
   4. retention: keep the newest `keep_last` complete checkpoints; the one just written is never deleted.
-`latest_checkpoint` returns the newest checkpoint whose manifest verifies (sizes and hashes), warning about and
-skipping torn ones (no manifest, missing/truncated file, bad hash), so a resume needs no manual cleanup.
+Deleting a folder renames it to `.trash-NAME` first (one atomic step) and only then removes its files, so a kill
+mid-delete leaves a trash folder, never a half-emptied `step-N`; `clean_leftovers` removes trash and `.tmp`
+folders at the next start. `latest_checkpoint` returns the newest checkpoint whose manifest verifies (sizes and
+hashes) together with the reason each newer one was rejected, so a resume needs no manual cleanup.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..errors import UserError
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state.pt"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
+_LEFTOVER_RE = re.compile(r"^(\.trash-.+|(step-\d{8}|final)(\.old)?\.tmp)$")
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -70,11 +72,33 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def remove_dir(path: Path) -> None:
+    """Delete a folder so that a kill at any instant leaves it either whole or renamed to `.trash-NAME`."""
+    path = Path(path)
+    trash = path.with_name(".trash-" + path.name)
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash)
+
+
+def clean_leftovers(folder: Path) -> list[str]:
+    """Remove what killed saves and deletes leave in `folder` (`step-N.tmp`, `final.tmp`, `.trash-*`); their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = sorted(p.name for p in folder.iterdir() if p.is_dir() and _LEFTOVER_RE.match(p.name))
+    for name in gone:
+        shutil.rmtree(folder / name)
+    return gone
+
+
 def _commit(tmp: Path, final: Path) -> None:
-    """Rename a finished tmp dir into place, replacing a torn folder of the same name if one is there."""
+    """Rename a finished tmp dir into place, replacing a folder of the same name (torn, or final/ of a shorter run)."""
     trash = None
     if final.exists():
-        trash = final.with_name(final.name + ".old.tmp")
+        trash = final.with_name(".trash-" + final.name)
         if trash.exists():
             shutil.rmtree(trash)
         os.rename(final, trash)
@@ -131,28 +155,43 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch
         raise UserError(f"--keep-last must be >= 1, got {keep_last}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.glob("*.tmp"):       # leftovers of a save that was killed
-        shutil.rmtree(p, ignore_errors=True)
+    clean_leftovers(out_dir)
     state = dict(train_state, step=step)
     if optimizer is not None:
         state["optimizer"] = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     path = save_hf_folder(out_dir / f"step-{step:08d}", model, tokenizer, extra={TRAIN_STATE: state},
                           meta={"step": step})
-    complete = [p for s, p in list_checkpoints(out_dir) if (p / MANIFEST).is_file()]
-    for old in complete[:-keep_last]:
-        if old != path:
-            shutil.rmtree(old, ignore_errors=True)
+    _retain(out_dir, keep_last, path)
     return path
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest checkpoint under `out_dir` that verifies; torn ones are skipped with a warning."""
-    for step, path in reversed(list_checkpoints(out_dir)):
+def _retain(out_dir: Path, keep_last: int, newest: Path) -> None:
+    """Keep the newest `keep_last` complete checkpoints; delete every step folder older than those (torn or not:
+    a torn folder older than a complete one is never resumed from)."""
+    found = list_checkpoints(out_dir)
+    oldest_kept = [s for s, p in found if (p / MANIFEST).is_file()][-keep_last:][0]   # `newest` is complete
+    for step, p in found:
+        if step < oldest_kept and p != newest:
+            remove_dir(p)
+
+
+def latest_checkpoint(out_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest checkpoint under `out_dir` that verifies, or None; [(newer folder, why it was rejected)])."""
+    rejected = []
+    for _, path in reversed(list_checkpoints(out_dir)):
         reason = verify(path)
         if reason is None:
-            return path
-        warnings.warn(f"skipping checkpoint {path}: {reason}", stacklevel=2)
-    return None
+            return path, rejected
+        rejected.append((path, reason))
+    return None, rejected
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step recorded in a complete folder's manifest (a checkpoint or OUT/final), else None."""
+    if verify(folder) is not None:
+        return None
+    step = json.loads((Path(folder) / MANIFEST).read_text()).get("step")
+    return int(step) if isinstance(step, int) else None
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

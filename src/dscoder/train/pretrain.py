@@ -239,7 +239,7 @@ def _train(args, cfg, tokenizer, dist) -> int:
     resume_from, error = None, None
     if dist.is_main:        # rank 0 decides (it verifies hashes once); every rank gets the verdict
         if args.resume:
-            resume_from = ckpt.latest_checkpoint(ck_dir)
+            resume_from, _ = ckpt.latest_checkpoint(ck_dir)
             if resume_from is None:
                 print(f"dscoder pretrain: no complete checkpoint under {ck_dir}; starting fresh", file=sys.stderr)
         elif ckpt.list_checkpoints(ck_dir):
