@@ -93,7 +93,8 @@ def main() -> None:
     for name, sec in med.items():
         ratio = "" if name == "dscoder" else f"   dscoder speed-up x{sec / med['dscoder']:.2f}"
         print(f"{name:28s} {tokens / sec:9.0f} tok/s{ratio}")
-    load = ours.expert_load.float()                        # (n_moe_layers, E)
+    with torch.inference_mode():
+        load = ours(ids, return_aux=True).expert_load.float()   # (n_moe_layers, E)
     ratio = (load.max(dim=1).values / load.mean(dim=1)).tolist()
     print("expert load max/mean per MoE layer:", " ".join(f"{r:.2f}" for r in ratio))
     cache_report()

@@ -133,20 +133,34 @@ def test_balance_loss_by_hand():
     assert balance_loss(uniform, even, cfg).item() == pytest.approx(0.5)   # perfectly balanced -> alpha
 
 
-def test_training_forward_sets_aux_loss_and_expert_load():
+def test_return_aux_gives_balance_loss_and_expert_load_in_training_only():
     cfg = tiny()
     model = random_model(cfg).train()
     ids = torch.randint(0, cfg.vocab_size, (2, 12))
-    logits = model(ids)
+    out = model(ids, return_aux=True)
+    logits = out.logits
     assert logits.shape == (2, 12, cfg.vocab_size) and logits.dtype == torch.float32
-    assert model.aux_loss is not None and model.aux_loss.requires_grad and model.aux_loss.item() > 0
-    assert model.expert_load.dtype == torch.long and model.expert_load.shape == (2, cfg.n_routed_experts)
-    assert torch.all(model.expert_load.sum(1) == 2 * 12 * cfg.num_experts_per_tok)
-    (logits.logsumexp(-1).mean() + model.aux_loss).backward()
+    assert out.expert_load.dtype == torch.long and out.expert_load.shape == (2, cfg.n_routed_experts)
+    assert torch.all(out.expert_load.sum(1) == 2 * 12 * cfg.num_experts_per_tok)   # every (token, slot) counted once
+    # the loss is the per-layer balance loss of each MoE layer's own routing, summed
+    want, x = 0.0, model.model.embed_tokens(ids)
+    cos, sin = model.rope(None, 12, ids.device, torch.float32)
+    for i, layer in enumerate(model.model.layers):
+        hn = layer.post_attention_layernorm(x + layer.self_attn(layer.input_layernorm(x), cos, sin, None, None, True))
+        if layer.is_moe:
+            scores, _, idx = route(layer.mlp.gate(hn.reshape(-1, cfg.hidden_size)), cfg)
+            want += balance_loss(scores.view(2, 12, -1), idx.view(2, 12, -1), cfg).item()
+            counts = torch.bincount(idx.reshape(-1), minlength=cfg.n_routed_experts)
+            assert torch.equal(out.expert_load[i - cfg.first_k_dense_replace], counts)
+        x, _, _ = layer(x, cos, sin, None, None, True, False)
+    assert out.aux_loss.requires_grad and out.aux_loss.item() == pytest.approx(want, rel=1e-5)
+    (logits.logsumexp(-1).mean() + out.aux_loss).backward()
     assert model.model.layers[1].mlp.gate.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(model(ids), logits.detach())                     # the plain call: logits only
     model.eval()
-    model(ids)
-    assert model.aux_loss is None
+    out = model(ids, return_aux=True)
+    assert out.aux_loss is None and out.expert_load.sum().item() == 2 * 2 * 12 * cfg.num_experts_per_tok
+    assert not hasattr(model, "aux_loss") and not hasattr(model, "expert_load")   # nothing left on the module
 
 
 # ------------------------------------------------------------------------------------------------ latent cache

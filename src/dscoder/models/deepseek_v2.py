@@ -13,10 +13,12 @@ One readable file, top to bottom (V2 paper 2406.11931, architecture of DeepSeek-
 * `DeepseekV2`    -- the causal LM; parameter names are the released checkpoints' (`model.layers.{i}.mlp.experts.{e}
                      .gate_proj.weight`, ...), so a released folder loads with plain `load_state_dict`.
 
-Usage:
+Usage (the interface of `models/llama.py`):
     from dscoder.models.presets import get_preset
     model = DeepseekV2(get_preset("tiny-moe")); model.init_weights()
-    logits = model(input_ids)                     # (B, T, vocab) fp32; model.aux_loss / model.expert_load set
+    logits = model(input_ids)                     # (B, T, vocab) fp32
+    out = model.train()(input_ids, return_aux=True)
+    out.logits, out.aux_loss, out.expert_load    # + balance loss (training only), (n_moe_layers, E) pick counts
     cache = model.make_cache(B, 256); model(prompt, cache=cache); model(next_tok, cache=cache)
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DeepseekV2Config
-from .layers import RMSNorm, RopeTable, SwiGLU, apply_rope, yarn_inv_freq, yarn_mscale
+from .layers import (LMOutput, RMSNorm, RopeTable, SwiGLU, apply_rope, attention_mask, sdpa_mask, yarn_inv_freq,
+                     yarn_mscale)
 
 
 # ----------------------------------------------------------------------------------------------- RoPE (YaRN)
@@ -71,13 +74,14 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 class LatentCache:
     """Preallocated MLA cache: per layer, c_kv (after kv_a_layernorm, so absorption stays linear) and the roped k_pe.
 
-    Lite: (512 + 64) values per token per layer, against 16 heads x (192 + 128) for an expanded K/V cache."""
+    Lite: (512 + 64) values per token per layer, against 16 heads x (192 + 128) for an expanded K/V cache.
+    `length` counts the slots written so far; it moves on when the last layer has written the new tokens."""
 
     def __init__(self, cfg: DeepseekV2Config, batch_size: int, max_len: int, device=None, dtype=None):
         n, dtype = cfg.num_hidden_layers, dtype or torch.float32
         self.c_kv = torch.zeros(n, batch_size, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
         self.k_pe = torch.zeros(n, batch_size, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
-        self.max_len = max_len
+        self.n_layers, self.max_len = n, max_len
         self.length = 0
 
     def reset(self) -> None:
@@ -88,6 +92,8 @@ class LatentCache:
         lo, hi = self.length, self.length + c_kv.shape[1]
         self.c_kv[layer, :, lo:hi] = c_kv
         self.k_pe[layer, :, lo:hi] = k_pe
+        if layer == self.n_layers - 1:
+            self.length = hi
         return self.c_kv[layer, :, :hi], self.k_pe[layer, :, :hi]
 
 
@@ -99,19 +105,6 @@ def cache_values_per_token(cfg: DeepseekV2Config) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- attention
-def attention_mask(t: int, s: int, offset: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
-    """Bool (B|1, 1, T, S): query i (slot offset+i) sees slot j <= offset+i that `key_mask` (B, S) allows.
-
-    A query always sees its own slot, so a left-padding row never has an empty softmax (its output is unused)."""
-    q_slot = torch.arange(t, device=device)[:, None] + offset
-    k_slot = torch.arange(s, device=device)[None, :]
-    mask = (k_slot <= q_slot)[None, None]                                    # (1, 1, T, S)
-    if key_mask is not None:
-        mask = mask & key_mask[:, None, None, :s].bool()
-        mask = mask | (k_slot == q_slot)[None, None]
-    return mask
-
-
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
     """scaled_dot_product_attention with V zero-padded to the Q/K head size: the fused (flash) kernels need equal
     head dims, MLA has d_v (128) < d_n + d_r (192); the padded output columns are zeros and are dropped."""
@@ -143,7 +136,8 @@ class MLA(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.d_v, h, bias=False)
         self.scale = softmax_scale(cfg)
 
-    def forward(self, x, cos, sin, cache: LatentCache | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: LatentCache | None, mask: torch.Tensor | None,
+                is_causal: bool) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_lora_rank else self.q_proj(x)
         q = q.view(b, t, self.n_heads, -1).transpose(1, 2)                      # (B, H, T, d_n+d_r)
@@ -153,29 +147,26 @@ class MLA(nn.Module):
         q_pe = apply_rope_interleaved(q_pe, cos, sin)                            # (B, H, T, d_r)
         k_pe = apply_rope_interleaved(k_pe[:, None], cos, sin)[:, 0]             # (B, T, d_r), one for all heads
         if cache is None:
-            out = self._expanded(q_nope, q_pe, c_kv, k_pe, attn_mask)
+            out = self._expanded(q_nope, q_pe, c_kv, k_pe, mask, is_causal)
         else:
-            offset = cache.length
             c_all, k_all = cache.write(self.layer, c_kv, k_pe)                  # (B, S, d_c), (B, S, d_r)
-            out = self._absorbed(q_nope, q_pe, c_all, k_all, attention_mask(t, c_all.shape[1], offset,
-                                                                             attn_mask, x.device))
+            out = self._absorbed(q_nope, q_pe, c_all, k_all, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_v))
 
-    def _expanded(self, q_nope, q_pe, c_kv, k_pe, attn_mask) -> torch.Tensor:
+    def _expanded(self, q_nope, q_pe, c_kv, k_pe, mask, is_causal: bool) -> torch.Tensor:
         """Training path: build per-head K/V from the latent and run standard causal attention."""
         b, h, t, _ = q_nope.shape
         kv = self.kv_b_proj(c_kv).view(b, t, h, self.d_nope + self.d_v).transpose(1, 2)
         k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)                   # (B, H, T, d_n), (B, H, T, d_v)
         q = torch.cat((q_nope, q_pe), dim=-1)                                   # (B, H, T, d_n+d_r)
         k = torch.cat((k_nope, k_pe[:, None].expand(b, h, t, self.d_rope)), dim=-1)
-        if attn_mask is None:
-            return sdpa(q, k, v, is_causal=True, scale=self.scale)
-        return sdpa(q, k, v, attn_mask=attention_mask(t, t, 0, attn_mask, q.device), scale=self.scale)
+        return sdpa(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale)
 
     def _absorbed(self, q_nope, q_pe, c_all, k_all, mask) -> torch.Tensor:
         """Decode path: W_UK folded into the query, W_UV applied after attention; K/V stay latent (one 'head').
 
-        Heads are folded into the query-length axis, so this is one multi-query attention over (c_kv ; k_pe)."""
+        Heads are folded into the query-length axis, so this is one multi-query attention over (c_kv ; k_pe);
+        `mask` (B|1, 1, T, S) is explicit (None only for one new token, which sees every slot)."""
         b, h, t, _ = q_nope.shape
         w = self.kv_b_proj.weight.reshape(h, self.d_nope + self.d_v, self.d_c)
         w_uk, w_uv = w[:, :self.d_nope], w[:, self.d_nope:]                    # (H, d_n, d_c), (H, d_v, d_c)
@@ -183,7 +174,8 @@ class MLA(nn.Module):
         q = torch.cat((q_lat, q_pe), dim=-1).reshape(b, 1, h * t, self.d_c + self.d_rope)
         k = torch.cat((c_all, k_all), dim=-1)[:, None]                          # (B, 1, S, d_c+d_r)
         v = c_all[:, None]                                                       # (B, 1, S, d_c)
-        mask = mask.expand(b, h, t, mask.shape[-1]).reshape(b, 1, h * t, -1)
+        if mask is not None:
+            mask = mask.expand(b, h, t, mask.shape[-1]).reshape(b, 1, h * t, -1)
         o_lat = sdpa(q, k, v, attn_mask=mask, scale=self.scale)
         o_lat = o_lat.view(b, h, t, self.d_c)                                   # (B, H, T, d_c)
         return torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)                      # (B, H, T, d_v)
@@ -248,33 +240,39 @@ class MoE(nn.Module):
         self.shared_experts = (SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
                                if cfg.n_shared_experts else None)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """x: (B, T, h) -> (y (B, T, h), aux loss or None, per-expert pick counts (E,))."""
+    def forward(self, x: torch.Tensor, aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """x: (B, T, h) -> (y (B, T, h), the balance loss if `aux` else None, pick counts per expert (E,) int64)."""
         b, t, h = x.shape
         flat = x.reshape(-1, h)                                                  # (N, h)
         scores, weights, idx = route(self.gate(flat), self.cfg)                  # (N, E), (N, K), (N, K)
-        y = self.dispatch(flat, weights, idx).view(b, t, h)
+        y, counts = self.dispatch(flat, weights, idx)
+        y = y.view(b, t, h)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
-        aux = None
-        if self.training and self.cfg.aux_loss_alpha > 0:
-            aux = balance_loss(scores.view(b, t, -1), idx.view(b, t, -1), self.cfg)
-        return y, aux, torch.bincount(idx.reshape(-1), minlength=len(self.experts))
+        loss = None
+        if aux and self.cfg.aux_loss_alpha > 0:
+            loss = balance_loss(scores.view(b, t, -1), idx.view(b, t, -1), self.cfg)
+        return y, loss, counts
 
-    def dispatch(self, flat: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Sort the (token, slot) pairs by expert, run each expert once on its contiguous slice, scatter-add back."""
-        k = idx.shape[1]
-        order = idx.reshape(-1).argsort(stable=True)                             # (N*K,) grouped by expert id
+    def dispatch(self, flat: torch.Tensor, weights: torch.Tensor,
+                 idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sort the (token, slot) pairs by expert, run each expert once on its contiguous slice, scatter-add back.
+
+        Returns (output (N, h), picks per expert (E,)). Reading the slice sizes is the one host sync per layer."""
+        k, slots = idx.shape[1], idx.reshape(-1)
+        order = slots.argsort(stable=True)                                       # (N*K,) grouped by expert id
         token = order // k
-        counts = torch.bincount(idx.reshape(-1), minlength=len(self.experts)).tolist()
+        # scatter_add, not bincount: CUDA's bincount reads the max id back to the host first
+        counts = torch.zeros(len(self.experts), dtype=torch.long, device=idx.device)
+        counts.scatter_add_(0, slots, torch.ones_like(slots))
         xs = flat[token]                                                         # (N*K, h)
         outs, start = [], 0
-        for expert, n in zip(self.experts, counts):
+        for expert, n in zip(self.experts, counts.tolist()):
             if n:
                 outs.append(expert(xs[start:start + n]))
                 start += n
         out = torch.cat(outs) * weights.reshape(-1)[order, None].to(flat.dtype)  # (N*K, h)
-        return torch.zeros_like(flat).index_add(0, token, out)
+        return torch.zeros_like(flat).index_add(0, token, out), counts
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -289,13 +287,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache, attn_mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, attn_mask)
+    def forward(self, x, cos, sin, cache, mask, is_causal, aux: bool):
+        """-> (x, balance loss or None, expert pick counts or None for a dense layer)."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, mask, is_causal)
         hn = self.post_attention_layernorm(x)
         if not self.is_moe:
             return x + self.mlp(hn), None, None
-        y, aux, load = self.mlp(hn)
-        return x + y, aux, load
+        y, loss, load = self.mlp(hn, aux)
+        return x + y, loss, load
 
 
 class DeepseekV2(nn.Module):
@@ -312,8 +311,6 @@ class DeepseekV2(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rope = rope_table(config)
-        self.aux_loss: torch.Tensor | None = None
-        self.expert_load: torch.Tensor | None = None
 
     def init_weights(self) -> None:
         std = self.config.initializer_range
@@ -329,8 +326,11 @@ class DeepseekV2(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
                 cache: LatentCache | None = None, attn_mask: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab), fp32 (only the last `logits_to_keep` positions when > 0)."""
+                logits_to_keep: int = 0, return_aux: bool = False) -> torch.Tensor | LMOutput:
+        """Logits (B, T, vocab), fp32 (only the last `logits_to_keep` positions when > 0).
+
+        `return_aux=True` returns an `LMOutput`: the logits, the balance loss summed over the MoE layers (in
+        training mode; None in eval mode) and the (n_moe_layers, E) expert pick counts."""
         b, t = input_ids.shape
         offset = cache.length if cache is not None else 0
         if cache is not None and offset + t > cache.max_len:
@@ -338,19 +338,22 @@ class DeepseekV2(nn.Module):
         if positions is None and offset:
             positions = torch.arange(offset, offset + t, device=input_ids.device).expand(b, t)
         cos, sin = self.rope(positions, t, input_ids.device, torch.float32)      # (B|1, T, d_r)
+        mask, is_causal = sdpa_mask(b, t, offset, attn_mask, input_ids.device)
+        if cache is not None and is_causal:     # the absorbed path folds heads into T: SDPA's is_causal cannot apply
+            mask, is_causal = attention_mask(t, 0, None, input_ids.device), False
         x = self.model.embed_tokens(input_ids)                                   # (B, T, h)
+        want_aux = return_aux and self.training
         aux, loads = [], []
         for layer in self.model.layers:
-            x, layer_aux, load = layer(x, cos, sin, cache, attn_mask)
+            x, layer_aux, load = layer(x, cos, sin, cache, mask, is_causal, want_aux)
             if load is not None:
                 loads.append(load)
             if layer_aux is not None:
                 aux.append(layer_aux)
-        if cache is not None:
-            cache.length = offset + t
-        # summed over MoE layers: the original adds each layer's loss to backward separately
-        self.aux_loss = torch.stack(aux).sum() if aux else None
-        self.expert_load = torch.stack(loads) if loads else None
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.model.norm(x)).float()
+        logits = self.lm_head(self.model.norm(x)).float()
+        if not return_aux:
+            return logits
+        # summed over MoE layers: the original adds each layer's loss to backward separately
+        return LMOutput(logits, torch.stack(aux).sum() if aux else None, torch.stack(loads) if loads else None)

@@ -1,9 +1,9 @@
-"""The primitives both architectures share: RMSNorm, rotary position embeddings (RoPE), the SwiGLU MLP.
+"""The primitives both architectures share: RMSNorm, rotary position embeddings (RoPE), the SwiGLU MLP, the
+attention mask over a KV cache, and `LMOutput` (what `forward(..., return_aux=True)` returns).
 
 v1 paper §3.3 (decoder-only, RoPE, SwiGLU) and reference §1.1: RoPE is the Hugging Face Llama variant, the
 half-split `rotate_half` layout, with linear position interpolation (positions / factor) for long context
-(v1 paper §3.6). DeepSeek-V2 (MLA) reuses all three; its YaRN frequencies are appended at the end of this file
-by the V2 model.
+(v1 paper §3.6). DeepSeek-V2 (MLA) reuses all of them; its YaRN frequencies (reference §2.5) close this file.
 
 Numerics follow the HF reference so checkpoints give the same logits: RMSNorm computes in fp32 and casts back
 before the weight; RoPE tables are built in fp32 and cast to the activations' dtype.
@@ -11,6 +11,7 @@ before the weight; RoPE tables are built in fp32 and cast to the activations' dt
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -114,8 +115,48 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+class LMOutput(NamedTuple):
+    """`model(input_ids, return_aux=True)`: the logits plus what training reads besides them.
+
+    A NamedTuple so DDP, FSDP and torch.compile pass it through like a tuple."""
+    logits: torch.Tensor                        # (B, T or logits_to_keep, vocab), fp32
+    aux_loss: torch.Tensor | None = None        # MoE balance loss summed over layers, x aux_loss_alpha; training only
+    expert_load: torch.Tensor | None = None     # (n_moe_layers, n_routed_experts) int64 picks, on the model's device
+
+
+# ----------------------------------------------------------------------------------------------- attention mask
+def attention_mask(T: int, L: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, L+T): query i (slot L+i) may see slot j iff j <= L+i and key_mask[b, j].
+
+    A query always sees its own slot, so a left-padding query (whose every key is masked) gets a finite
+    row instead of NaN; its output is never used."""
+    q_slot = torch.arange(L, L + T, device=device)[:, None]  # (T, 1)
+    k_slot = torch.arange(L + T, device=device)[None, :]  # (1, L+T)
+    causal = k_slot <= q_slot  # (T, L+T)
+    if key_mask is None:
+        return causal[None, None]
+    return ((causal[None] & key_mask[:, None, :]) | (k_slot == q_slot)[None])[:, None]  # (B, 1, T, L+T)
+
+
+def sdpa_mask(B: int, T: int, L: int, key_mask: torch.Tensor | None,
+              device) -> tuple[torch.Tensor | None, bool]:
+    """(mask, is_causal) for T new tokens after L cached slots; `key_mask` (B, L+T) is False on padding slots.
+
+    mask None keeps SDPA's fast kernels for the common cases: is_causal for a fresh sequence, nothing at all for
+    one new token that sees every earlier slot."""
+    if key_mask is not None:
+        if tuple(key_mask.shape) != (B, L + T):
+            raise ValueError(f"attn_mask has shape {tuple(key_mask.shape)}, expected {(B, L + T)} "
+                             f"(batch, {'cached slots + ' if L else ''}new tokens)")
+        return attention_mask(T, L, key_mask.to(device=device, dtype=torch.bool), device), False
+    if L == 0:
+        return None, T > 1
+    if T == 1:
+        return None, False
+    return attention_mask(T, L, None, device), False
+
+
 # ----------------------------------------------------------------------------------------------- YaRN (DeepSeek-V2)
-# Appended by the V2 engineer: the pure helpers of YaRN RoPE (reference §2.5), used by models/deepseek_v2.py.
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     """YaRN attention gain 0.1·mscale·ln(factor) + 1 (1.0 when factor <= 1)."""
     return 1.0 if factor <= 1.0 else 0.1 * mscale * math.log(factor) + 1.0

@@ -3,10 +3,15 @@
     from dscoder.models.presets import get_preset
     from dscoder.models.hf import build_model
     model = build_model(get_preset("tiny"))
-    logits = model(input_ids)                                        # (B, T, vocab), causal
+    logits = model(input_ids)                                        # (B, T, vocab) fp32, causal
 
     cache = model.make_cache(batch_size=2, max_len=64)               # incremental decoding
     logits = model(prompt_ids, cache=cache, attn_mask=mask[:, :T])   # prefill, then one token at a time
+
+The interface both architectures share: `forward(input_ids, *, positions=None, cache=None, attn_mask=None,
+logits_to_keep=0, return_aux=False)` returns the logits, or with `return_aux=True` an `LMOutput` (here with no
+aux loss and no expert load: the v1 model has no MoE); `make_cache(batch_size, max_len)` gives a cache whose
+cursor moves once every layer has written the new tokens.
 
 embed -> N x [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> lm_head. Attention is multi-head,
 grouped-query (33B: 8 KV heads) or multi-query (5.7bmqa) by `num_key_value_heads`; RoPE is the HF half-split
@@ -20,21 +25,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import RMSNorm, RopeTable, SwiGLU, apply_rope, linear_inv_freq
+from .layers import LMOutput, RMSNorm, RopeTable, SwiGLU, apply_rope, linear_inv_freq, sdpa_mask
 
 
 class KVCache:
     """Preallocated keys and values for every layer: k, v (layers, B, H_kv, max_len, D).
 
     Heads before slots so a layer's live prefix `[..., :length, :]` is a view SDPA reads without a copy.
-    `length` counts the slots written so far (the same for every row; the engine left-pads)."""
+    `length` counts the slots written so far (the same for every row; the engine left-pads); it moves on when
+    the last layer has written its keys and values for the new tokens."""
 
     def __init__(self, n_layers: int, batch_size: int, max_len: int, n_kv_heads: int, head_dim: int,
                  device=None, dtype=torch.float32):
         shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+        self.n_layers, self.batch_size, self.max_len, self.length = n_layers, batch_size, max_len, 0
 
     def reset(self) -> None:
         self.length = 0  # stale slots are overwritten before they are ever attended
@@ -44,20 +50,10 @@ class KVCache:
         L, T = self.length, k.shape[2]
         self.k[layer, :, :, L:L + T] = k
         self.v[layer, :, :, L:L + T] = v
-        return self.k[layer, :, :, :L + T], self.v[layer, :, :, :L + T]  # (B, H_kv, L+T, D)
-
-
-def attention_mask(T: int, L: int, key_mask: torch.Tensor | None, device) -> torch.Tensor:
-    """Boolean (B or 1, 1, T, L+T): query i (slot L+i) may see slot j iff j <= L+i and key_mask[b, j].
-
-    A query always sees its own slot, so a left-padding query (whose every key is masked) gets a finite
-    row instead of NaN; its output is never used."""
-    q_slot = torch.arange(L, L + T, device=device)[:, None]  # (T, 1)
-    k_slot = torch.arange(L + T, device=device)[None, :]  # (1, L+T)
-    causal = k_slot <= q_slot  # (T, L+T)
-    if key_mask is None:
-        return causal[None, None]
-    return ((causal[None] & key_mask[:, None, :]) | (k_slot == q_slot)[None])[:, None]  # (B, 1, T, L+T)
+        k_all, v_all = self.k[layer, :, :, :L + T], self.v[layer, :, :, :L + T]  # (B, H_kv, L+T, D)
+        if layer == self.n_layers - 1:
+            self.length = L + T
+        return k_all, v_all
 
 
 class Attention(nn.Module):
@@ -129,24 +125,11 @@ class Transformer(nn.Module):
         return KVCache(c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype)
 
-    def _mask(self, B: int, T: int, L: int, attn_mask: torch.Tensor | None, cached: bool, device):
-        """(mask, is_causal) for SDPA; mask None + is_causal keeps the fast kernel for the common cases."""
-        if attn_mask is not None:
-            if attn_mask.shape != (B, L + T):
-                raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}, expected {(B, L + T)} "
-                                 f"(batch, {'cache.length + ' if cached else ''}new tokens)")
-            return attention_mask(T, L, attn_mask.to(device=device, dtype=torch.bool), device), False
-        if L == 0:
-            return None, T > 1
-        if T == 1:
-            return None, False  # one new token sees every earlier slot
-        return attention_mask(T, L, None, device), False
-
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab), fp32 -- or only the last `logits_to_keep` positions' (a prefill needs one).
-        See the model interface in the module docstring."""
+                logits_to_keep: int = 0, return_aux: bool = False) -> torch.Tensor | LMOutput:
+        """Logits (B, T, vocab), fp32 -- or only the last `logits_to_keep` positions' (a prefill needs one);
+        `return_aux=True` wraps them in an `LMOutput`. See the model interface in the module docstring."""
         B, T = input_ids.shape
         L = cache.length if cache is not None else 0
         if cache is not None and L + T > cache.max_len:
@@ -157,11 +140,10 @@ class Transformer(nn.Module):
             cos, sin = cos[None, L:L + T], sin[None, L:L + T]  # (1, T, D)
         else:
             cos, sin = self.rope(positions.to(x.device), T, x.device, x.dtype)  # (B, T, D)
-        mask, is_causal = self._mask(B, T, L, attn_mask, cache is not None, x.device)
+        mask, is_causal = sdpa_mask(B, T, L, attn_mask, x.device)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, is_causal, cache)
-        if cache is not None:
-            cache.length = L + T
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.model.norm(x)).float()  # (B, T, vocab)
+        logits = self.lm_head(self.model.norm(x)).float()  # (B, T, vocab)
+        return LMOutput(logits) if return_aux else logits

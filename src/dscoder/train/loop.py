@@ -1,12 +1,13 @@
 """The training loop shared by pretraining and fine-tuning (v1 paper §3.4: AdamW, 3-stage LR, clip 1.0).
 
 One optimizer step = `grad_accum` micro-batches of the global batch; each rank runs its rows r::world of each
-micro-batch, DDP averages the gradients, so the update equals a single process running the whole global batch.
+micro-batch, DDP (or FSDP2) averages the gradients, so the update equals one process running the whole global batch.
 Loss = mean token cross-entropy of the shifted targets (-100 = ignored, for SFT masks) plus, for DeepSeek-V2 MoE
-models, `model.aux_loss` (the sequence-level balance loss, already scaled by aux_loss_alpha; V2 paper §2.6).
+models, the `aux_loss` that `model(inputs, return_aux=True)` returns (the sequence-level balance loss, already
+scaled by aux_loss_alpha; V2 paper §2.6).
 
 Exact resume: everything the next step depends on is either in the checkpoint (weights, AdamW moments and step,
-data position incl. FIM rng, python/numpy/torch/cuda RNG, tokens seen) or a pure function of the step (the LR).
+data position incl. the shuffle rng, python/numpy/torch/cuda RNG, tokens seen) or a pure function of the step (the LR).
 With `torch.use_deterministic_algorithms` and a fixed thread count the resumed losses are bitwise those of an
 uninterrupted run (tests/train/test_pretrain_cli.py kills a run with SIGKILL and checks).
 """
@@ -16,7 +17,7 @@ import contextlib
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -61,7 +62,6 @@ class TrainState:
     tokens: int = 0                  # training tokens consumed, all ranks
     elapsed_s: float = 0.0           # wall time spent training, across resumes
     initial_eval_loss: float | None = None   # held-out loss of the untrained model (fresh runs with --eval-every)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------- RNG state
@@ -88,11 +88,11 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------- loss / eval
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """(mean token CE, aux_loss or None). inputs, targets: (B, T); target -100 is not scored."""
-    logits = model(inputs)                                                   # (B, T, V)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    inner = parallel.unwrap(model)
-    return loss, getattr(inner, "aux_loss", None) if inner.training else None
+    """(mean token CE, the model's `LMOutput`: its aux_loss (MoE, training) and expert_load (MoE) or None).
+    inputs, targets: (B, T); target -100 is not scored."""
+    out = model(inputs, return_aux=True)                                     # logits (B, T, V)
+    loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return loss, out
 
 
 def _autocast(device: torch.device, dtype: str):
@@ -143,18 +143,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[t
     for i, global_rows in enumerate(micro):
         rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
         last = i == len(micro) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with parallel.grad_sync(model, last):
             with _autocast(dist.device, cfg.dtype):
-                loss, aux = lm_loss(model, rows[:, :-1], rows[:, 1:])
+                loss, out = lm_loss(model, rows[:, :-1], rows[:, 1:])
+            aux, picks = out.aux_loss, out.expert_load
+            del out                                          # the logits: not kept alive into the next micro-batch
             total = loss if aux is None else loss + aux
             (total / len(micro)).backward()
         loss_sum += loss.detach().double()
         if aux is not None:
             aux_sum, has_aux = aux_sum + aux.detach().double(), True
-            el = getattr(parallel.unwrap(model), "expert_load", None)
-            if el is not None:
-                load = el.detach().long() if load is None else load + el.detach().long()
+        if picks is not None:                                # (n_moe_layers, E), summed over micro-batches
+            load = picks if load is None else load + picks
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     if hasattr(grad_norm, "full_tensor"):                  # FSDP2 returns a DTensor
         grad_norm = grad_norm.full_tensor()
@@ -168,9 +168,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[t
 # ------------------------------------------------------------------------------------------- the loop
 def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, cfg: LoopConfig,
         dist: parallel.Dist, state: TrainState, out_dir: Path, save: Callable[[TrainState], None],
-        eval_batches: list[torch.Tensor] | None = None) -> TrainState:
-    """Train from state.step to cfg.steps. `save(state)` writes a checkpoint (called on every rank; it decides
-    who writes). Rank 0 appends OUT/metrics.jsonl, draws OUT/loss.png and shows progress on stderr."""
+        eval_batches: list[torch.Tensor] | None = None, stop: Callable[[], bool] | None = None) -> TrainState:
+    """Train from state.step to cfg.steps. Rank 0 appends OUT/metrics.jsonl, draws OUT/loss.png and shows progress
+    on stderr.
+
+    `save(state)` writes a checkpoint (called on every rank; it decides who writes): every `save_every` steps and
+    after the last one, so a finished run can be extended with a larger step count. `stop()` is asked before each
+    step (on every rank; the answers must agree); when true, the steps run here since the last save are saved and
+    the loop returns early, with state.step < cfg.steps."""
     out_dir = Path(out_dir)
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state.step if state.step else None) \
         if dist.is_main else None
@@ -184,8 +189,13 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
         if log is not None:
             print(f"held-out loss before training: {initial:.4f}", file=sys.stderr)
     model.train()
+    saved_step = state.step                          # a resumed run starts from a checkpoint of this step
     try:
         while state.step < cfg.steps:
+            if stop is not None and stop():
+                if state.step != saved_step:
+                    save(state)
+                break
             t0 = time.perf_counter()
             set_lr(optimizer, lr_at(state.step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule, cfg.min_ratio))
             lr = optimizer.param_groups[0]["lr"]
@@ -210,8 +220,9 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
                 log.log(row)
                 progress.update(state.step, row["loss"], row["tokens_per_s"],
                                 f" | eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
-            if cfg.save_every and state.step % cfg.save_every == 0 and not final:
+            if cfg.save_every and (state.step % cfg.save_every == 0 or final):
                 save(state)
+                saved_step = state.step
                 if dist.is_main:
                     plot_loss(out_dir / "metrics.jsonl", out_dir / "loss.png")
     finally:
