@@ -261,3 +261,40 @@ def out_dir(text: str) -> Path:
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return p
+
+
+# ------------------------------------------------------------------------------------------ --set FIELD=VALUE
+
+def typed_overrides(items: list[str], base: Any, flag: str = "--set") -> dict[str, Any]:
+    """`FIELD=VALUE` strings -> {field: value} for `base` (a config dataclass). VALUE is JSON (a bare word is a
+    string) and must have the type of the field's current value: an int field takes an integer, a float field a
+    finite number, a bool field true/false. Unknown fields are left for the config's own check to name."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r}: expected FIELD=VALUE")
+        try:
+            val = json.loads(raw)
+        except ValueError:
+            val = raw
+        cur = getattr(base, key, None)
+        if isinstance(cur, bool):
+            ok, kind = isinstance(val, bool), "true or false"
+        elif isinstance(cur, int):
+            ok, kind = isinstance(val, int) and not isinstance(val, bool), "an integer"
+        elif isinstance(cur, float):
+            ok, kind = isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val), \
+                "a finite number"
+            val = float(val) if ok else val
+        elif isinstance(cur, str):
+            ok, kind = isinstance(val, str), "a string"
+        else:
+            ok, kind = True, ""
+        if not ok:
+            raise UserError(f"{flag} {key}={raw}: {key} takes {kind}, got {raw!r}")
+        out[key] = val
+    return out

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..args import (Parser, add_device_args, finite_float, int_range, non_negative_int, out_dir, positive_float,
+                    positive_int, probability, resolve_device_dtype, typed_overrides)
+from ..args import seed as seed_int
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import parallel
@@ -31,45 +34,57 @@ _RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_eve
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dscoder pretrain", description=main.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser("dscoder pretrain", main.__doc__)
     a = p.add_argument
     a("--preset", required=True, help="model preset (models/presets.py), e.g. tiny, tiny-moe, deepseek-coder-1.3b")
-    a("--tokenizer", required=True, help="tokenizer folder (dscoder tokenizer train)")
-    a("--data", required=True, nargs="+", help="folders of source files, .jsonl[.gz] or .parquet with 'text'")
-    a("--out", required=True, help="run folder")
-    a("--steps", type=int, required=True, help="optimizer steps in total")
-    a("--seq-len", type=int, required=True)
-    a("--batch-size", type=int, required=True, help="global batch, sequences per optimizer step")
-    a("--save-every", type=int, default=1000)
-    a("--keep-last", type=int, default=3)
+    a("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (dscoder tokenizer train)")
+    p.add_inputs("data", "DATA", "folders of source files, .jsonl[.gz] or .parquet with 'text'", alias="--data")
+    a("--out", required=True, type=out_dir, metavar="DIR", help="run folder")
+    a("--steps", type=positive_int, required=True, metavar="N", help="optimizer steps in total")
+    a("--seq-len", type=positive_int, required=True, metavar="N", help="tokens per training sequence")
+    a("--batch-size", type=positive_int, required=True, metavar="N",
+      help="global batch, sequences per optimizer step")
+    a("--save-every", type=non_negative_int, default=1000, metavar="N", help="checkpoint every N steps (0: never)")
+    a("--keep-last", type=positive_int, default=3, metavar="N", help="complete checkpoints to keep")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint under OUT/checkpoints")
-    a("--fim-rate", type=float, default=0.5, help="fraction of documents turned into PSM FIM (v1 §3.1.2)")
-    a("--seed", type=int, default=0)
-    a("--lr", type=float, default=5.3e-4, help="peak LR (v1 Table 2: 1.3B 5.3e-4, 6.7B 4.2e-4, 33B 3.5e-4)")
-    a("--warmup", type=int, default=None, help="warmup steps (paper 2000; default min(2000, steps/10))")
+    a("--fim-rate", type=probability, default=0.5, help="fraction of documents turned into PSM FIM (v1 §3.1.2)")
+    a("--seed", type=seed_int, default=0, help="seeds weights, FIM and data order (0 ... 2**64-1)")
+    a("--lr", type=positive_float, default=5.3e-4,
+      help="peak LR (v1 Table 2: 1.3B 5.3e-4, 6.7B 4.2e-4, 33B 3.5e-4)")
+    a("--warmup", type=non_negative_int, default=None, metavar="N",
+      help="warmup steps (paper 2000; default min(2000, steps/10))")
     a("--schedule", choices=SCHEDULES, default="step", help="step: v1 3-stage; cosine: V2")
-    a("--grad-accum", type=int, default=1)
-    a("--eval-every", type=int, default=0, help="held-out loss every N steps (always after the last)")
-    a("--eval-batches", type=int, default=8)
-    a("--shuffle-docs", type=int, default=4096,
+    a("--grad-accum", type=positive_int, default=1, metavar="N", help="micro-batches per optimizer step")
+    a("--eval-every", type=non_negative_int, default=0, metavar="N",
+      help="held-out loss every N steps (0: only after the last)")
+    a("--eval-batches", type=positive_int, default=8, metavar="N", help="batches in each held-out evaluation")
+    a("--shuffle-docs", type=non_negative_int, default=4096, metavar="N",
       help="shuffle buffer in documents (0: file order); a corpus this small or smaller is fully shuffled")
-    a("--shuffle-windows", type=int, default=256,
+    a("--shuffle-windows", type=non_negative_int, default=256, metavar="N",
       help="draw each batch's rows from a pool of this many packed windows (0: consecutive windows)")
-    a("--heldout-every", type=int, default=100, help="hold out 1 document in N (by text hash) for eval")
-    a("--rope-scaling-factor", type=float, default=None, help="v1: linear factor (4 for 16K); V2: YaRN factor")
-    a("--rope-theta", type=float, default=None)
-    a("--init-from", default=None, help="start from this HF checkpoint folder (long-context extension)")
+    a("--heldout-every", type=int_range(2), default=100, metavar="N",
+      help="hold out 1 document in N (by text hash) for eval")
+    a("--rope-scaling-factor", type=finite_float(1.0), default=None,
+      help="v1: linear factor (4 for 16K); V2: YaRN factor")
+    a("--rope-theta", type=positive_float, default=None, help="RoPE base (default: the preset's)")
+    a("--init-from", default=None, metavar="DIR",
+      help="start from this HF checkpoint folder (long-context extension)")
     a("--set", action="append", default=[], metavar="FIELD=VALUE",
       help="override a preset field, e.g. --set num_hidden_layers=2 (JSON values)")
-    a("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--threads", type=int, default=None, help="torch CPU threads")
-    a("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 autocast on CUDA, fp32 on CPU")
+    add_device_args(p)
+    a("--workers", dest="threads", type=positive_int, default=None, metavar="N",
+      help="torch CPU threads (default: torch's choice)")
+    p.add_alias("--threads", "threads", type=positive_int)
     a("--fsdp", action="store_true", help="FSDP2 fully_shard instead of DDP (CUDA)")
     return p
 
 
+_LOOP_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}    # --dtype -> the loop's autocast setting
+
+
 def _validate(args) -> None:
+    if args.dtype not in ("auto", *_LOOP_DTYPES):
+        raise UserError(f"--dtype {args.dtype}: pretraining runs in float32 or with bfloat16 autocast")
     for name in ("steps", "seq_len", "batch_size", "grad_accum", "eval_batches"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -85,17 +100,8 @@ def _validate(args) -> None:
         raise UserError(f"--init-from {args.init_from}: not an HF checkpoint folder (no config.json)")
 
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            out[key] = json.loads(val)
-        except ValueError:
-            out[key] = val
-    return out
+def _parse_sets(items: list[str], base) -> dict:
+    return typed_overrides(items, base, "--set")
 
 
 def _round_up(n: int, k: int = 64) -> int:
@@ -110,9 +116,9 @@ def build_config(args, tokenizer, ids):
     try:
         if args.init_from:
             cfg = config_from_hf(json.loads((Path(args.init_from) / "config.json").read_text()))
-            cfg = cfg.replace(**_parse_sets(args.set)) if args.set else cfg
+            cfg = cfg.replace(**_parse_sets(args.set, cfg)) if args.set else cfg
         else:
-            cfg = get_preset(args.preset, **_parse_sets(args.set))
+            cfg = get_preset(args.preset, **_parse_sets(args.set, get_preset(args.preset)))
             n = len(tokenizer)
             # a model trained from scratch on our tokenizer: rows padded to a multiple of 64 (tensor-core
             # friendly); released presets keep their padded size when the tokenizer fits (32256 for v1)
@@ -173,7 +179,7 @@ def _setup_model(args, cfg, dist, resume_from: Path | None):
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])   # numpy takes 32-bit words
     torch.manual_seed(seed)
 
 
@@ -220,7 +226,7 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
         torch.set_num_threads(args.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS for exact resume
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dist = parallel.init_distributed(args.device)
+    dist = parallel.init_distributed(resolve_device_dtype(args)[0].type)
     try:
         micro_rows = args.batch_size // args.grad_accum
         if micro_rows % dist.world:
@@ -279,7 +285,7 @@ def _train(args, cfg, tokenizer, dist) -> int:
     loop_cfg = LoopConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                           warmup=warmup, schedule=args.schedule, grad_accum=args.grad_accum,
                           save_every=args.save_every, eval_every=args.eval_every,
-                          dtype=args.dtype or ("bf16" if dist.device.type == "cuda" else "fp32"))
+                          dtype=_LOOP_DTYPES.get(args.dtype) or ("bf16" if dist.device.type == "cuda" else "fp32"))
 
     def save(st: TrainState) -> None:
         _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last)
