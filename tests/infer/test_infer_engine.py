@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dscoder.errors import UserError
-from dscoder.infer.engine import Engine
+from dscoder.infer.engine import ContextOverflow, Engine
 from dscoder.models.presets import get_preset
 
 PROMPTS = [[5, 17, 3, 88, 41, 9, 60], [7, 2], [31, 44, 12, 90]]  # three different lengths -> left padding
@@ -135,6 +135,20 @@ def test_context_limit(llama):
     assert o.prompt_tokens == 38 and o.tokens == naive_greedy(llama, long[-38:], 10)
     with pytest.raises(UserError, match=r"context of 20"):
         Engine(llama, max_len=20).generate([long[:15]], max_new_tokens=6)
+
+
+def test_context_overflow_is_one_line_a_caller_can_reword(llama, recwarn):
+    engine = Engine(llama)
+    with pytest.raises(ContextOverflow) as info:
+        engine.generate([[1, 2], list(range(1, 45))], max_new_tokens=10)
+    e = info.value
+    assert isinstance(e, UserError) and (e.index, e.prompt_tokens, e.max_new_tokens, e.context) == (1, 44, 10, 48)
+    assert str(e) == ("prompt 1 has 44 tokens; with max_new_tokens 10 that is 54 > the model's context of 48 tokens "
+                      "(shorten it, lower max_new_tokens, or pass truncate='left' to keep its last 38 tokens)")
+    assert e.advice(truncate="--truncate left", max_new_tokens="--max-new-tokens") == (
+        "prompt 1 has 44 tokens; with --max-new-tokens 10 that is 54 > the model's context of 48 tokens "
+        "(shorten it, lower --max-new-tokens, or pass --truncate left to keep its last 38 tokens)")
+    assert len(recwarn) == 0                                     # no library warning comes before it
 
 
 @pytest.mark.parametrize("prompts, kw, msg", [

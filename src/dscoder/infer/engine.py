@@ -11,8 +11,12 @@ Run it:
     out = engine.generate([[32013, 1, 2], [32013, 5]], max_new_tokens=64, stop_ids=[32014])
     out[0].tokens, out[0].finish_reason                      # new ids, "stop" | "length"
 
-Works with any model that follows the shared interface (`forward(input_ids, positions=, cache=, attn_mask=)`
-and `make_cache(batch, max_len)`): the v1 Llama `Transformer` and the V2 MLA+MoE model alike.
+Works with any model that follows the shared interface (`forward(input_ids, positions=, cache=, attn_mask=,
+logits_to_keep=)` and `make_cache(batch, max_len)`, whose cache moves its own cursor): the v1 Llama
+`Transformer` and the V2 MLA+MoE model alike.
+
+A prompt that does not fit raises `ContextOverflow` (a `UserError`) naming both counts; a caller whose options
+have other names rewords its advice with `ContextOverflow.advice(...)`.
 """
 from __future__ import annotations
 
@@ -26,6 +30,22 @@ from ..errors import UserError
 from .sampling import check_sampling, sample_next
 
 Decode = Callable[[list[int]], str]
+
+
+class ContextOverflow(UserError):
+    """A prompt plus max_new_tokens does not fit in the context. The message names both counts and the ways out;
+    `advice(truncate=..., max_new_tokens=...)` gives the same message with a caller's own option names."""
+
+    def __init__(self, index: int, prompt_tokens: int, max_new_tokens: int, context: int):
+        self.index, self.prompt_tokens, self.max_new_tokens, self.context = index, prompt_tokens, max_new_tokens, \
+            context
+        super().__init__(self.advice())
+
+    def advice(self, truncate: str = "truncate='left'", max_new_tokens: str = "max_new_tokens") -> str:
+        n, m = self.prompt_tokens, self.max_new_tokens
+        return (f"prompt {self.index} has {n} tokens; with {max_new_tokens} {m} that is {n + m} > the model's "
+                f"context of {self.context} tokens (shorten it, lower {max_new_tokens}, or pass {truncate} "
+                f"to keep its last {self.context - m} tokens)")
 
 
 @dataclass
@@ -121,9 +141,7 @@ class Engine:
                 raise UserError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
             if len(p) > room:
                 if truncate != "left":
-                    raise UserError(f"prompt {i} has {len(p)} tokens; with max_new_tokens {max_new_tokens} that is "
-                                    f"{len(p) + max_new_tokens} > the model's context of {self.max_len} tokens "
-                                    f"(shorten it, lower max_new_tokens, or truncate='left')")
+                    raise ContextOverflow(i, len(p), max_new_tokens, self.max_len)
                 p = p[-room:]
             out.append(p)
         return out
@@ -179,7 +197,7 @@ class Engine:
                 yield tok.tolist()
                 if step == max_new_tokens - 1 or not any(active):
                     return
-                n = cache.length + 1
+                n = P + step + 1  # slots after this token: the prompt's, then one per decoded token
                 logits = self.model(tok.view(B, 1), positions=next_pos if padded else None, cache=cache,
                                     attn_mask=mask[:, :n] if padded else None)[:, -1]
                 next_pos += 1
