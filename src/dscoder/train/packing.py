@@ -8,10 +8,15 @@
   the document BEFORE packing, as §3.1.2 prescribes -- and the documents are concatenated into one stream that is
   cut into non-overlapping windows of seq_len + 1 tokens (inputs = w[:-1], targets = w[1:]). When the corpus ends,
   the next epoch starts over the same order (FIM draws differ: the rng runs on).
-* Resumability: `state_dict()` = (epoch, index of the next document, the leftover token buffer, FIM rng state);
-  `load_state_dict` puts the stream back at exactly that token.
-* Data parallel: every rank builds the same global batch and keeps rows r::world (`parallel.shard_rows`), so the data
-  order does not depend on the number of processes.
+* FIM draws: document k of the stream (counted from the start of training) gets its own rng, seeded by
+  (seed, k), so whichever process tokenizes it draws the same split points.
+* Resumability: `state_dict()` = (epoch, index of the next document, the leftover token buffer, the shuffle rng, the
+  count of documents tokenized); `load_state_dict` puts the stream back at exactly that token.
+* Data parallel: every rank runs the same stream (reading and shuffling texts is cheap) and so holds the same global
+  batch, keeping rows r::world of it (`parallel.shard_rows`); the data order does not depend on the number of
+  processes. Tokenizing is the costly part, so it is split: rank r encodes documents r::world of each chunk and
+  the token ids are all-gathered. Packing documents back to back makes a row's tokens depend on the lengths of all
+  earlier documents, so a rank cannot pick out and tokenize only the documents of its own rows.
 """
 from __future__ import annotations
 
@@ -35,12 +40,14 @@ def is_heldout(text: str, every: int = 100) -> bool:
 
 # ----------------------------------------------------------------------------------------------- tokenizing
 class DocEncoder:
-    """text -> `[BOS] + document_ids(text)` with FIM drawn from its own seeded rng (state saved with the data).
+    """texts -> `[BOS] + document_ids(text)` per text, FIM drawn from a per-document rng (see the module docstring).
 
     The tokenizer's fast backend encodes the chunk's whole texts in one batch call (Rust threads) up front;
-    `document_ids` then asks for either a whole text (non-FIM: served from that batch) or for FIM pieces."""
+    `document_ids` then asks for either a whole text (non-FIM: served from that batch) or for FIM pieces.
+    With `dist` (a `parallel.Dist` of more than one process) each rank encodes its share of every call and the
+    results are all-gathered: every rank must call with the same texts."""
 
-    def __init__(self, tokenizer, fim_rate: float = 0.5, spm_rate: float = 0.0, seed: int = 0):
+    def __init__(self, tokenizer, fim_rate: float = 0.5, spm_rate: float = 0.0, seed: int = 0, dist=None):
         from ..tokenizer.fim import document_ids
         from ..tokenizer.special import special_ids
 
@@ -55,34 +62,56 @@ class DocEncoder:
             # contains "<｜fim▁hole｜>" must not inject a sentinel into the training stream
             self.backend = copy.deepcopy(self.backend)
             self.backend.encode_special_tokens = True
-        self.fim_rate, self.spm_rate = fim_rate, spm_rate
-        self.rng = random.Random(seed)
+        self.fim_rate, self.spm_rate, self.seed = fim_rate, spm_rate, seed
+        self.dist = dist if dist is not None and dist.world > 1 else None
+        self.count = 0                                 # documents encoded so far: the next one's rng index
 
     def _encode_one(self, s: str) -> list[int]:
         if self.backend is not None:
             return self.backend.encode(s, add_special_tokens=False).ids
         return self.tokenizer(s, add_special_tokens=False)["input_ids"]
 
-    def __call__(self, texts: list[str]) -> list[list[int]]:
+    def _encode(self, texts: list[str], first: int, step: int) -> list[list[int]]:
+        """texts[first::step], document k of them drawing FIM from rng (seed, count + first + k * step)."""
+        mine = texts[first::step]
         if self.backend is not None:
-            whole = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+            whole = [e.ids for e in self.backend.encode_batch(mine, add_special_tokens=False)]
         else:
-            whole = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        cache = dict(zip(texts, whole))
+            whole = self.tokenizer(mine, add_special_tokens=False)["input_ids"] if mine else []
+        cache = dict(zip(mine, whole))
 
         def encode(s: str) -> list[int]:
             hit = cache.get(s)
             return list(hit) if hit is not None else self._encode_one(s)
 
-        return [[self.ids.bos] + list(self._document_ids(t, encode, self.ids, self.rng, self.fim_rate, self.spm_rate))
-                for t in texts]
+        out = []
+        for k, t in enumerate(mine):
+            rng = random.Random(f"fim/{self.seed}/{self.count + first + k * step}")
+            out.append([self.ids.bos] + list(self._document_ids(t, encode, self.ids, rng, self.fim_rate,
+                                                                 self.spm_rate)))
+        return out
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.dist is None:
+            out = self._encode(texts, 0, 1)
+        else:
+            from .parallel import all_gather_objects
+
+            world = self.dist.world
+            out = [[] for _ in texts]
+            for r, part in enumerate(all_gather_objects(self._encode(texts, self.dist.rank, world), self.dist)):
+                out[r::world] = part
+        self.count += len(texts)
+        return out
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate()}
+        return {"seed": self.seed, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        v, internal, gauss = state["rng"]
-        self.rng.setstate((v, tuple(internal), gauss))
+        if "count" not in state:
+            raise UserError("the checkpoint's data position comes from an older FIM rng scheme and cannot be "
+                            "resumed exactly; start a new run (--init-from CHECKPOINT keeps the weights)")
+        self.seed, self.count = int(state["seed"]), int(state["count"])
 
 
 # ----------------------------------------------------------------------------------------------- packing

@@ -4,15 +4,19 @@ Launch with torchrun (`python -m torch.distributed.run --nproc-per-node N -m dsc
 `init_distributed` reads RANK / WORLD_SIZE / LOCAL_RANK from the environment and opens a process group (gloo on
 CPU, nccl on CUDA). A plain `python -m dscoder.cli pretrain` is the same code path with world size 1.
 
-`parallelize(model, dist, fsdp=...)` wraps a single-device model, in this order:
-  1. activation checkpointing -- not applied (the tiny and 1.3B recipes fit without it);
+`parallelize(model, dist, fsdp=..., activation_checkpointing=...)` wraps a single-device model, in this order:
+  1. activation checkpointing (`--activation-checkpointing`): each decoder layer keeps only its input and recomputes
+     its activations during backward (torch's composable `checkpoint`: parameter names do not change);
   2. torch.compile -- not applied (determinism of the resume test comes first);
-  3. FSDP2 `fully_shard` on every decoder layer, then the root (`--fsdp`; meant for CUDA/nccl), or
+  3. FSDP2 `fully_shard` on every decoder layer, then the root (`--fsdp`; gloo on CPU or nccl on CUDA), or
      DDP (default; every rank holds the full model and optimizer state, gradients are all-reduced).
+With gradient accumulation, `grad_sync(model, False)` skips the gradient all-reduce (DDP `no_sync`) or
+reduce-scatter (FSDP2 `set_requires_gradient_sync`) on every micro-batch but the last.
 Only rank 0 logs and writes checkpoints; the logged loss is all-reduced so it is the global-batch mean.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -60,16 +64,22 @@ def init_distributed(device: str = "cpu") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, device=dev)
 
 
-def parallelize(model: nn.Module, dist: Dist, fsdp: bool = False) -> nn.Module:
-    """Wrap `model` (already on dist.device) for data parallelism; unchanged when world size is 1 and no FSDP."""
+def parallelize(model: nn.Module, dist: Dist, fsdp: bool = False, activation_checkpointing: bool = False) -> nn.Module:
+    """Wrap `model` (already on dist.device) in the order of the module docstring; unchanged when world size is 1
+    and neither option is set."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if (fsdp or activation_checkpointing) and layers is None:
+        raise UserError("--fsdp / --activation-checkpointing: the model has no .model.layers")
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for layer in layers:
+            checkpoint(layer)
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
         if not tdist.is_initialized():
             raise UserError("--fsdp needs a process group: launch with torchrun (even --nproc-per-node 1)")
-        layers = getattr(getattr(model, "model", None), "layers", None)
-        if layers is None:
-            raise UserError("--fsdp: the model has no .model.layers to shard")
         for layer in layers:
             fully_shard(layer)
         fully_shard(model)
@@ -81,6 +91,16 @@ def parallelize(model: nn.Module, dist: Dist, fsdp: bool = False) -> nn.Module:
 
     ids = [dist.device.index] if dist.device.type == "cuda" else None
     return DDP(model, device_ids=ids)
+
+
+def grad_sync(model: nn.Module, sync: bool):
+    """Context for one micro-batch's forward + backward: gradients are reduced across ranks only when `sync`."""
+    if hasattr(model, "set_requires_gradient_sync"):           # FSDP2
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if not sync and hasattr(model, "no_sync"):                 # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def shard_rows(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -105,6 +125,24 @@ def all_reduce_sum_(t: torch.Tensor, dist: Dist) -> torch.Tensor:
     if dist.active:
         tdist.all_reduce(t)
     return t
+
+
+def any_rank(flag: bool, dist: Dist) -> bool:
+    """True on every rank when `flag` is true on at least one."""
+    if not dist.active:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_objects(obj, dist: Dist) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (picklable objects, e.g. lists of token ids)."""
+    if not dist.active:
+        return [obj]
+    out = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(dist: Dist) -> None:
