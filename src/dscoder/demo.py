@@ -13,7 +13,6 @@ Each step is skipped when its output is already complete, except training, which
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from .args import Parser, int_range, out_dir, positive_int
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", file=sys.stderr, flush=True)
@@ -47,7 +47,7 @@ def train_tokenizer(out: Path, data: Path, vocab_size: int) -> Path:
     if (tok / "tokenizer.json").is_file() and (tok / "tokenizer_config.json").is_file():
         print(f"reusing {tok}", file=sys.stderr)
     else:
-        bpe.main(["--input", str(data), "--out", str(tok), "--vocab-size", str(vocab_size),
+        bpe.main([str(data), "--out", str(tok), "--vocab-size", str(vocab_size),
                   "--max-bytes", "12000000"])
     return tok
 
@@ -59,11 +59,11 @@ def pretrain(out: Path, data: Path, tok: Path, steps: int, threads: int) -> dict
     for stale in ("checkpoints", "final", "metrics.jsonl", "loss.png", "summary.json"):
         p = out / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    pt.main(["--preset", "tiny", "--tokenizer", str(tok), "--data", str(data), "--out", str(out),
+    pt.main(["--preset", "tiny", "--tokenizer", str(tok), str(data), "--out", str(out),
              "--steps", str(steps), "--seq-len", "512", "--batch-size", "16", "--lr", "1e-3",
              "--warmup", str(max(1, steps // 20)), "--schedule", "step", "--fim-rate", "0.5",
              "--eval-every", str(max(1, steps // 4)), "--eval-batches", "6", "--heldout-every", "40",
-             "--save-every", str(max(1, steps // 2)), "--keep-last", "1", "--threads", str(threads), "--seed", "0"])
+             "--save-every", str(max(1, steps // 2)), "--keep-last", "1", "--workers", str(threads), "--seed", "0"])
     return json.loads((out / "summary.json").read_text())
 
 
@@ -89,12 +89,14 @@ def show(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Train a tiny DeepSeek-Coder-style model with FIM on the standard library, then complete and infill."""
-    p = argparse.ArgumentParser(prog="python -m dscoder.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", type=Path)
-    p.add_argument("--steps", type=int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 500)))
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p = Parser("python -m dscoder.demo", __doc__)
+    p.add_argument("--out", default="runs/demo", type=out_dir, metavar="DIR", help="folder for every stage's output")
+    p.add_argument("--steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 500)), metavar="N",
+                   help="pretraining steps ($DSCODER_DEMO_STEPS)")
+    p.add_argument("--vocab-size", type=int_range(257), default=4096, metavar="N", help="tokenizer vocabulary")
+    p.add_argument("--workers", dest="threads", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="worker processes for the data build, torch threads for training")
+    p.add_alias("--threads", "threads", type=positive_int)
     args = p.parse_args(argv)
     t0 = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
