@@ -13,6 +13,8 @@ fields that Hugging Face writes but that change nothing here are listed in `_HF_
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,35 @@ def _check_fields(cls, kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """JSON value against a field annotation: bool is not an int, an int is a float, containers checked inside."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(cls, kw: dict[str, Any]) -> None:
+    """ValueError naming the first config.json field whose value has the wrong JSON type, and the type expected."""
+    hints = typing.get_type_hints(cls)
+    for name, value in kw.items():
+        if not _type_ok(value, hints[name]):
+            want = getattr(hints[name], "__name__", None) or str(hints[name]).replace("typing.", "")
+            raise ValueError(f"field {name!r} must be {want}, got {type(value).__name__} {value!r}")
 
 
 def _rope_block(d: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +131,7 @@ class ModelConfig:
         _check_fields(type(self), kwargs)
         return dataclasses.replace(self, **kwargs)
 
-    def num_params(self, active: bool = False) -> int:
+    def num_params(self) -> int:
         """Exact parameter count of `models.llama.Transformer` for this config."""
         h, hd = self.hidden_size, self.head_dim
         attn = h * hd * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
@@ -145,6 +176,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"config.json: unknown field(s) {', '.join(unknown)}")
         kw = {k: d[k] for k in known if k in d and d[k] is not None and k != "model_type"}
+        _check_types(cls, kw)
         kw["rope_theta"] = float(rope["rope_theta"] or 10000.0)
         kw["rope_scaling_factor"] = float(rope.get("factor", 1.0)) if rope["rope_type"] == "linear" else 1.0
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -319,6 +351,11 @@ class DeepseekV2Config:
         if unknown:
             raise UserError(f"config.json: unknown field(s) {', '.join(unknown)}")
         kw = {k: d[k] for k in known if k in d and k not in ("model_type", "rope_scaling")}
+        kw = {k: v for k, v in kw.items() if v is not None or k not in ("n_group", "topk_group")}  # null: 1
+        try:
+            _check_types(cls, kw)
+        except ValueError as e:
+            raise UserError(f"config.json: {e}") from None
         rope = _rope_block(d)
         kw["rope_theta"] = float(rope.get("rope_theta") or 10000.0)
         if rope["rope_type"] == "yarn":

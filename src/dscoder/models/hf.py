@@ -10,18 +10,27 @@ Weights are read from `model.safetensors`, sharded safetensors with `model.safet
 `pytorch_model*.bin` (loaded with `weights_only=True`: a checkpoint never runs code). Loading is strict: a
 missing or unexpected tensor is an error that names it, except the `rotary_emb.inv_freq` buffers old
 checkpoints carry (they are recomputed from config.json). Every bad input is a `UserError`.
+
+Integrity: a folder written by `train/checkpoint.py` holds `manifest.json` (size and sha256 of every file). When
+it is there, every file the loader reads (config.json, the shard index, the weights) must match it, so weights
+overwritten or corrupted in place are refused, naming the file, instead of generating junk. Hashes are kept for
+the life of the process by (path, inode, size, mtime_ns, ctime_ns): loading the same folder again costs one stat
+per file. Nothing is written next to the model (its folder may be read-only or shared), so each new process
+hashes the files once (about 1.5 s for the 2.7 GB of a 1.3B model in bf16).
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..durable import sha256_file
 from ..errors import UserError
 from .config import DeepseekV2Config, ModelConfig, config_from_hf
 
@@ -34,6 +43,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+MANIFEST = "manifest.json"          # written by train/checkpoint.py: {"files": {name: {"size", "sha256"}}}
+_SHA256: dict[tuple, str] = {}     # (resolved path, inode, size, mtime_ns, ctime_ns) -> sha256, this process
 
 
 def model_class(model_type: str) -> type[nn.Module]:
@@ -51,11 +62,54 @@ def build_model(config: ModelConfig | DeepseekV2Config) -> nn.Module:
 
 
 # --- reading ----------------------------------------------------------------------------------------------
+def _folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise UserError(f"{str(folder)!r} is a file, not a model folder: give the folder that holds config.json "
+                        "and the weights")
+    raise UserError(f"model folder {str(folder)!r} does not exist")
+
+
+def _sha256(file: Path, st: os.stat_result) -> str:
+    key = (str(file.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(file)
+    return _SHA256[key]
+
+
+def verify_manifest(folder: Path, files: list[Path]) -> None:
+    """If `folder` holds manifest.json, check each of `files` against its recorded size and sha256 (UserError
+    naming the first file that differs). Without a manifest there is nothing to check against."""
+    man = folder / MANIFEST
+    if not man.is_file():
+        return
+    try:
+        listed = json.loads(man.read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("'files' is not an object")
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{man} is unreadable ({type(e).__name__}: {e}), so the weights cannot be checked "
+                        "against it") from None
+    hint = f"(if you changed it on purpose, delete {MANIFEST})"
+    for file in files:
+        name = file.relative_to(folder).as_posix()
+        info = listed.get(name)
+        if not isinstance(info, dict) or "size" not in info or "sha256" not in info:
+            raise UserError(f"{file} is not listed in {man}: the folder changed after it was saved {hint}")
+        st = file.stat()
+        if st.st_size != info["size"]:
+            raise UserError(f"{file} has {st.st_size} bytes but {MANIFEST} records {info['size']}: truncated or "
+                            f"replaced after it was saved {hint}")
+        if _sha256(file, st) != info["sha256"]:
+            raise UserError(f"{file} does not match the sha256 in {MANIFEST}: corrupt, or overwritten after it "
+                            f"was saved {hint}")
+
+
 def read_config(path: str | os.PathLike) -> ModelConfig | DeepseekV2Config:
     """The config of an HF folder; a missing, corrupt or unsupported config.json is a UserError."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise UserError(f"model folder {str(folder)!r} does not exist (or is not a folder)")
+    folder = _folder(path)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{cfg_file} not found: a Hugging Face model folder needs config.json")
@@ -70,10 +124,8 @@ def read_config(path: str | os.PathLike) -> ModelConfig | DeepseekV2Config:
                         f"supported: {', '.join(MODEL_CLASSES)}")
     try:
         return config_from_hf(raw)
-    except UserError:
-        raise
-    except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{cfg_file}: {e}") from None
+    except (UserError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{cfg_file}: {str(e).removeprefix('config.json: ')}") from None
 
 
 def _load_file(file: Path) -> dict[str, torch.Tensor]:
@@ -84,6 +136,10 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
         sd = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"weights file {file} not found (listed in the index but missing)") from None
+    except pickle.UnpicklingError:  # torch's own message is a page of advice to turn the safety off
+        raise UserError(f"refusing to load {file}: it pickles objects other than tensors, which could run code "
+                        "(read with torch.load(weights_only=True)); convert it to safetensors with a tool you "
+                        "trust") from None
     except Exception as e:  # safetensors/pickle/zip errors have no common base; all mean a bad file
         raise UserError(f"cannot read weights file {file}: {type(e).__name__}: {e} "
                         "(is it truncated or corrupt?)") from None
@@ -92,31 +148,33 @@ def _load_file(file: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def _weight_files(folder: Path) -> tuple[list[Path], Path | None]:
+    """(weight files, the shard index they came from or None)."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                return [folder / f for f in sorted(set(weight_map.values()))]
+                return [folder / f for f in sorted(set(weight_map.values()))], index
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise UserError(f"{index} is not a valid shard index ({type(e).__name__}: {e})") from None
     if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
+        return [folder / "model.safetensors"], None
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
-        return bins
+        return bins, None
     raise UserError(f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json "
                     "or pytorch_model*.bin")
 
 
 def load_state_dict_from_folder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF folder's weights (CPU, checkpoint dtype), shards merged."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise UserError(f"model folder {str(folder)!r} does not exist (or is not a folder)")
+    """Every tensor of an HF folder's weights (CPU, checkpoint dtype), shards merged; checked against
+    manifest.json (with config.json) when the folder has one."""
+    folder = _folder(path)
+    files, index = _weight_files(folder)
+    verify_manifest(folder, [f for f in (folder / "config.json", index, *files) if f is not None and f.is_file()])
     sd: dict[str, torch.Tensor] = {}
-    for file in _weight_files(folder):
+    for file in files:
         sd.update(_load_file(file))
     return sd
 
@@ -147,8 +205,8 @@ def _resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], optional: set[str], where: str) -> None:
-    missing = sorted(expected - set(sd) - optional)
+def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
+    missing = sorted(expected - set(sd))
     unexpected = sorted(set(sd) - expected)
     if missing or unexpected:
         def show(keys):
@@ -165,31 +223,23 @@ def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) 
     sd = {k: v for k, v in load_state_dict_from_folder(path).items() if not k.endswith(_IGNORED_SUFFIXES)}
     target = _resolve_dtype(dtype, dev, sd)
     cls = model_class(config.model_type)
-    if hasattr(cls, "from_hf_state_dict"):
-        sd = cls.from_hf_state_dict(sd, config)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
+    tied = config.tie_word_embeddings
     if tied and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied checkpoints store the matrix once
     # Build without allocating or initialising weights (the checkpoint overwrites them), then adopt its tensors.
     with torch.device("meta"):
         model = cls(config)
-    _check_keys(sd, set(model.state_dict()), set(), str(path))
+    _check_keys(sd, set(model.state_dict()), str(path))
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
     try:
+        # _check_keys saw every key of the state dict, and the models hold no buffers (RoPE tables live outside
+        # the module), so assign=True replaces every meta tensor
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:  # shape mismatch: config.json and weights disagree
         raise UserError(f"weights in {path} do not fit config.json: {e}") from None
-    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
-        model = _materialise(cls, config, sd)  # non-persistent buffers need a real construction
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device=dev, dtype=target).eval()
-
-
-def _materialise(cls, config, sd: dict[str, torch.Tensor]) -> nn.Module:
-    model = cls(config)
-    model.load_state_dict(sd, strict=True)
-    return model
 
 
 # --- writing ----------------------------------------------------------------------------------------------
@@ -205,8 +255,8 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
-    sd = model.to_hf_state_dict() if hasattr(model, "to_hf_state_dict") else model.state_dict()
-    if getattr(config, "tie_word_embeddings", False):
+    sd = model.state_dict()
+    if config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)  # stored once, as HF does; safetensors refuses shared tensors
     sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
     dtype = next((v.dtype for v in sd.values() if v.is_floating_point()), torch.float32)
