@@ -143,15 +143,12 @@ def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
     return load(args.model, device, dtype)
 
 
-# the engine's messages name its Python arguments; on the command line the options have these names
-_FLAG_WORDS = (("truncate='left'", "--truncate left"), ("max_new_tokens", "--max-new-tokens"))
-
-
 def _cli_error(e: UserError) -> UserError:
-    msg = str(e)
-    for python, flag in _FLAG_WORDS:
-        msg = msg.replace(python, flag)
-    return UserError(msg)
+    """The engine's context-overflow message names its Python arguments; give it the CLI's option names."""
+    from .engine import ContextOverflow
+    if isinstance(e, ContextOverflow):
+        return UserError(e.advice(truncate="--truncate left", max_new_tokens="--max-new-tokens"))
+    return e
 
 
 def _emit(text: str) -> None:
