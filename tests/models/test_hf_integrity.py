@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dscoder.errors import UserError
+from dscoder.models import hf
 from dscoder.models.hf import build_model, load_model, load_state_dict_from_folder, save_pretrained
 from dscoder.models.presets import get_preset
 from dscoder.train.checkpoint import save_hf_folder
@@ -20,6 +21,14 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_laye
 TINY_MOE = dict(vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
                 kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=4,
                 num_experts_per_tok=2)
+
+
+@pytest.fixture(autouse=True)
+def hash_cache(tmp_path, monkeypatch):
+    """The digest cache file in this test's folder, and the in-process cache empty: each test starts cold."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf, "_SHA256", {})
+    return tmp_path / "cache" / "dscoder" / "sha256.json"
 
 
 @pytest.fixture()
@@ -50,6 +59,24 @@ def test_manifest_catches_weights_overwritten_in_place(checkpoint):
     assert "\n" not in str(e.value)
     _flip_byte(weights, size - 5)                          # restored: loads again
     torch.testing.assert_close(load_model(checkpoint)(ids), ref)
+
+
+def test_digests_are_reused_until_the_file_changes(checkpoint, hash_cache):
+    load_model(checkpoint)
+    saved = json.loads(hash_cache.read_text())
+    man = json.loads((checkpoint / "manifest.json").read_text())["files"]
+    weights_key = next(k for k in saved if k.startswith(str((checkpoint / "model.safetensors").resolve()) + "|"))
+    assert saved[weights_key] == man["model.safetensors"]["sha256"] and len(saved) == 2   # + config.json
+    # a new process (empty in-process cache) takes the digest from the file: a wrong one there is believed ...
+    hf._SHA256.clear()
+    hash_cache.write_text(json.dumps(saved | {weights_key: "0" * 64}))
+    with pytest.raises(UserError, match=r"model\.safetensors does not match the sha256"):
+        load_model(checkpoint)
+    # ... only while the file is unchanged: any write gives it a new ctime, so it is hashed again
+    hf._SHA256.clear()
+    os.utime(checkpoint / "model.safetensors")
+    load_model(checkpoint)
+    assert json.loads(hash_cache.read_text())[weights_key] == "0" * 64 and len(json.loads(hash_cache.read_text())) == 3
 
 
 def test_manifest_checks_config_and_size_and_listing(checkpoint):

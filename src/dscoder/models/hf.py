@@ -13,10 +13,12 @@ checkpoints carry (they are recomputed from config.json). Every bad input is a `
 
 Integrity: a folder written by `train/checkpoint.py` holds `manifest.json` (size and sha256 of every file). When
 it is there, every file the loader reads (config.json, the shard index, the weights) must match it, so weights
-overwritten or corrupted in place are refused, naming the file, instead of generating junk. Hashes are kept for
-the life of the process by (path, inode, size, mtime_ns, ctime_ns): loading the same folder again costs one stat
-per file. Nothing is written next to the model (its folder may be read-only or shared), so each new process
-hashes the files once (about 1.5 s for the 2.7 GB of a 1.3B model in bf16).
+overwritten or corrupted in place are refused, naming the file, instead of generating junk. sha256 reads the
+whole file (0.5 GiB/s on one busy core of the 2-core CI machine: 5 s for a 1.3B model in bf16, 2 min for 33B),
+so a digest is remembered under the file's (path, inode, size, mtime_ns, ctime_ns), in this process and in
+`$XDG_CACHE_HOME/dscoder/sha256.json` (default ~/.cache; the newest 512 files), and the next load of an unchanged
+file costs one stat. Any write to the file changes its mtime and ctime, and user code cannot set ctime, so a
+changed file is always hashed again. Nothing is written next to the model: its folder may be read-only or shared.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 MANIFEST = "manifest.json"          # written by train/checkpoint.py: {"files": {name: {"size", "sha256"}}}
-_SHA256: dict[tuple, str] = {}     # (resolved path, inode, size, mtime_ns, ctime_ns) -> sha256, this process
+_SHA256: dict[str, str] = {}       # "path|inode|size|mtime_ns|ctime_ns" -> sha256, this process
+_SHA256_KEEP = 512                  # entries kept in the cache file
 
 
 def model_class(model_type: str) -> type[nn.Module]:
@@ -72,11 +75,35 @@ def _folder(path: str | os.PathLike) -> Path:
     raise UserError(f"model folder {str(folder)!r} does not exist")
 
 
+def _sha256_cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dscoder" / "sha256.json"
+
+
 def _sha256(file: Path, st: os.stat_result) -> str:
-    key = (str(file.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _SHA256:
-        _SHA256[key] = sha256_file(file)
-    return _SHA256[key]
+    """sha256 of `file` (stat `st`), from the process or file cache when the file is unchanged."""
+    key = f"{file.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    if key in _SHA256:
+        return _SHA256[key]
+    cache_file = _sha256_cache_file()
+    try:
+        saved = json.loads(cache_file.read_text(encoding="utf-8"))
+        saved = saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}
+    digest = saved.get(key)
+    if not isinstance(digest, str):
+        digest = sha256_file(file)
+        saved.pop(key, None)
+        saved[key] = digest
+        try:  # best effort: a read-only home only costs the next process a rehash
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dict(list(saved.items())[-_SHA256_KEEP:])), encoding="utf-8")
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    _SHA256[key] = digest
+    return digest
 
 
 def verify_manifest(folder: Path, files: list[Path]) -> None:
