@@ -13,7 +13,8 @@ import pytest
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import check_python, python_setup
-from dscoder.eval.sandbox import UID_BASE, UID_SLOTS, Limits, run_program, sandbox_info
+from dscoder.eval.isolation import UID_BASE, UID_SLOTS, Mount, sandbox_info
+from dscoder.eval.sandbox import Limits, RunSpec, run_program
 from dscoder.eval.zygote import zygote_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_correct_numpy_program_passes():
 def test_daemon_child_does_not_outlive_the_run():
     prog = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
             "        while True:\n            time.sleep(0.05)\n    os._exit(0)\nprint('parent done')\n")
-    res = run_program(PY + ["-c", prog], limits=Limits(wall_s=3), mounts=MOUNTS)
+    res = run_program(RunSpec(PY + ["-c", prog], limits=Limits(wall_s=3), mounts=MOUNTS))
     assert res.status == "ok" and b"parent done" in res.stdout
     assert _no_pool_processes(), _pool_processes()
 
@@ -167,7 +168,7 @@ try:
     socket.create_connection(('127.0.0.1', {port}), timeout=1); print('CONNECTED')
 except OSError as e: print('noconnect', e)
 """
-    res = run_program(PY + ["-c", "import os, socket\n" + script], limits=Limits(wall_s=5), mounts=MOUNTS)
+    res = run_program(RunSpec(PY + ["-c", "import os, socket\n" + script], limits=Limits(wall_s=5), mounts=MOUNTS))
     t.join()
     srv.close()
     out = res.stdout.decode()
@@ -181,26 +182,28 @@ except OSError as e: print('noconnect', e)
 def test_disk_fill_and_output_are_bounded():
     prog = ("n = 0\ntry:\n    with open('big', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20))\n"
             "            f.flush()\n            n += 1\nexcept OSError as e:\n    print('stopped', n, type(e).__name__)\n")
-    res = run_program(PY + ["-c", prog], limits=Limits(wall_s=10, fsize_bytes=8 << 20, tmpfs_bytes=32 << 20),
-                      mounts=MOUNTS)
+    disk = Limits(wall_s=10, fsize_bytes=8 << 20, tmpfs_bytes=32 << 20)
+    res = run_program(RunSpec(PY + ["-c", prog], limits=disk, mounts=MOUNTS))
     assert b"stopped" in res.stdout or res.signal is not None
     written = int(res.stdout.split()[1]) if b"stopped" in res.stdout else 0
     assert written <= 8
-    res = run_program(["/bin/sh", "-c", "yes"], limits=Limits(wall_s=10, output_bytes=1 << 16))
+    res = run_program(RunSpec(["/bin/sh", "-c", "yes"], limits=Limits(wall_s=10, output_bytes=1 << 16)))
     assert res.status == "output_limit" and res.stdout_truncated and len(res.stdout) == 1 << 16
 
 
 def test_run_program_basics_and_bad_input():
-    res = run_program(["/bin/sh", "-c", "cat in/a.txt; cat; id -u; pwd"], files={"in/a.txt": b"A\n"},
-                      stdin=b"from-stdin\n", limits=Limits(wall_s=5))
+    res = run_program(RunSpec(["/bin/sh", "-c", "cat in/a.txt; cat; id -u; pwd"], {"in/a.txt": b"A\n"},
+                              Limits(wall_s=5), stdin=b"from-stdin\n"))
     lines = res.stdout.decode().split()
     assert res.status == "ok" and lines[:2] == ["A", "from-stdin"], res.stderr
     assert int(lines[2]) != 0 or not sandbox_info()["root"]  # never root inside
     assert res.isolation == sandbox_info()["isolation"]
-    assert run_program(["/bin/sh", "-c", "exit 3"], limits=Limits(wall_s=5)).exit_code == 3
-    assert run_program(["/no/such/binary"], limits=Limits(wall_s=5)).status in ("error", "infra_error")
-    with pytest.raises(UserError):
-        run_program(["true"], files={"../escape": b""})
+    assert run_program(RunSpec(["/bin/sh", "-c", "exit 3"], limits=Limits(wall_s=5))).exit_code == 3
+    assert run_program(RunSpec(["/no/such/binary"], limits=Limits(wall_s=5))).status in ("error", "infra_error")
+    for bad in ({"argv": []}, {"argv": ["true"], "files": {"../escape": b""}}, {"argv": ["true"], "files": {"/x": b""}},
+                {"argv": ["true"], "mounts": [Mount("/no/such/dir")]}):
+        with pytest.raises(UserError):
+            RunSpec(**bad)
     with pytest.raises(UserError):
         Limits(wall_s=0)
 
@@ -209,11 +212,12 @@ def test_fallback_mode_still_limits():
     """Without bwrap: scrubbed env, rlimits, a pool uid (as root) and a killed tree; Python only where the pool uid
     can read the interpreter (else a clear infra_error, never a run as root)."""
     code = ("from dscoder.eval.runners import check_python\n"
-            "from dscoder.eval.sandbox import Limits, run_program, sandbox_info\n"
+            "from dscoder.eval.isolation import sandbox_info\n"
+            "from dscoder.eval.sandbox import Limits, RunSpec, run_program\n"
             "L = Limits(wall_s=2)\nprint(sandbox_info()['isolation'])\n"
-            "r = run_program(['/bin/sh', '-c', 'echo $DSCODER_TEST_SECRET; id -u'], limits=L)\n"
+            "r = run_program(RunSpec(['/bin/sh', '-c', 'echo $DSCODER_TEST_SECRET; id -u'], limits=L))\n"
             "print(r.status, r.isolation, r.stdout.split()[-1].decode() if r.stdout else '')\n"
-            "print(run_program(['/bin/sh', '-c', 'while :; do :; done'], limits=L).status)\n"
+            "print(run_program(RunSpec(['/bin/sh', '-c', 'while :; do :; done'], limits=L)).status)\n"
             f"print(check_python({GOOD!r}, {TEST!r}, 'f', limits=L).status)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "DSCODER_SANDBOX": "fallback", "DSCODER_TEST_SECRET": "s3cr3t"})

@@ -1,5 +1,7 @@
 """The zygote fast path of check_python: per-sample isolation inside a long-lived sandbox (fresh scratch, own PID
 namespace, pool uid, no leftovers), recovery when a zygote dies, and timeouts enforced from the host."""
+import os
+import signal
 import threading
 import time
 
@@ -7,7 +9,8 @@ import pytest
 
 from dscoder.eval import zygote
 from dscoder.eval.runners import check_python
-from dscoder.eval.sandbox import UID_BASE, UID_SLOTS, Limits
+from dscoder.eval.isolation import UID_BASE, UID_SLOTS
+from dscoder.eval.sandbox import Limits
 from test_sandbox import _pool_processes  # processes still running as a pool uid
 
 pytestmark = pytest.mark.skipif(not zygote.zygote_available(), reason="the zygote path needs bwrap as root")
@@ -77,8 +80,9 @@ def test_a_dead_zygote_fails_only_its_sample_and_is_replaced():
         busy = [z for z in zygote._all if not any(z in idle for idle in zygote._idle.values())]
     assert busy
     for z in busy:  # what a sample that managed to kill its zygote would cause
-        zygote._kill(z.proc.pid, pgroup=True)
+        os.killpg(z.proc.pid, signal.SIGKILL)
     t.join(10)
     assert not box["v"].passed and box["v"].status == "failed", (box["v"].status, box["v"].details)
     assert check_python(GOOD, TEST, "f", limits=L, sandbox="zygote").passed
     assert check_python(GOOD + "f = lambda x: 5\n", TEST, "f", limits=L, sandbox="zygote").status == "failed"
+

@@ -1,4 +1,4 @@
-"""The in-sandbox half of `runners.check_python` (issue 5 deliverable 1: verdicts the code under test cannot forge).
+"""The in-sandbox half of `runners.check_python`: verdicts the code under test cannot forge.
 
 Standard library only: this file is copied into each sandbox and run there as `python3 _driver.py ROLE`.
 

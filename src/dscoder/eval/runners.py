@@ -1,4 +1,4 @@
-"""Verdicts for generated programs, per language, on top of `sandbox.run_program` (DeepSeek-Coder 2401.14196 §4.1:
+"""Verdicts for generated programs, per language, on top of `sandbox.RunSpec` runs (DeepSeek-Coder 2401.14196 §4.1:
 HumanEval/MBPP in Python and MultiPL-E in C++, Java, JS, TS, PHP, C#, Bash; plus Go and Rust where installed).
 
 Python — `check_python(program, test_code, entry_points, prelude=...)` — two sandboxed processes, so the code under
@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dscoder.errors import UserError
-from dscoder.eval.sandbox import ExecResult, Limits, Mount, run_program
+from dscoder.eval.isolation import Mount
+from dscoder.eval.sandbox import ExecResult, Limits, RunSpec, run_program
 from dscoder.eval.zygote import run_python_role, zygote_available
 
 DRIVER = Path(__file__).with_name("_pydriver.py")
@@ -90,11 +91,12 @@ def python_setup() -> tuple[list[str], tuple[Mount, ...]]:
 def _run_driver(path: str, role: str, files: dict[str, bytes], limits: Limits, stdin: bytes = b"") -> ExecResult:
     """One half of check_python: a fork of a pre-imported sandboxed zygote ("zygote", see zygote.py) or a fresh
     sandbox and interpreter ("process")."""
-    argv, mounts = python_setup()
+    python, mounts = python_setup()
     if path == "zygote":
-        return run_python_role(role, ["_driver.py", role], files, limits, stdin=stdin, mounts=mounts, python=argv)
-    return run_program(argv + ["_driver.py", role], {"_driver.py": DRIVER.read_bytes(), **files}, limits,
-                       stdin=stdin, mounts=mounts)
+        return run_python_role(role, RunSpec(["_driver.py", role], files, limits, stdin=stdin, mounts=mounts), python)
+    spec = RunSpec(python + ["_driver.py", role], {"_driver.py": DRIVER.read_bytes(), **files}, limits, stdin=stdin,
+                   mounts=mounts)
+    return run_program(spec)
 
 
 def check_python(program: str, test_code: str, entry_points: str | Sequence[str], *, prelude: str = "",
@@ -305,8 +307,8 @@ def check_program(lang: str, source: str, *, timeout: float = 10.0, build_timeou
               f"exec prlimit --cpu={run_cpu}:{run_cpu + 1} -- timeout -s KILL {timeout} {spec.run}\n")
     limits = Limits(wall_s=build_timeout + timeout, cpu_s=build_timeout + timeout, memory_bytes=memory_bytes,
                     address_space_bytes=0, nproc=spec.nproc, tmpfs_bytes=512 << 20, output_bytes=1 << 20)
-    res = run_program(["/bin/sh", "-c", script], {spec.src: program.encode()}, limits,
-                      mounts=mounts, env=env)
+    res = run_program(RunSpec(["/bin/sh", "-c", script], {spec.src: program.encode()}, limits, mounts=mounts,
+                              env=env))
     built = b"@@dscoder-build-failed@@" not in res.stderr
     if (early := _verdict_from_run(res, "build" if not built else "program")) is not None:
         return early

@@ -5,15 +5,16 @@ Threat model (reliability.md §2): the program may be incompetent (loops, huge a
 hacker (exit codes, always-equal objects, verdict forging) or malicious (native code through ctypes). So no defence
 lives inside the interpreter; everything below is enforced by the kernel, and the caller computes the verdict.
 
-API (used by `eval/runners.py` and the benchmark tasks)::
-
-    res = run_program(["python3", "main.py"], files={"main.py": b"print(1)"}, limits=Limits(wall_s=3))
+    spec = RunSpec(["python3", "main.py"], {"main.py": b"print(1)"}, Limits(wall_s=3), stdin=b"", mounts=(), env={})
+    res = run_program(spec)  # a fresh sandbox; zygote.run_python_role(role, spec, python) forks a warm one
     res.status  # "ok" | "timeout" | "memory" | "output_limit" | "error" | "infra_error"
     res.stdout, res.stderr, res.exit_code, res.signal, res.wall_s, res.cpu_s, res.isolation  # "bwrap" | "fallback"
-    sandbox_info()  # {"isolation", "cgroup", "python", ...}: what this host gives, for reports
+    isolation.sandbox_info()  # {"isolation", "cgroup", "python", ...}: what this host gives, for reports
 
-`run_program` is thread-safe and may be called from many threads or processes at once: each call gets its own
-uid from a pool (flock'ed lock files), its own cgroup and its own scratch.
+Both paths share, from here: `RunSpec`, `Limits` (and `Limits.rlimits`, the one table of rlimits), `Capture` (the
+output pipes, their byte cap and the wall clock) and `classify` (the status); from `isolation.py`: the bwrap
+command, uid drop, prlimit argv, scrubbed environment, cgroups, pool uids and memfds.
+`run_program` is thread-safe: each call gets its own pool uid (flock'ed lock files), cgroup and scratch.
 
 What **bwrap** mode gives (the normal mode here; `make setup` installs bubblewrap):
 - its own process tree: new PID namespace (the tree dies with its init; `--die-with-parent`), `--new-session`
@@ -40,29 +41,24 @@ Verdicts are NOT made here: see `runners.py` (two-process Python checks; nonce +
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from dscoder.errors import UserError
+from dscoder.eval.isolation import (SCRATCH, Cgroup, Mount, UidSlot, bwrap_command, kill_tree, kill_uid, memfd,
+                                    prlimit_argv, sandbox_info, scrubbed_env, setpriv_argv)
 
-UID_BASE, UID_SLOTS = 61000, 512
-LOCK_DIR = Path(tempfile.gettempdir()) / "dscoder-sandbox-uids"
-SCRATCH = "/tmp"                 # the program's cwd (and /tmp) inside bwrap
-ETC_KEEP = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd",
-            "group", "java-17-openjdk", "mono", "php", "ssl", "ca-certificates", "timezone")
 STATUSES = ("ok", "timeout", "memory", "output_limit", "error", "infra_error")
+KILL_GRACE_S = 5.0               # how long a killed run may take to let go of its pipes and be reaped
 
 
 @dataclass(frozen=True)
@@ -86,18 +82,66 @@ class Limits:
         if self.cpu_s is not None and self.cpu_s <= 0:
             raise UserError(f"sandbox Limits.cpu_s must be > 0 or None, got {self.cpu_s!r}")
 
+    @property
+    def cpu_cap_s(self) -> float:
+        """The CPU seconds after which a SIGKILL counts as a timeout (RLIMIT_CPU's hard limit is about there)."""
+        return self.cpu_s if self.cpu_s is not None else self.wall_s + 1
 
-@dataclass
+    def rlimits(self, *, cgroup: bool, own_uid: bool) -> dict[str, tuple[int, int]]:
+        """The run's rlimits as {name: (soft, hard)}, names as prlimit and `resource.RLIMIT_<NAME>` spell them.
+        `cgroup`: a memory cgroup holds the run (then no RLIMIT_AS by default); `own_uid`: the run has a pool uid
+        to itself, so the per-uid RLIMIT_NPROC counts only its processes."""
+        cpu = max(int(self.cpu_s if self.cpu_s is not None else self.wall_s + 1.999), 1)
+        as_bytes = self.address_space_bytes
+        if as_bytes is None:
+            as_bytes = 0 if cgroup else self.memory_bytes
+        out = {"cpu": (cpu, cpu + 1), "fsize": (self.fsize_bytes,) * 2, "core": (0, 0), "nofile": (1024, 1024)}
+        out.update({"as": (as_bytes, as_bytes)} if as_bytes else {})
+        out.update({"nproc": (self.nproc, self.nproc)} if own_uid else {})
+        return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One sandboxed run, for `run_program` and `zygote.run_python_role` alike: `argv` (resolved inside the
+    sandbox; relative paths are under the scratch cwd), `files` written into the fresh scratch first, `limits`,
+    `stdin`, read-only `mounts` and extra `env` on top of the scrubbed environment. Bad values raise UserError."""
+    argv: Sequence[str]
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    _: KW_ONLY
+    stdin: bytes = b""
+    mounts: Sequence[Mount] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, value in (("argv", tuple(self.argv)), ("files", dict(self.files)), ("mounts", tuple(self.mounts)),
+                            ("env", dict(self.env))):
+            object.__setattr__(self, name, value)  # private copies: the caller's later edits do not leak in
+        if not self.argv or not all(isinstance(a, str) for a in self.argv):
+            raise UserError(f"a sandbox run needs a non-empty argv of strings, got {self.argv!r}")
+        for name in self.files:
+            if not name or name.startswith("/") or ".." in Path(name).parts:
+                raise UserError(f"sandbox file name must be a relative path inside the scratch dir, got {name!r}")
+        for m in self.mounts:
+            if not os.path.exists(m.src):
+                raise UserError(f"sandbox mount source does not exist: {m.src}")
+
+    def environment(self) -> dict[str, str]:
+        return scrubbed_env(self.mounts, self.env)
+
+
+@dataclass(kw_only=True)
 class ExecResult:
     """What one run did. stdout/stderr are cut at Limits.output_bytes (the *_truncated flags say so). cpu_s is the
     rusage of the reaped tree: processes that die with the PID namespace are not in it, so treat it as a floor."""
     status: str
-    exit_code: int | None
-    signal: int | None
-    stdout: bytes
-    stderr: bytes
-    wall_s: float
-    cpu_s: float
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolation: str = "bwrap"
@@ -108,275 +152,155 @@ class ExecResult:
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
-class Mount:
-    """A host path bound read-only at `dest` (default: the same path) inside the sandbox."""
-    src: str
-    dest: str = ""
-    env: Mapping[str, str] = field(default_factory=dict)
+def infra_error(detail: str, isolation: str = "bwrap") -> ExecResult:
+    """The sandbox, not the program, failed (fail closed: never scored as the program's own result)."""
+    return ExecResult(status="infra_error", isolation=isolation, detail=detail)
 
 
-# ---------------------------------------------------------------- host probing (cached)
-_probe_lock = threading.Lock()
-_probe: dict | None = None
+# ---------------------------------------------------------------- output, wall clock, verdict class
+class Capture:
+    """The program's stdout and stderr: two pipes read without blocking, each kept up to `cap` bytes (more is read
+    and dropped, so a writer never blocks on a full pipe while it is being killed). Give `child_fds` to the
+    program, then call `started`; `pump` runs the wall clock."""
 
+    def __init__(self, cap: int):
+        self.cap = cap
+        (self.out_r, out_w), (self.err_r, err_w) = os.pipe(), os.pipe()
+        self.child_fds, self.read_fds = (out_w, err_w), (self.out_r, self.err_r)
+        self.data = {self.out_r: bytearray(), self.err_r: bytearray()}
+        self.cut: set[int] = set()
 
-def _bwrap_works(bwrap: str) -> bool:
-    cmd = _bwrap_prefix(bwrap, tmpfs_bytes=1 << 20) + ["--"] + _drop(UID_BASE + UID_SLOTS - 1) + ["/bin/true"]
-    try:
-        return subprocess.run(cmd, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    def started(self) -> None:
+        """The program holds its own copies of the write ends now: drop ours, so that EOF means it let go."""
+        for fd in self.child_fds:
+            os.close(fd)
+        self.child_fds = ()
 
+    def close(self) -> None:
+        """Close every pipe end still ours (once: a closed fd number may already belong to another thread)."""
+        self.started()
+        for fd in self.read_fds:
+            os.close(fd)
+        self.read_fds = ()
 
-def _drop(uid: int) -> list[str]:
-    """As root: become the pool uid with no capabilities and no way back (setuid bits ignored). Else nothing."""
-    if os.geteuid() != 0:
-        return []
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-            "--inh-caps=-all", "--bounding-set=-all", "--"]
+    @property
+    def stdout(self) -> bytes:
+        return bytes(self.data[self.out_r])
 
+    @property
+    def stderr(self) -> bytes:
+        return bytes(self.data[self.err_r])
 
-def _cgroup_roots() -> dict[str, Path]:
-    """Writable cgroup dirs for our own process: {"v2": dir} or {"memory": dir, "pids": dir} (v1); {} if none."""
-    mine = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        for c in (ctrls.split(",") if ctrls else ["v2"]):
-            mine[c] = path.lstrip("/")
-    base = Path("/sys/fs/cgroup")
-    v2 = base / mine.get("v2", "")
-    if (base / "cgroup.controllers").exists() and os.access(v2, os.W_OK):
-        ctl = (v2 / "cgroup.subtree_control").read_text() if (v2 / "cgroup.subtree_control").exists() else ""
-        if "memory" in ctl and "pids" in ctl:
-            return {"v2": v2}
-    found = {c: base / c / mine[c] for c in ("memory", "pids")
-             if c in mine and os.access(base / c / mine[c], os.W_OK)}
-    return found if len(found) == 2 else {}
-
-
-def sandbox_info() -> dict:
-    """What isolation this host gives: {"isolation": "bwrap"|"fallback", "cgroup": "v1"|"v2"|None, "python": prefix,
-    "root": bool}. Probed once per process; DSCODER_SANDBOX=fallback forces the fallback."""
-    global _probe
-    with _probe_lock:
-        if _probe is None:
-            bwrap = shutil.which("bwrap")
-            forced = os.environ.get("DSCODER_SANDBOX", "") == "fallback"
-            iso = "bwrap" if bwrap and not forced and _bwrap_works(bwrap) else "fallback"
-            roots = _cgroup_roots() if os.geteuid() == 0 else {}
-            _probe = {"isolation": iso, "bwrap": bwrap, "cgroup": ("v2" if "v2" in roots else "v1") if roots else None,
-                      "cgroup_roots": roots, "root": os.geteuid() == 0, "python": sys.base_prefix,
-                      "setpriv": shutil.which("setpriv"), "prlimit": shutil.which("prlimit")}
-        return dict(_probe)
-
-
-# ---------------------------------------------------------------- uid pool and cgroups
-class _UidSlot:
-    """A uid reserved for one run, across threads and processes (an flock on a per-uid lock file)."""
-
-    def __enter__(self) -> int:
-        LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
-        start = (os.getpid() * 7 + threading.get_ident()) % UID_SLOTS
-        for i in range(UID_SLOTS - 1):  # the last slot is kept for probing
-            slot = (start + i) % (UID_SLOTS - 1)
-            fd = os.open(LOCK_DIR / str(slot), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self.fd, self.uid = fd, UID_BASE + slot
-            return self.uid
-        raise RuntimeError(f"all {UID_SLOTS} sandbox uids are busy")
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # releases the flock
-
-
-def _cgroup_create(roots: Mapping[str, Path], limits: Limits) -> list[Path]:
-    """One fresh cgroup per run with memory (incl. tmpfs pages) and pids caps; [] if the host refuses."""
-    name = f"dscoder-sbx-{uuid.uuid4().hex[:12]}"
-    made: list[Path] = []
-    try:
-        if "v2" in roots:
-            d = roots["v2"] / name
-            d.mkdir()
-            made.append(d)
-            (d / "memory.max").write_text(str(limits.memory_bytes))
-            (d / "memory.swap.max").write_text("0") if (d / "memory.swap.max").exists() else None
-            (d / "pids.max").write_text(str(limits.nproc + 8))
-        else:
-            for ctrl, fname, value in (("memory", "memory.limit_in_bytes", limits.memory_bytes),
-                                       ("pids", "pids.max", limits.nproc + 8)):
-                d = roots[ctrl] / name
-                d.mkdir()
-                made.append(d)
-                (d / fname).write_text(str(value))
-        return made
-    except OSError:
-        _cgroup_destroy(made)
-        return []
-
-
-def _cgroup_oom(cgroups: Sequence[Path]) -> bool:
-    for d in cgroups:
-        for fname, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
-            try:
-                for line in (d / fname).read_text().splitlines():
-                    k, _, v = line.partition(" ")
-                    if k == key and int(v) > 0:
-                        return True
-            except (OSError, ValueError):
-                pass
-    return False
-
-
-def _cgroup_destroy(cgroups: Sequence[Path]) -> None:
-    for d in cgroups:
-        for _ in range(50):  # kill stragglers until the cgroup is empty, then remove it
-            try:
-                pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
-            except OSError:
-                break
-            for p in pids:
-                _kill(p)
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                time.sleep(0.02)
-
-
-def _kill(pid: int, pgroup: bool = False) -> None:
-    try:
-        (os.killpg if pgroup else os.kill)(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_uid(uid: int) -> None:
-    """Fallback mode only: SIGKILL every process of the (pool, unprivileged) uid — nothing else runs as it."""
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if p.stat().st_uid == uid:
-                    _kill(int(p.name))
-            except OSError:
-                pass
-
-
-# ---------------------------------------------------------------- command construction
-def _bwrap_prefix(bwrap: str, tmpfs_bytes: int) -> list[str]:
-    # As root bwrap runs privileged (no user namespace: the mounts may come from /root) and the program drops to
-    # the pool uid inside; as a normal user bwrap maps that user into a new user namespace instead.
-    userns = ["--unshare-user", "--disable-userns"] if os.geteuid() != 0 else []
-    cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", *userns,
-           "--die-with-parent", "--new-session",
-           "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
-           "--perms", "0777", "--size", str(tmpfs_bytes), "--tmpfs", SCRATCH, "--chdir", SCRATCH]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        p = Path("/") / name
-        if p.is_symlink():
-            cmd += ["--symlink", os.readlink(p), f"/{name}"]
-        elif p.is_dir():
-            cmd += ["--ro-bind", str(p), f"/{name}"]
-    cmd += ["--perms", "0755", "--dir", "/etc"]  # else privileged bwrap makes it 0700: alternatives unreachable
-    for name in ETC_KEEP:
-        if os.path.exists(f"/etc/{name}"):
-            cmd += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    return cmd
-
-
-def _rlimits(limits: Limits, uid_nproc: bool, cgroup: bool) -> list[str]:
-    cpu = int(limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1.999)
-    as_bytes = limits.address_space_bytes
-    if as_bytes is None:
-        as_bytes = 0 if cgroup else limits.memory_bytes
-    out = ["prlimit", f"--cpu={max(cpu, 1)}:{max(cpu, 1) + 1}", f"--fsize={limits.fsize_bytes}", "--core=0",
-           "--nofile=1024"]
-    out += [f"--as={as_bytes}"] if as_bytes else []
-    out += [f"--nproc={limits.nproc}"] if uid_nproc else []
-    return out + ["--"]
-
-
-def _environment(mounts: Sequence[Mount], extra: Mapping[str, str]) -> dict[str, str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH,
-           "TMPDIR": SCRATCH, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-    for m in mounts:
-        env.update(m.env)
-    env.update(extra)
-    return env
-
-
-# ---------------------------------------------------------------- the run
-def run_program(argv: Sequence[str], files: Mapping[str, bytes] | None = None, limits: Limits | None = None,
-                stdin: bytes = b"", *, mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None
-                ) -> ExecResult:
-    """Run `argv` (resolved inside the sandbox; relative paths are under the scratch cwd) with `files` written
-    into a fresh scratch dir first. Never raises for anything the program does; bad arguments raise UserError."""
-    limits = limits or Limits()
-    files = dict(files or {})
-    if not argv:
-        raise UserError("run_program needs a non-empty argv")
-    for name in files:
-        if not name or name.startswith("/") or ".." in Path(name).parts:
-            raise UserError(f"sandbox file name must be a relative path inside the scratch dir, got {name!r}")
-    for m in mounts:
-        if not os.path.exists(m.src):
-            raise UserError(f"sandbox mount source does not exist: {m.src}")
-    info = sandbox_info()
-    senv = _environment(mounts, env or {})
-    with _UidSlot() as uid:
-        cgroups = _cgroup_create(info["cgroup_roots"], limits) if info["cgroup_roots"] else []
+    def _read(self, fd: int) -> bool:
         try:
-            if info["isolation"] == "bwrap":
-                return _run_bwrap(info, uid, cgroups, list(argv), files, limits, stdin, mounts, senv)
-            return _run_fallback(info, uid, cgroups, list(argv), files, limits, stdin, senv, mounts)
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        buf = self.data[fd]
+        room = self.cap - len(buf)
+        buf += chunk[:max(room, 0)]
+        if len(chunk) > room:
+            self.cut.add(fd)
+        return bool(chunk)
+
+    def pump(self, deadline: float, kill: Callable[[], None], ctl: socket.socket | None = None
+             ) -> tuple[str | None, bytes | None]:
+        """Read until the program is over. Without `ctl` it is over when both pipes close; with `ctl` (a zygote)
+        when its one reply has come and both pipes have closed. At `deadline` ("timeout") or at the cap
+        ("output_limit"), whichever comes first, call `kill` once if the program still runs; then return at once
+        without `ctl` (the caller reaps), or wait up to KILL_GRACE_S for the reply with it. A cap hit after the
+        program ended is still "output_limit", but nothing is killed: there is nothing left to kill.
+        Returns (that reason or None, the reply: None if none came, b"" if `ctl` closed)."""
+        sel = selectors.DefaultSelector()
+        for fd in self.data:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        if ctl is not None:
+            sel.register(ctl, selectors.EVENT_READ)
+        why = reply = hard = None
+        try:
+            while True:
+                pipes_open = any(fd in sel.get_map() for fd in self.data)
+                running = reply is None if ctl is not None else pipes_open
+                if reply == b"" or not (running or pipes_open):
+                    break
+                now = time.monotonic()
+                why = why or ("output_limit" if self.cut else "timeout" if running and now >= deadline else None)
+                if running and why and hard is None:
+                    kill()
+                    hard = now + KILL_GRACE_S
+                    if ctl is None:
+                        break
+                limit = hard if hard is not None else deadline if running else deadline + KILL_GRACE_S
+                if now > limit:
+                    break
+                for key, _ in sel.select(max(min(limit - now, 0.5), 0)):
+                    if key.fileobj is ctl:
+                        try:
+                            reply = ctl.recv(64)
+                        except OSError:
+                            reply = b""
+                        sel.unregister(ctl)
+                    elif not self._read(key.fd):
+                        sel.unregister(key.fd)
         finally:
-            _cgroup_destroy(cgroups)
+            sel.close()
+        return why or ("output_limit" if self.cut else None), reply
 
 
-def _wrap(cgroups: Sequence[Path], cmd: list[str]) -> list[str]:
-    """Join the run's cgroups from a root shell before anything untrusted starts."""
-    if cgroups:
-        joins = "; ".join(f'echo $$ > "{d}/cgroup.procs"' for d in cgroups)
-        cmd = ["/bin/sh", "-c", f'{joins} || exit 125; exec "$@"', "sh", *cmd]
-    return cmd
+def classify(rc: int | None, why: str | None, out: Capture, *, cpu_s: float, wall_s: float, limits: Limits,
+             oom: bool) -> ExecResult:
+    """The run's status from what the parent saw: `rc` (negative: the signal; 129-159: 128 + the signal, as bwrap
+    and shells report it), `why` the parent stopped it ("timeout" | "output_limit"), `oom` kills in its cgroup."""
+    sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc is not None and 128 < rc < 160 else None)
+    code = rc if rc is not None and rc >= 0 else None
+    detail = why or ""
+    if why:
+        status = why
+    elif rc != 0 and (oom or b"MemoryError" in out.stderr[-4096:]):
+        status = "memory"
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= limits.cpu_cap_s - 0.05):
+        status = "timeout"
+    elif sig == signal.SIGXFSZ:  # wrote a file past Limits.fsize_bytes
+        status, detail = "output_limit", "file size limit"
+    elif rc == 125 and b"cgroup.procs" in out.stderr:
+        status = "infra_error"
+    else:
+        status = "ok" if rc == 0 else "error"
+    return ExecResult(status=status, exit_code=code, signal=sig, stdout=out.stdout, stderr=out.stderr, wall_s=wall_s,
+                      cpu_s=cpu_s, stdout_truncated=out.out_r in out.cut, stderr_truncated=out.err_r in out.cut,
+                      detail=detail)
 
 
-def _run_bwrap(info, uid, cgroups, argv, files, limits, stdin, mounts, senv) -> ExecResult:
+# ---------------------------------------------------------------- the one-shot run
+def run_program(spec: RunSpec) -> ExecResult:
+    """Run `spec` in a fresh sandbox of its own. Never raises for anything the program does."""
+    with UidSlot() as uid:
+        cgroup = Cgroup(spec.limits.memory_bytes, spec.limits.nproc)
+        try:
+            run = _run_bwrap if sandbox_info()["isolation"] == "bwrap" else _run_fallback
+            return run(spec, uid, cgroup)
+        finally:
+            cgroup.close()
+
+
+def _run_bwrap(spec: RunSpec, uid: int, cgroup: Cgroup) -> ExecResult:
     started_r, started_w = os.pipe()
-    fds, args = [started_w], []
+    files = {f"{SCRATCH}/{name}": memfd(data) for name, data in spec.files.items()}
     try:
-        for m in mounts:  # parents made world-traversable first: bwrap would copy /root's 0700
-            for p in reversed(Path(m.dest or m.src).parents):
-                args += ["--perms", "0755", "--dir", str(p)] if str(p) not in ("/", "/usr", "/tmp") else []
-            args += ["--ro-bind", m.src, m.dest or m.src]
-        for name, data in files.items():
-            fds.append(os.memfd_create("sbx-file"))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fds[-1], view):]
-            os.lseek(fds[-1], 0, os.SEEK_SET)
-            for p in reversed(Path(SCRATCH, name).parents):
-                args += ["--perms", "0777", "--dir", str(p)] if str(p).startswith(SCRATCH + "/") else []
-            args += ["--file", str(fds[-1]), f"{SCRATCH}/{name}"]
-        args += ["--clearenv"] + [a for k, v in senv.items() for a in ("--setenv", k, v)]
         # A mark on a pipe once the sandbox is set up tells a bwrap failure (infra_error) from the program's own.
         mark = ["/bin/bash", "-c", f'printf x >&{started_w}; exec {started_w}>&-; exec "$@"', "bash"]  # dash: fd<10
-        inner = _bwrap_prefix(info["bwrap"], limits.tmpfs_bytes) + args + ["--"] + mark
-        inner += _drop(uid) + _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
-        res = _supervise(_wrap(cgroups, inner), fds, limits, stdin, None, cgroups)
+        rlimits = spec.limits.rlimits(cgroup=bool(cgroup), own_uid=sandbox_info()["root"])
+        cmd = bwrap_command(spec.limits.tmpfs_bytes, spec.environment(), mounts=spec.mounts, files=files)
+        cmd += mark + setpriv_argv(uid) + prlimit_argv(rlimits) + list(spec.argv)
+        res = _execute(cgroup.wrap(cmd), spec, cgroup, pass_fds=(started_w, *files.values()))
     finally:
-        for fd in fds:
+        for fd in (started_w, *files.values()):
             os.close(fd)
         started = _read_all(started_r)
     if res.status not in ("timeout", "output_limit") and not started:
         res.status, res.detail = "infra_error", "bwrap could not start the program: " + res.stderr[-400:].decode(
             "utf-8", "replace")
-    res.isolation = "bwrap"
     return res
 
 
@@ -397,126 +321,74 @@ def _world_readable(path: str) -> bool:
     return all(os.stat(q).st_mode & 0o005 == 0o005 for q in [p, *p.parents])
 
 
-def _run_fallback(info, uid, cgroups, argv, files, limits, stdin, senv, mounts) -> ExecResult:
+def _run_fallback(spec: RunSpec, uid: int, cgroup: Cgroup) -> ExecResult:
+    root = sandbox_info()["root"]
     # No mount namespace: tools are used in place, so the pool uid must be able to reach them (fail closed).
-    if info["root"] and (bad := [m.src for m in mounts if not _world_readable(m.src)]):
-        return ExecResult("infra_error", None, None, b"", b"", 0.0, 0.0, isolation="fallback",
-                          detail=f"fallback sandbox: {bad[0]} is not readable by the unprivileged sandbox uid; "
-                                 "install bubblewrap (scripts/install_system_deps.sh)")
-    for m in mounts:
-        senv.update({k: v.replace(m.dest, m.src) for k, v in m.env.items()} if m.dest else {})
+    if root and (bad := [m.src for m in spec.mounts if not _world_readable(m.src)]):
+        return infra_error(f"fallback sandbox: {bad[0]} is not readable by the unprivileged sandbox uid; "
+                           "install bubblewrap (scripts/install_system_deps.sh)", isolation="fallback")
+    env = spec.environment()
+    for m in spec.mounts:
+        env.update({k: v.replace(m.dest, m.src) for k, v in m.env.items()} if m.dest else {})
     work = Path(tempfile.mkdtemp(prefix="dscoder-sbx-"))
     try:
-        for name, data in files.items():
+        for name, data in spec.files.items():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_bytes(data)
-        if info["root"]:
-            os.chown(work, uid, uid)
-            for p in work.rglob("*"):
+        if root:
+            for p in [work, *work.rglob("*")]:
                 os.chown(p, uid, uid)
-        senv = {**senv, "HOME": str(work), "TMPDIR": str(work)}
-        cmd = _drop(uid) + _rlimits(limits, uid_nproc=info["root"], cgroup=bool(cgroups)) + argv
-        res = _supervise(_wrap(cgroups, cmd), [], limits, stdin, (work, senv), cgroups)
-        if info["root"]:
-            _kill_uid(uid)
+        env.update(HOME=str(work), TMPDIR=str(work))
+        rlimits = spec.limits.rlimits(cgroup=bool(cgroup), own_uid=root)
+        cmd = setpriv_argv(uid) + prlimit_argv(rlimits) + list(spec.argv)
+        res = _execute(cgroup.wrap(cmd), spec, cgroup, cwd=work, env=env)
+        if root:
+            kill_uid(uid)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res.isolation = "fallback"
     return res
 
 
-def _supervise(cmd, pass_fds, limits: Limits, stdin: bytes, fallback, cgroups) -> ExecResult:
-    """Start `cmd`, feed stdin, read both pipes up to the caps, enforce the wall clock, reap, classify."""
-    cwd, env = fallback if fallback else (None, {"PATH": "/usr/bin:/bin"})
+def _execute(cmd: list[str], spec: RunSpec, cgroup: Cgroup, *, pass_fds: Sequence[int] = (), cwd: Path | None = None,
+             env: Mapping[str, str] | None = None) -> ExecResult:
+    """Start `cmd` (bwrap, or the fallback's setpriv) with the spec's stdin, read its output up to the cap,
+    enforce the wall clock, reap, classify."""
+    out, stdin = Capture(spec.limits.output_bytes), memfd(spec.stdin)
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=pass_fds, cwd=cwd, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=out.child_fds[0], stderr=out.child_fds[1], pass_fds=pass_fds,
+                                cwd=cwd, env=env or {"PATH": "/usr/bin:/bin"}, start_new_session=True)
     except OSError as e:
-        return ExecResult("infra_error", None, None, b"", b"", 0.0, 0.0, detail=f"cannot start sandbox: {e}")
-    out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    cut, why = set(), None
-    sel = selectors.DefaultSelector()
-    for f in (proc.stdout, proc.stderr):
-        os.set_blocking(f.fileno(), False)
-        sel.register(f.fileno(), selectors.EVENT_READ)
-    pending, in_fd = memoryview(stdin), proc.stdin.fileno()
-    if pending:
-        os.set_blocking(in_fd, False)
-        sel.register(in_fd, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    deadline = t0 + limits.wall_s
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            why = "timeout"
-            break
-        for key, _ in sel.select(min(left, 0.5)):
-            fd = key.fd
-            if fd == in_fd:
-                try:
-                    pending = pending[os.write(fd, pending[:65536]):]
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:  # the program stopped reading: fine, it just gets no more input
-                    pending = pending[:0]
-                if not pending:
-                    sel.unregister(fd)
-                    proc.stdin.close()
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                sel.unregister(fd)
-                continue
-            room = limits.output_bytes - len(out[fd])
-            out[fd] += chunk[:max(room, 0)]
-            if len(chunk) > room:
-                cut.add(fd)
-        if cut:
-            why = "output_limit"
-            break
-    if why:
-        _kill(proc.pid, pgroup=True)
-        _kill(proc.pid)
-    sel.close()
-    rc, cpu = _reap(proc, deadline + 5 if not why else time.monotonic() + 5)
-    wall = time.monotonic() - t0
-    for f in (proc.stdout, proc.stderr, proc.stdin):
-        f.close()
-    so, se = (bytes(v) for v in out.values())
-    return _classify(rc, why, so, se, wall, cpu, limits, cgroups, cut, list(out))
+        out.close()
+        return infra_error(f"cannot start sandbox: {e}")
+    finally:
+        os.close(stdin)
+    out.started()
+    deadline = t0 + spec.limits.wall_s
+    try:
+        why, _ = out.pump(deadline, lambda: kill_tree(proc.pid))
+    finally:
+        out.close()
+    # Pipes closed before the deadline: the program ended, or closed them and runs on (then it is killed there).
+    rc, cpu, killed = _reap(proc, time.monotonic() + KILL_GRACE_S if why else max(deadline, time.monotonic() + 1))
+    return classify(rc, why or ("timeout" if killed else None), out, cpu_s=cpu, wall_s=time.monotonic() - t0,
+                    limits=spec.limits, oom=cgroup.oom_kills() > 0)
 
 
-def _reap(proc: subprocess.Popen, until: float) -> tuple[int | None, float]:
-    """wait4 the child (its rusage includes reaped descendants); SIGKILL it if it lingers past `until`."""
+def _reap(proc: subprocess.Popen, until: float) -> tuple[int | None, float, bool]:
+    """wait4 the child (its rusage includes reaped descendants); SIGKILL its tree if it lingers past `until`.
+    Returns (exit code as Popen gives it, CPU seconds, whether it had to be killed here)."""
+    killed = False
     while True:
         try:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         except ChildProcessError:
-            return proc.returncode, 0.0
+            return proc.returncode, 0.0, killed
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, ru.ru_utime + ru.ru_stime
-        if time.monotonic() > until:
-            _kill(proc.pid, pgroup=True)
-            _kill(proc.pid)
+            return proc.returncode, ru.ru_utime + ru.ru_stime, killed
+        if time.monotonic() > until and not killed:
+            kill_tree(proc.pid)
+            killed = True
         time.sleep(0.005)
-
-
-def _classify(rc, why, so, se, wall, cpu, limits, cgroups, cut, fds) -> ExecResult:
-    sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc is not None and 128 < rc < 160 else None)
-    code = rc if rc is not None and rc >= 0 else None
-    cpu_cap = limits.cpu_s if limits.cpu_s is not None else limits.wall_s + 1
-    if why:
-        status = why
-    elif _cgroup_oom(cgroups) or (rc != 0 and b"MemoryError" in se[-4096:]):
-        status = "memory"
-    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cpu_cap - 0.05):
-        status = "timeout"
-    elif rc == 125 and b"cgroup.procs" in se:
-        status = "infra_error"
-    else:
-        status = "ok" if rc == 0 else "error"
-    return ExecResult(status, code, sig, so, se, wall, cpu, stdout_truncated=fds[0] in cut,
-                      stderr_truncated=fds[1] in cut, detail=why or "")
