@@ -1,6 +1,8 @@
 """The sandbox attack suite (reliability.md §3): each adversarial sample fails or times out, the host and the
 samples running beside it are unaffected, and a correct program (numpy included) still passes."""
+import ast
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,6 +191,64 @@ def test_disk_fill_and_output_are_bounded():
     assert written <= 8
     res = run_program(RunSpec(["/bin/sh", "-c", "yes"], limits=Limits(wall_s=10, output_bytes=1 << 16)))
     assert res.status == "output_limit" and res.stdout_truncated and len(res.stdout) == 1 << 16
+
+
+CAP = 1 << 12
+OVER_CAP_THEN = {  # write 8x the output cap in one go (it fits the pipe buffer), then end by a signal
+    "sigkill_self": "import os, signal\nos.write(1, b'x' * 32768)\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    "timeout": "import os, time\nos.write(1, b'x' * 32768)\ntime.sleep(60)\n",
+}
+
+
+@pytest.mark.parametrize("end", list(OVER_CAP_THEN))
+def test_output_cap_holds_when_the_program_dies_by_signal(end):
+    """The cap and its status survive the program's death: the bytes still in the pipe are capped, and the run is
+    an output_limit (found at the cap, before the wall clock), not a plain error or a timeout."""
+    res = run_program(RunSpec(PY + ["-c", OVER_CAP_THEN[end]], limits=Limits(wall_s=4, output_bytes=CAP),
+                              mounts=MOUNTS))
+    assert (res.status, res.signal) == ("output_limit", signal.SIGKILL), (res.status, res.signal, res.stderr[-300:])
+    assert res.stdout == b"x" * CAP and res.stdout_truncated and not res.stderr_truncated
+    assert res.wall_s < 3, res.wall_s  # killed at the cap, not left to run to the wall clock
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("end", list(OVER_CAP_THEN))
+def test_output_cap_verdict_when_the_sample_dies_by_signal(path, end):
+    """The same through check_python on both Python paths: the candidate's prints (its stderr) are capped, the
+    verdict is output_limit, and the next sample on that path is unaffected."""
+    prog = OVER_CAP_THEN[end] + GOOD
+    v = check_python(prog, TEST, "f", limits=Limits(wall_s=4, memory_bytes=512 << 20, output_bytes=CAP),
+                     sandbox=path)
+    cand = v.runs[0]
+    assert (v.passed, v.status) == (False, "output_limit"), (v.status, v.details)
+    assert cand.stderr == b"x" * CAP and cand.stderr_truncated and cand.signal == signal.SIGKILL
+    nxt = check_python(GOOD, TEST, "f", limits=FAST, sandbox=path)
+    assert nxt.passed and [r.exit_code for r in nxt.runs] == [0, 0], (nxt.status, nxt.details)
+
+
+def test_file_size_cap_kills_a_native_writer_as_output_limit():
+    """RLIMIT_FSIZE: a non-Python writer gets SIGXFSZ at the cap (Python ignores it and sees EFBIG instead), which
+    is an output_limit; the file on the scratch stops at exactly the cap."""
+    big = Limits(wall_s=5, fsize_bytes=1 << 20)
+    res = run_program(RunSpec(["/bin/sh", "-c", "exec head -c 20000000 /dev/zero > big"], limits=big))
+    assert (res.status, res.signal, res.detail) == ("output_limit", signal.SIGXFSZ, "file size limit"), res
+    res = run_program(RunSpec(["/bin/sh", "-c", "head -c 20000000 /dev/zero > big; wc -c < big"], limits=big))
+    assert res.status == "ok" and int(res.stdout) == 1 << 20, (res.status, res.stdout)
+
+
+def test_both_paths_apply_the_rlimits_of_limits_rlimits():
+    """One table of rlimits (Limits.rlimits) drives prlimit in a fresh sandbox and setrlimit in a zygote fork."""
+    names = ("cpu", "fsize", "core", "nofile", "as", "nproc")
+    probe = ("import resource, sys\nprint('RL', [resource.getrlimit(getattr(resource, 'RLIMIT_' + n.upper())) for n in"
+             f" {names!r}], file=sys.stderr)\n" + GOOD)
+    lim = Limits(wall_s=4, cpu_s=3, memory_bytes=512 << 20, fsize_bytes=5 << 20, nproc=40)
+    info = sandbox_info()
+    want = lim.rlimits(cgroup=info["cgroup"] is not None, own_uid=info["root"])
+    want = [tuple(want.get(n, (-1, -1))) for n in names]  # absent: unlimited
+    for path in ["process"] + (["zygote"] if zygote_available() else []):
+        v = check_python(probe, TEST, "f", limits=lim, sandbox=path)
+        line = [ln for ln in v.runs[0].stderr.decode().splitlines() if ln.startswith("RL ")]
+        assert v.passed and line and ast.literal_eval(line[0][3:]) == want, (path, v.details, line, want)
 
 
 def test_run_program_basics_and_bad_input():

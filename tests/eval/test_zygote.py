@@ -86,3 +86,17 @@ def test_a_dead_zygote_fails_only_its_sample_and_is_replaced():
     assert check_python(GOOD, TEST, "f", limits=L, sandbox="zygote").passed
     assert check_python(GOOD + "f = lambda x: 5\n", TEST, "f", limits=L, sandbox="zygote").status == "failed"
 
+
+def test_a_kill_that_arrives_after_its_sample_ended_is_ignored():
+    """The host may ask for a kill just as a sample ends (its deadline or output cap hit while the zygote's reply is
+    in flight). The zygote must not answer it: the next sample would read that answer as its own result."""
+    assert check_python(GOOD, TEST, "f", limits=L, sandbox="zygote").passed
+    with zygote._lock:
+        idle = [z for zs in zygote._idle.values() for z in zs]
+    assert idle
+    for z in idle:
+        z._send(b"KILL")
+    time.sleep(0.2)
+    for _ in range(3):
+        v = check_python(GOOD, TEST, "f", limits=L, sandbox="zygote")
+        assert v.passed and [r.exit_code for r in v.runs] == [0, 0], (v.status, [r.exit_code for r in v.runs])
