@@ -52,7 +52,9 @@ def test_outputs_of_a_run(straight):
     assert rows[-1]["tokens"] == 12 * 4 * 64 and "eval_loss" in rows[5] and "eval_loss" in rows[11]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5                   # it learns
     assert (straight / "loss.png").stat().st_size > 1000
-    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
+    # every --save-every steps and after the last one (a finished run can be extended exactly)
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-00000004", "step-00000008",
+                                                                          "step-00000012"]
     import dscoder
     model = dscoder.load_model(straight / "final")
     assert model(torch.tensor([[1, 2, 3]])).shape[-1] == model.config.vocab_size

@@ -199,4 +199,4 @@ def load_train_state(path: Path) -> dict[str, Any]:
     f = Path(path) / TRAIN_STATE
     if not f.is_file():
         raise UserError(f"{path} has no {TRAIN_STATE}: not a training checkpoint (use --init-from for an HF folder)")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    return torch.load(f, map_location="cpu", weights_only=True, mmap=True)   # tensors are read when used

@@ -14,8 +14,11 @@ uninterrupted run (tests/train/test_pretrain_cli.py kills a run with SIGKILL and
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,41 @@ class TrainState:
     tokens: int = 0                  # training tokens consumed, all ranks
     elapsed_s: float = 0.0           # wall time spent training, across resumes
     initial_eval_loss: float | None = None   # held-out loss of the untrained model (fresh runs with --eval-every)
+
+
+class GracefulStop:
+    """SIGTERM (what `kill` and schedulers send before preemption) asks `run` to stop after the step in progress;
+    `run` then writes a checkpoint and returns. Later signals are ignored, so a second SIGTERM cannot interrupt
+    the checkpoint being written. Use as a context manager in the main thread (the previous handlers come back on
+    exit) and pass the object as `run(..., stop=...)`: calling it agrees across ranks (a rank that got no signal
+    stops with the others)."""
+
+    def __init__(self, dist: parallel.Dist, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.dist, self.signals = dist, signals
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            msg = f"\n{name}: finishing the current step, then writing a checkpoint\n"
+        else:
+            msg = f"\n{name} again: ignored while the checkpoint is written\n"
+        os.write(2, msg.encode())        # not print(): the signal may arrive in the middle of a print
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return parallel.any_rank(self.received is not None, self.dist)
 
 
 # ------------------------------------------------------------------------------------------- RNG state

@@ -14,6 +14,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,12 +22,13 @@ import torch
 from ..args import (Parser, add_device_args, finite_float, int_range, non_negative_int, out_dir, positive_float,
                     positive_int, probability, resolve_device_dtype, typed_overrides)
 from ..args import seed as seed_int
+from ..durable import lock_run_folder
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import parallel
-from .packing import DocEncoder, PackedStream, check_corpus, heldout_batches
-from .loop import LoopConfig, TrainState, rng_state, run, set_rng_state
+from .loop import GracefulStop, LoopConfig, TrainState, rng_state, run, set_rng_state
 from .optim import SCHEDULES, build_optimizer
+from .packing import DocEncoder, PackedStream, check_corpus, heldout_batches
 
 # settings a resumed run must share with the checkpoint: they decide what the data stream and model are
 _RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_every", "shuffle_docs",
@@ -75,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--workers", dest="threads", type=positive_int, default=None, metavar="N",
       help="torch CPU threads (default: torch's choice)")
     p.add_alias("--threads", "threads", type=positive_int)
-    a("--fsdp", action="store_true", help="FSDP2 fully_shard instead of DDP (CUDA)")
+    a("--fsdp", action="store_true", help="FSDP2 fully_shard instead of DDP (gloo on CPU, nccl on CUDA)")
+    a("--activation-checkpointing", action="store_true",
+      help="recompute each decoder layer's activations in backward: less memory, about a third more compute")
     return p
 
 
@@ -85,12 +89,6 @@ _LOOP_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}    # --dtype -> the loop'
 def _validate(args) -> None:
     if args.dtype not in ("auto", *_LOOP_DTYPES):
         raise UserError(f"--dtype {args.dtype}: pretraining runs in float32 or with bfloat16 autocast")
-    for name in ("steps", "seq_len", "batch_size", "grad_accum", "eval_batches"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("save_every", "eval_every"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
     tok = Path(args.tokenizer)
@@ -195,15 +193,26 @@ def main(argv: list[str] | None = None) -> int:
     """Next-token + FIM pretraining (v1 paper §3), also the long-context extension (§3.6) with --init-from.
 
 Train a tiny model on CPU:
-    dscoder pretrain --preset tiny --tokenizer TOK --data corpus/ --out runs/tiny --steps 200 --seq-len 256 \\
+    dscoder pretrain --preset tiny --tokenizer TOK corpus/ --out runs/tiny --steps 200 --seq-len 256 \\
         --batch-size 8 --save-every 50
 Resume after a crash, bit-for-bit:    the same command + --resume
-Two processes (DDP):                  python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli pretrain ...
+Extend a finished run:                the same command + --resume with a larger --steps
+Two processes (DDP, or FSDP2):        python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli pretrain ...
+                                      [--fsdp] [--activation-checkpointing]
 Long-context extension:               --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
                                       (recipes/long_context.md)
 
 Writes OUT/metrics.jsonl (one JSON row per optimizer step), OUT/loss.png, OUT/checkpoints/step-N/ (atomic, with
-a manifest; the newest --keep-last are kept) and OUT/final/ (an HF folder `dscoder.load_model` reads).
+a manifest; every --save-every steps and after the last step; the newest --keep-last are kept), OUT/final/ (an HF
+folder `dscoder.load_model` reads) and OUT/summary.json. Every input is checked before OUT is created; OUT is
+locked while a run writes there (a second run into it exits 2 naming the holder's pid).
+--resume continues from the newest checkpoint whose hashes verify. It refuses (exit 2, nothing touched) when every
+checkpoint is damaged (one line per checkpoint says why: start over in a new --out) and when --steps is below a
+step the run already reached.
+SIGTERM: the step in progress finishes, a checkpoint is written, and the run exits with status 143 (128 + SIGTERM:
+the run is not finished; continue it with --resume). A second SIGTERM while the checkpoint is written is ignored.
+Under torchrun the launcher sends SIGKILL --shutdown-timeout seconds (default 30) after forwarding SIGTERM; a
+checkpoint still being written then is discarded whole and the previous one stays.
 Documents get FIM (PSM) at --fim-rate before packing; 1 document in --heldout-every (by a hash of its text) is
 held out for the eval loss. --batch-size is the global batch in sequences per optimizer step, split over
 --grad-accum micro-batches and over the torchrun processes."""
@@ -232,46 +241,124 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
         if micro_rows % dist.world:
             raise UserError(f"--batch-size / --grad-accum = {micro_rows} rows per micro-batch is not divisible by "
                             f"{dist.world} processes")
-        return _train(args, cfg, tokenizer, dist)
+        with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
+            start = folder.decide(lambda: _plan_start(args, cfg, folder.path))
+            if start.done:
+                return 0
+            return _train(args, cfg, tokenizer, dist, start.resume_from, stop)
     finally:
         parallel.cleanup(dist)
         torch.set_num_threads(prev[0])
         torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
 
-def _train(args, cfg, tokenizer, dist) -> int:
+class _RunFolder:
+    """OUT, taken by rank 0 after every input has been checked: created, locked (`durable.lock_run_folder`) and,
+    when this process created it and an error leaves it empty, removed again on the way out."""
+
+    def __init__(self, path: Path, dist: parallel.Dist):
+        self.path, self.dist, self.lock, self.created = path, dist, None, False
+
+    def __enter__(self) -> "_RunFolder":
+        error = None
+        if self.dist.is_main:
+            self.created = not self.path.exists()
+            try:
+                self.lock = lock_run_folder(self.path)
+            except UserError as e:
+                error = str(e)
+        error = parallel.broadcast_object(error, self.dist)
+        if error:
+            self._remove_if_empty()
+            raise UserError(error)
+        return self
+
+    def decide(self, plan: Callable[[], "_Start"]) -> "_Start":
+        """Rank 0 runs `plan` (reads OUT under the lock); every rank gets its result or its UserError."""
+        result = error = None
+        if self.dist.is_main:
+            try:
+                result = plan()
+            except UserError as e:
+                error = str(e)
+        result, error = parallel.broadcast_object((result, error), self.dist)
+        if error:
+            raise UserError(error)
+        return result
+
+    def _remove_if_empty(self) -> None:
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self._remove_if_empty()
+
+
+@dataclasses.dataclass
+class _Start:
+    resume_from: Path | None = None          # checkpoint to continue from; None: step 0
+    done: bool = False                       # OUT/final already holds --steps: nothing to do
+
+
+def _plan_start(args, cfg, out: Path) -> _Start:
+    """Where the run starts, read from OUT (rank 0, under the lock). Refusals are UserErrors and touch nothing."""
+    ck_dir, final = out / "checkpoints", out / "final"
+    if not args.resume:
+        found = [n for n in ("checkpoints", "final", "metrics.jsonl") if (out / n).exists()]
+        if found:
+            raise UserError(f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+                            "or choose a new --out")
+        return _Start()
+    resume_from, rejected = ckpt.latest_checkpoint(ck_dir)
+    if resume_from is None and rejected:
+        why = "".join(f"\n  {p.name}: {reason}" for p, reason in rejected)
+        raise UserError(f"--resume: no usable checkpoint under {ck_dir}; every one was rejected:{why}\n"
+                        "start over with a new --out (or --init-from a good HF folder)")
+    for p, reason in rejected:
+        print(f"dscoder pretrain: skipping damaged checkpoint {p.name}: {reason}", file=sys.stderr)
+    final_step = ckpt.checkpoint_step(final) if final.exists() else None
+    reached = [(s, where) for s, where in ((final_step, final),
+                                           (_step_of(resume_from), resume_from)) if s is not None]
+    for step, where in reached:
+        if args.steps < step:
+            raise UserError(f"--resume --steps {args.steps}: {where} already holds step {step}; resuming would "
+                            f"move the run backward (pass --steps >= {step}, or use a new --out)")
+    if resume_from is not None:
+        _check_resume(ckpt.load_train_state(resume_from), cfg, _run_args(args))
+    if final_step == args.steps:
+        print(f"dscoder pretrain: {final} already holds step {args.steps}; nothing to do", file=sys.stderr)
+        return _Start(resume_from, done=True)
+    if resume_from is None and final_step is not None:
+        raise UserError(f"--resume: {final} holds step {final_step} but {ck_dir} has no checkpoint to continue "
+                        f"from (--save-every 0); start a new run with --init-from {final}")
+    if resume_from is None:
+        print(f"dscoder pretrain: no checkpoint under {ck_dir}; starting at step 0", file=sys.stderr)
+    gone = ckpt.clean_leftovers(out) + ckpt.clean_leftovers(ck_dir)
+    if gone:
+        print(f"dscoder pretrain: removed leftovers of an interrupted save: {', '.join(gone)}", file=sys.stderr)
+    return _Start(resume_from)
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return None if checkpoint is None else int(checkpoint.name.split("-")[1])
+
+
+def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulStop) -> int:
     out = Path(args.out)
     ck_dir = out / "checkpoints"
-    resume_from, error = None, None
-    if dist.is_main:        # rank 0 decides (it verifies hashes once); every rank gets the verdict
-        if args.resume:
-            resume_from, _ = ckpt.latest_checkpoint(ck_dir)
-            if resume_from is None:
-                print(f"dscoder pretrain: no complete checkpoint under {ck_dir}; starting fresh", file=sys.stderr)
-        elif ckpt.list_checkpoints(ck_dir):
-            error = f"{ck_dir} already holds checkpoints: pass --resume, or choose a new --out"
-    resume_from, error = parallel.broadcast_object((resume_from, error), dist)
-    if error:
-        raise UserError(error)
     run_args = _run_args(args)
     saved = ckpt.load_train_state(resume_from) if resume_from else None
-    if saved is not None:
-        _check_resume(saved, cfg, run_args)
-        if ckpt.verify(out / "final") is None and \
-                json.loads((out / "final" / ckpt.MANIFEST).read_text()).get("step") == args.steps:
-            if dist.is_main:
-                print(f"dscoder pretrain: {out / 'final'} already holds step {args.steps}; nothing to do",
-                      file=sys.stderr)
-            return 0
     _seed_all(args.seed)
     model = _setup_model(args, cfg, dist, resume_from)
-    model = parallel.parallelize(model, dist, fsdp=args.fsdp)
+    model = parallel.parallelize(model, dist, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing)
     optimizer = build_optimizer(model, args.lr)
-    encoder = DocEncoder(tokenizer, fim_rate=args.fim_rate, seed=args.seed)
+    encoder = DocEncoder(tokenizer, fim_rate=args.fim_rate, seed=args.seed, dist=dist)
     stream = PackedStream(args.data, encoder, args.seq_len, heldout_every=args.heldout_every,
                           shuffle_docs=args.shuffle_docs, shuffle_windows=args.shuffle_windows, seed=args.seed)
-    evals = heldout_batches(args.data, DocEncoder(tokenizer, args.fim_rate, seed=args.seed + 1), args.seq_len,
-                            args.eval_batches, args.batch_size // args.grad_accum, args.heldout_every)
+    evals = heldout_batches(args.data, DocEncoder(tokenizer, args.fim_rate, seed=args.seed + 1, dist=dist),
+                            args.seq_len, args.eval_batches, args.batch_size // args.grad_accum, args.heldout_every)
     if not evals and dist.is_main:
         print(f"dscoder pretrain: the held-out split (1 document in {args.heldout_every}) has too few tokens for "
               "one eval batch: no eval loss (lower --heldout-every for a small corpus)", file=sys.stderr)
@@ -280,7 +367,8 @@ def _train(args, cfg, tokenizer, dist) -> int:
         parallel.load_optimizer_state(model, optimizer, saved["optimizer"], dist)
         stream.load_state_dict(saved["data"])
         set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
-        state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]), elapsed_s=float(saved["elapsed_s"]))
+        state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]), elapsed_s=float(saved["elapsed_s"]),
+                           initial_eval_loss=saved.get("initial_eval_loss"))
     warmup = args.warmup if args.warmup is not None else min(2000, max(1, args.steps // 10))
     loop_cfg = LoopConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                           warmup=warmup, schedule=args.schedule, grad_accum=args.grad_accum,
@@ -290,9 +378,9 @@ def _train(args, cfg, tokenizer, dist) -> int:
     def save(st: TrainState) -> None:
         _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last)
 
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    state = run(model, optimizer, stream, loop_cfg, dist, state, out, save, evals)
+    state = run(model, optimizer, stream, loop_cfg, dist, state, out, save, evals, stop=stop)
+    if state.step < args.steps:
+        return _stopped(stop.received, state.step, args.steps, ck_dir, dist)
     final_model = _gathered_model(model, cfg, dist)
     if dist.is_main:
         ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
@@ -301,6 +389,16 @@ def _train(args, cfg, tokenizer, dist) -> int:
               file=sys.stderr)
     parallel.barrier(dist)
     return 0
+
+
+def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist) -> int:
+    """The message and exit status (143 = 128 + SIGTERM: not finished) of a run stopped by a signal."""
+    if dist.is_main:
+        where = ck_dir / f"step-{step:08d}"
+        saved = f"checkpoint {where}" if (where / ckpt.MANIFEST).is_file() else "no checkpoint (no step ran)"
+        print(f"dscoder pretrain: stopped by {signal_name} at step {step}/{steps}; {saved}; continue with the same "
+              "command + --resume", file=sys.stderr)
+    return 143
 
 
 def _write_summary(out: Path, state) -> None:
@@ -333,15 +431,12 @@ def _gathered_model(model, cfg, dist):
 
 def _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last):
     # every rank's RNG: identical today (nothing draws per rank), cheap insurance for dropout-like features
-    rngs = [rng_state()]
-    if dist.active:
-        gathered = [None] * dist.world
-        torch.distributed.all_gather_object(gathered, rngs[0])
-        rngs = gathered
+    rngs = parallel.all_gather_objects(rng_state(), dist)
     plain = _gathered_model(model, cfg, dist)
     opt_state = parallel.full_optimizer_state(model, optimizer, dist)
     if dist.is_main:
-        train_state = {"tokens": st.tokens, "elapsed_s": st.elapsed_s, "data": stream.state_dict(), "rng": rngs,
-                       "config": _config_dict(cfg), "args": run_args, "world_size": dist.world}
+        train_state = {"tokens": st.tokens, "elapsed_s": st.elapsed_s, "initial_eval_loss": st.initial_eval_loss,
+                       "data": stream.state_dict(), "rng": rngs, "config": _config_dict(cfg), "args": run_args,
+                       "world_size": dist.world}
         ckpt.save_checkpoint(ck_dir, st.step, plain, opt_state, train_state, tokenizer, keep_last=keep_last)
     parallel.barrier(dist)
