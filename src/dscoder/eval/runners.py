@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dscoder.errors import UserError
-from dscoder.eval.isolation import Mount
+from dscoder.eval.isolation import Mount, prlimit_argv
 from dscoder.eval.sandbox import ExecResult, Limits, RunSpec, run_program
 from dscoder.eval.zygote import run_python_role, zygote_available
 
@@ -302,9 +302,10 @@ def check_program(lang: str, source: str, *, timeout: float = 10.0, build_timeou
     spec, nonce = LANGS[lang], secrets.token_hex(16)
     program = spec.inject(source, nonce)
     run_cpu = int(timeout) + 1
+    cpu_cap = " ".join(prlimit_argv({"cpu": (run_cpu, run_cpu + 1)}))  # the test run's own, tighter CPU limit
     rm_src = f"rm -f {spec.src}\n" if spec.build != "true" else ""  # a built test needs no source to read
     script = (f"({spec.build}) </dev/null >&2 || {{ echo '@@dscoder-build-failed@@' >&2; exit 97; }}\n{rm_src}"
-              f"exec prlimit --cpu={run_cpu}:{run_cpu + 1} -- timeout -s KILL {timeout} {spec.run}\n")
+              f"exec {cpu_cap} timeout -s KILL {timeout} {spec.run}\n")
     limits = Limits(wall_s=build_timeout + timeout, cpu_s=build_timeout + timeout, memory_bytes=memory_bytes,
                     address_space_bytes=0, nproc=spec.nproc, tmpfs_bytes=512 << 20, output_bytes=1 << 20)
     res = run_program(RunSpec(["/bin/sh", "-c", script], {spec.src: program.encode()}, limits, mounts=mounts,
