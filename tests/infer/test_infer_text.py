@@ -11,7 +11,7 @@ import torch
 
 from dscoder.errors import UserError
 from dscoder.infer.text import chat, complete, encode, infill, load
-from dscoder.tokenizer.chat import render_chat
+from dscoder.tokenizer.chat import CHAT_TEMPLATES
 from dscoder.tokenizer.special import BOS, EOT, FIM_BEGIN, FIM_END, FIM_HOLE, special_ids
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "dscoder"
@@ -77,7 +77,8 @@ def test_chat_template_and_stop_tokens(loaded, style):
     engine, tok = loaded
     sp = special_ids(tok)
     msgs = [{"role": "user", "content": "write a function"}]
-    ids = encode(tok, render_chat(msgs, style=style))
+    ids = list(tok.apply_chat_template(msgs, chat_template=CHAT_TEMPLATES[style], tokenize=True,
+                                       add_generation_prompt=True, return_dict=False))
     assert ids[0] == sp.bos and tok.decode(ids).startswith(BOS)
     stops = [sp.eot, sp.eos] if style == "v1" else [sp.eos]
     reply = chat(engine, tok, msgs, style=style, max_new_tokens=NEW)

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from chat_oracle import render_v1  # the plain-Python v1 layout (tests/tokenizer)
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from dscoder.errors import UserError
 from dscoder.tokenizer.bpe import iter_texts, load_tokenizer, plain_encoder, train_tokenizer
-from dscoder.tokenizer.chat import render_v1
 from dscoder.tokenizer.special import BOS, DEEPSEEK_V1_IDS, EOS, EOT, FIM_HOLE, SPECIAL_TOKENS, special_ids
 
 WORDS = ["def", "return", "self", "import", "class", "for", "in", "if", "else", "print", "value", "日本", "données"]

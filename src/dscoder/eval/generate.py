@@ -1,9 +1,12 @@
-"""Where `dscoder eval` gets its samples: a dscoder checkpoint (the `Engine`) or any OpenAI-compatible server.
+"""Where `dscoder eval` gets its samples: a dscoder model (the `Engine`) or any OpenAI-compatible server.
 
 Both turn a task's `Prompt`s into raw model text, n samples each; the task's `postprocess` does the rest.
-  * `EngineGenerator(model_dir)`: DeepSeek's formats (reference §1.3, §1.7) — completion = BOS + text; chat = the
-    v1 instruct template, stop at `<|EOT|>` or EOS; fim = BOS + PSM prompt, stop at EOS. Prompts are batched
-    (same stop strings and length per batch), too-long prompts keep their last tokens (as DeepSeek's scripts).
+  * `EngineGenerator(engine_or_model, tokenizer)`: DeepSeek's formats (reference §1.3, §1.7), built by the one
+    prompt builder in `infer.text` — completion = BOS + text, fim = BOS + PSM prompt (stop at EOS), chat = the
+    tokenizer's chat template (stop at `<|EOT|>` or EOS). Prompts are batched (same kind, stop strings and length
+    per batch). Each prompt gets `max_new_tokens` or the context left after it, whichever is smaller (as
+    transformers' `generate` with `max_length` does); a prompt that fills the whole context is an error, raised
+    before anything is generated.
   * `EndpointGenerator(url, model)`: `POST {url}/v1/completions` for completion and FIM prompts (the PSM prompt is
     sent as text; servers such as vLLM map the sentinel strings to their ids), `/v1/chat/completions` for chat.
     Standard library only (urllib); 5xx, 429 and connection errors are retried with backoff; the API key comes from
@@ -18,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from dscoder.errors import UserError
 from dscoder.eval.tasks.base import Prompt
@@ -28,53 +31,59 @@ Batch = list[tuple[int, list[str]]]
 
 
 class EngineGenerator:
-    """Samples from a local dscoder / Hugging Face checkpoint folder."""
+    """Samples from a loaded model: an `Engine`, or a model (wrapped in one), with its tokenizer."""
 
-    def __init__(self, model_dir: str, batch_size: int = 8, chat_style: str = "v1"):
-        from dscoder.infer.text import decoder, load
-        from dscoder.tokenizer.special import special_ids
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, chat_style: str | None = None):
+        from dscoder.infer.engine import Engine
         if batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-        self.engine, self.tok = load(model_dir)
-        self.sp, self.decode = special_ids(self.tok), decoder(self.tok)
-        self.batch_size, self.chat_style = batch_size, chat_style
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.engine = model if isinstance(model, Engine) else Engine(model)
+        self.tok, self.batch_size, self.chat_style = tokenizer, batch_size, chat_style
+        self.clamped = 0  # prompts whose max_new_tokens was cut to the context left after them
 
-    def _ids(self, p: Prompt) -> list[int]:
-        from dscoder.infer.text import encode
-        from dscoder.tokenizer.chat import render_chat
-        from dscoder.tokenizer.fim import psm_prompt
+    def prompt_ids(self, p: Prompt) -> list[int]:
+        from dscoder.infer.text import chat_ids, completion_ids, infill_ids
         if p.kind == "chat":
-            ids = encode(self.tok, render_chat([{"role": "user", "content": p.text}], style=self.chat_style))
-            return ids if ids and ids[0] == self.sp.bos else [self.sp.bos, *ids]
+            return chat_ids(self.tok, [{"role": "user", "content": p.text}], self.chat_style)
         if p.kind == "fim":
-            if not self.sp.has_fim:
-                raise UserError("this tokenizer has no FIM sentinel tokens; the fim benchmark needs a base model "
-                                "trained with FIM")
-            return [self.sp.bos, *encode(self.tok, psm_prompt(p.prefix, p.suffix))]
-        return [self.sp.bos, *encode(self.tok, p.text)]
+            return infill_ids(self.tok, p.prefix, p.suffix)
+        return completion_ids(self.tok, p.text)
 
-    def _max_new(self, p: Prompt, override: int | None) -> int:
-        want = override or p.max_new_tokens
-        cap = max(1, self.engine.max_len // 2)  # keep room for the prompt in small test models
-        return min(want, cap)
+    def _fit(self, prompts: Sequence[Prompt], ids: list[list[int]], override: int | None) -> list[int]:
+        """max_new_tokens per prompt: the wanted number, cut to the context left after the prompt."""
+        ctx = self.engine.max_len
+        too_long = [i for i, x in enumerate(ids) if len(x) >= ctx]
+        if too_long:
+            worst = max(too_long, key=lambda i: len(ids[i]))
+            raise UserError(f"{len(too_long)} of {len(ids)} prompts do not fit the model's context of {ctx} tokens "
+                            f"(the longest is {len(ids[worst])} tokens); use a model with a longer context")
+        want = [override or p.max_new_tokens for p in prompts]
+        room = [min(w, ctx - len(x)) for w, x in zip(want, ids)]
+        self.clamped = sum(r < w for r, w in zip(room, want))
+        return room
+
+    def check(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None) -> None:
+        """Raise the UserError `generate` would raise for these prompts (one too long for the context), now."""
+        self._fit(prompts, [self.prompt_ids(p) for p in prompts], max_new_tokens)
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0,
                  max_new_tokens: int | None = None, seed: int = 0) -> Iterator[Batch]:
         """Yield batches of (prompt index, n raw texts) as they finish."""
+        from dscoder.infer.text import decoder, stop_ids
+        ids = [self.prompt_ids(p) for p in prompts]
+        max_new = self._fit(prompts, ids, max_new_tokens)
+        decode = decoder(self.tok)
         rows = [(i, s) for i in range(len(prompts)) for s in range(n)]
-        key = lambda i: (prompts[i].kind, prompts[i].stop, self._max_new(prompts[i], max_new_tokens))  # noqa: E731
         pending: dict[int, list[str]] = {}
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            groups: dict[tuple, list[tuple[int, int]]] = {}
-            for i, s in chunk:
-                groups.setdefault(key(i), []).append((i, s))
-            for (kind, stop, max_new), members in groups.items():
-                stop_ids = [self.sp.eos] + ([self.sp.eot] if kind == "chat" and self.sp.eot is not None else [])
-                outs = self.engine.generate([self._ids(prompts[i]) for i, _ in members], max_new_tokens=max_new,
-                                            temperature=temperature, stop_ids=stop_ids, stop_strings=list(stop),
-                                            decode=self.decode, seed=seed + start, truncate="left")
-                for (i, _), o in zip(members, outs):
+            groups: dict[tuple, list[int]] = {}
+            for i, _ in rows[start:start + self.batch_size]:
+                groups.setdefault((prompts[i].kind, prompts[i].stop, max_new[i]), []).append(i)
+            for (kind, stop, new), members in groups.items():
+                outs = self.engine.generate([ids[i] for i in members], max_new_tokens=new, temperature=temperature,
+                                            stop_ids=stop_ids(self.tok, kind, self.chat_style),
+                                            stop_strings=list(stop), decode=decode, seed=seed + start)
+                for i, o in zip(members, outs):
                     pending.setdefault(i, []).append(o.text or "")
             done = [(i, pending.pop(i)) for i in sorted(pending) if len(pending[i]) == n]
             if done:
@@ -93,6 +102,9 @@ class EndpointGenerator:
         self.model, self.workers = model, max(1, workers)
         self.request_timeout, self.retries = request_timeout, retries
         self.api_key = os.environ.get("OPENAI_API_KEY")
+
+    def check(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None) -> None:
+        """Nothing to check locally: the server knows its context and answers HTTP 400 for a prompt too long."""
 
     def _post(self, path: str, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}

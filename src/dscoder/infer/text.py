@@ -4,7 +4,8 @@ The prompt formats are DeepSeek-Coder's (reference §1.3, §2.2; v1 paper §3.1 
 * completion: BOS + raw code, stop at EOS;
 * infill (PSM): `<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>`, the model writes the middle and
   stops at EOS; only the middle is returned;
-* chat: the instruct template (`tokenizer.chat.render_chat`); v1 stops at `<|EOT|>` (or EOS), V2 at EOS.
+* chat: the tokenizer's Jinja chat template (or `--style` v1 / v2); stop at `<|EOT|>` or EOS.
+`completion_ids`, `infill_ids` and `chat_ids` are the one place these prompts are built; eval uses them too.
 
 Run it:
     dscoder generate --model ckpt "def fib(n):"
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..args import (Parser, add_device_args, finite_float, non_negative_float, non_negative_int, positive_int,
                     read_stdin_text, read_text_arg, read_text_file, resolve_device_dtype, stdin_lines)
@@ -26,7 +28,7 @@ from ..errors import UserError
 if TYPE_CHECKING:  # torch is imported only once a model is loaded: bad CLI input fails fast
     from .engine import Engine
 
-# --- tokenizer glue ---------------------------------------------------------------------------------
+# --- prompt ids: the one builder for completion, FIM and chat (used by the verbs below and by eval) ------
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -40,52 +42,100 @@ def decoder(tokenizer):
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _cached(tokenizer, key: str, build: Callable[[], Any]) -> Any:
+    """`build()` once per tokenizer object (special ids, the plain encoder): eval builds thousands of prompts."""
+    try:
+        slot = _CACHE.setdefault(tokenizer, {})
+    except TypeError:  # an object that cannot be weakly referenced: build each time
+        return build()
+    if key not in slot:
+        slot[key] = build()
+    return slot[key]
+
+
 def _special(tokenizer):
     from ..tokenizer.special import special_ids
-    return special_ids(tokenizer)
+    return _cached(tokenizer, "special", lambda: special_ids(tokenizer))
 
 
-def _run(engine: Engine, tokenizer, prompt: list[int], stop_ids: Sequence[int], gen: dict[str, Any]) -> str:
+def _plain(tokenizer) -> Callable[[str], list[int]]:
+    """The tokenizer's encoder that keeps special-token strings as text (`tokenizer.bpe.plain_encoder`)."""
+    from ..tokenizer.bpe import plain_encoder
+    return _cached(tokenizer, "plain", lambda: plain_encoder(tokenizer))
+
+
+def completion_ids(tokenizer, text: str) -> list[int]:
+    """BOS + the code (reference §1.3: completion is BOS + raw code); the model continues it and stops at EOS."""
+    if not text:
+        raise UserError("empty prompt: give some code to complete")
+    return [_special(tokenizer).bos, *encode(tokenizer, text)]
+
+
+def infill_ids(tokenizer, prefix: str, suffix: str) -> list[int]:
+    """BOS + the PSM prompt (`tokenizer.fim.psm_prompt_ids`): sentinels as ids, while sentinel strings that occur
+    inside the code stay text. The model writes the middle and stops at EOS."""
+    from ..tokenizer.fim import psm_prompt_ids
+    if not prefix and not suffix:
+        raise UserError("infill needs a prefix or a suffix (both are empty)")
+    sp = _special(tokenizer)
+    if not sp.has_fim:
+        raise UserError("this tokenizer has no FIM sentinel tokens; fill-in-the-middle needs a base model trained "
+                        "with FIM")
+    return [sp.bos, *psm_prompt_ids(prefix, suffix, _plain(tokenizer), sp)]
+
+
+def chat_ids(tokenizer, messages: Sequence[Any], style: str | None = None) -> list[int]:
+    """The conversation rendered for the assistant's next turn by the tokenizer's Jinja chat template
+    (`apply_chat_template(..., add_generation_prompt=True)`), the template saved with the tokenizer unless `style`
+    picks DeepSeek-Coder's v1 or V2 template (`tokenizer.chat.CHAT_TEMPLATES`). The template writes BOS."""
+    from ..tokenizer.chat import CHAT_TEMPLATES, validate_messages
+    msgs = validate_messages(messages)
+    if msgs[-1]["role"] != "user":
+        raise UserError("chat needs a conversation that ends with a user message")
+    if style is not None and style not in CHAT_TEMPLATES:
+        raise UserError(f"chat style must be one of {', '.join(CHAT_TEMPLATES)}, got {style!r}")
+    template = CHAT_TEMPLATES[style] if style else getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise UserError("this tokenizer has no chat template; give a chat style (v1 or v2)")
+    ids = tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=True, add_generation_prompt=True,
+                                        return_dict=False)
+    return [int(t) for t in ids]
+
+
+def stop_ids(tokenizer, kind: str, style: str | None = None) -> list[int]:
+    """Token ids that end a reply: EOS for completion and FIM; for chat `<|EOT|>` (v1 instruct) and EOS, or EOS
+    alone under the V2 template (V2 replies end with EOS, reference §2.2)."""
+    sp = _special(tokenizer)
+    ids = (sp.eot, sp.eos) if kind == "chat" and style != "v2" else (sp.eos,)
+    return [t for t in ids if t is not None]
+
+
+def _run(engine: Engine, tokenizer, prompt: list[int], stops: list[int], gen: dict[str, Any]) -> str:
     gen = dict(gen)
-    stop_ids = [t for t in (*stop_ids, *gen.pop("stop_ids", ())) if t is not None]
-    [out] = engine.generate([prompt], stop_ids=stop_ids, decode=decoder(tokenizer), **gen)
+    stops = [*stops, *gen.pop("stop_ids", ())]
+    [out] = engine.generate([prompt], stop_ids=stops, decode=decoder(tokenizer), **gen)
     return out.text
 
 
 def complete(engine: Engine, tokenizer, text: str, **gen) -> str:
     """Continue `text` (BOS + code); return only the new text. `gen` goes to `Engine.generate`."""
-    if not text:
-        raise UserError("empty prompt: give some code to complete")
-    sp = _special(tokenizer)
-    return _run(engine, tokenizer, [sp.bos, *encode(tokenizer, text)], [sp.eos], gen)
+    return _run(engine, tokenizer, completion_ids(tokenizer, text), stop_ids(tokenizer, "completion"), gen)
 
 
 def infill(engine: Engine, tokenizer, prefix: str, suffix: str, **gen) -> str:
     """The middle between `prefix` and `suffix` (PSM prompt, stop at EOS); nothing else is returned."""
-    from ..tokenizer.fim import psm_prompt
-    if not prefix and not suffix:
-        raise UserError("infill needs a prefix or a suffix (both are empty)")
-    sp = _special(tokenizer)
-    return _run(engine, tokenizer, [sp.bos, *encode(tokenizer, psm_prompt(prefix, suffix))], [sp.eos], gen)
+    return _run(engine, tokenizer, infill_ids(tokenizer, prefix, suffix), stop_ids(tokenizer, "fim"), gen)
 
 
-def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str = "v1", **gen) -> str:
-    """The assistant's reply to `messages` ([{"role", "content"}, ...]) under the v1 or V2 instruct template.
-
-    v1 replies end with `<|EOT|>` (EOS also stops, for base checkpoints); V2 replies end with EOS.
-    Long conversations keep their last tokens, as DeepSeek's demo does (reference §1.3)."""
-    from ..tokenizer.chat import render_chat
-    if style not in ("v1", "v2"):
-        raise UserError(f"chat style must be 'v1' or 'v2', got {style!r}")
-    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
-        raise UserError("chat needs a conversation that ends with a user message")
-    sp = _special(tokenizer)
-    prompt = encode(tokenizer, render_chat(messages, style=style))
-    if not prompt or prompt[0] != sp.bos:  # the template writes BOS as text; add it if the renderer did not
-        prompt = [sp.bos, *prompt]
-    stops = [sp.eot, sp.eos] if style == "v1" else [sp.eos]
+def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str | None = None, **gen) -> str:
+    """The assistant's reply to `messages` ([{"role", "content"}, ...]) under the tokenizer's chat template, or
+    DeepSeek-Coder's v1 / V2 template with `style`. Long conversations keep their last tokens, as DeepSeek's demo
+    does (reference §1.3)."""
     gen.setdefault("truncate", "left")
-    return _run(engine, tokenizer, prompt, stops, gen)
+    return _run(engine, tokenizer, chat_ids(tokenizer, messages, style), stop_ids(tokenizer, "chat", style), gen)
 
 
 # --- CLI ----------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """Instruct chat templates: DeepSeek-Coder v1 (v1 paper §3.7; reference §1.3) and DeepSeek-Coder-V2 (reference §2.2).
 
-Each template exists twice and the two must agree character for character (tests check it):
-* a Jinja string (`V1_CHAT_TEMPLATE`, `V2_CHAT_TEMPLATE`) stored as `chat_template` in tokenizer_config.json, so
-  `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)` works in any HF tool;
-* a plain-Python renderer (`render_v1`, `render_v2`, `render_chat`) that the inference code uses directly.
+The templates are Jinja strings (`V1_CHAT_TEMPLATE`, `V2_CHAT_TEMPLATE`). The tokenizer saves one as
+`chat_template` in tokenizer_config.json, so `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`
+works in any Hugging Face tool, and dscoder renders chat prompts the same way (`infer.text.chat_ids`): one renderer.
+A plain-Python rendering of both layouts lives in the tests, as an independent oracle.
 
-    render_chat([{"role": "user", "content": "write quicksort"}], style="v1")
+    tok.apply_chat_template([{"role": "user", "content": "write quicksort"}], tokenize=False,
+                            add_generation_prompt=True)
     # '<｜begin▁of▁sentence｜>You are an AI programming assistant, ...refuse to answer\n### Instruction:\n'
     # 'write quicksort\n### Response:'
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .special import BOS, EOS, EOT
+from .special import EOT
 
 # The latest HF tokenizer_config spelling: "Deepseek", and no final period (the README/finetune script differ).
 V1_DEFAULT_SYSTEM = (
@@ -82,46 +83,3 @@ def validate_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
             raise UserError(f"chat message {i}: a system message may only come first")
         out.append({"role": role, "content": content})
     return out
-
-
-def render_v1(messages: Sequence[Any], add_generation_prompt: bool = True) -> str:
-    """The DeepSeek-Coder v1 instruct prompt (Alpaca-style with `<|EOT|>`), identical to `V1_CHAT_TEMPLATE`."""
-    msgs = validate_messages(messages)
-    parts = [BOS]
-    if msgs[0]["role"] != "system":
-        parts.append(V1_DEFAULT_SYSTEM)
-    for m in msgs:
-        if m["role"] == "system":
-            parts.append(m["content"])
-        elif m["role"] == "user":
-            parts.append(f"### Instruction:\n{m['content']}\n")
-        else:
-            parts.append(f"### Response:\n{m['content']}\n{EOT}\n")
-    if add_generation_prompt:
-        parts.append("### Response:")
-    return "".join(parts)
-
-
-def render_v2(messages: Sequence[Any], add_generation_prompt: bool = True) -> str:
-    """The DeepSeek-Coder-V2 chat prompt, identical to `V2_CHAT_TEMPLATE`; ends in `Assistant:` with no space."""
-    msgs = validate_messages(messages)
-    parts = [BOS]
-    for m in msgs:
-        if m["role"] == "system":
-            parts.append(f"{m['content']}\n\n")
-        elif m["role"] == "user":
-            parts.append(f"User: {m['content']}\n\n")
-        else:
-            parts.append(f"Assistant: {m['content']}{EOS}")
-    if add_generation_prompt:
-        parts.append("Assistant:")
-    return "".join(parts)
-
-
-def render_chat(messages: Sequence[Any], style: str = "v1", add_generation_prompt: bool = True) -> str:
-    """Render `messages` with the v1 (`<|EOT|>`) or V2 (`User:`/`Assistant:`) instruct template."""
-    if style == "v1":
-        return render_v1(messages, add_generation_prompt)
-    if style == "v2":
-        return render_v2(messages, add_generation_prompt)
-    raise UserError(f"chat style must be 'v1' or 'v2', got {style!r}")

@@ -9,7 +9,7 @@ packing, to 50% of documents, in PSM mode. Layouts (ids; each piece encoded sepa
 
 The sentinels are added as ids, never by tokenizing their strings, so code that happens to contain the literal text
 `<｜fim▁hole｜>` is encoded as ordinary text and cannot inject a sentinel (`encode` must add no special tokens and
-must not map special-token strings to ids). Inference builds the PSM prompt as a string with `psm_prompt`.
+must not map special-token strings to ids). Inference builds the same PSM head with `psm_prompt_ids`.
 
     rng = random.Random(0)
     body = document_ids(text, encode, special_ids(tok, require_fim=True), rng, fim_rate=0.5)   # no BOS
@@ -46,9 +46,9 @@ def fim_token_ids(prefix: str, middle: str, suffix: str, encode: Encode, ids: Sp
                   mode: str = "psm") -> list[int]:
     """The FIM training sequence (no BOS) in `mode` "psm" or "spm"; see the module docstring for the layouts."""
     begin, hole, end = _require_fim(ids)
-    pre, mid, suf = list(encode(prefix)), list(encode(middle)), list(encode(suffix))
     if mode == "psm":
-        return [begin, *pre, hole, *suf, end, *mid, ids.eos]
+        return [*psm_prompt_ids(prefix, suffix, encode, ids), *encode(middle), ids.eos]
+    pre, mid, suf = list(encode(prefix)), list(encode(middle)), list(encode(suffix))
     if mode == "spm":
         return [begin, hole, *suf, end, *pre, *mid, ids.eos]
     raise UserError(f"FIM mode must be 'psm' or 'spm', got {mode!r}")
@@ -71,7 +71,14 @@ def document_ids(text: str, encode: Encode, ids: SpecialIds, rng: random.Random,
     return fim_token_ids(prefix, middle, suffix, encode, ids, mode)
 
 
+def psm_prompt_ids(prefix: str, suffix: str, encode: Encode, ids: SpecialIds) -> list[int]:
+    """The PSM prompt the model completes with the middle, then EOS: `[FIM_BEGIN] prefix [FIM_HOLE] suffix
+    [FIM_END]` (no BOS; sentinels as ids). The head of a PSM training sequence, and the inference prompt."""
+    begin, hole, end = _require_fim(ids)
+    return [begin, *encode(prefix), hole, *encode(suffix), end]
+
+
 def psm_prompt(prefix: str, suffix: str) -> str:
-    """The inference-time PSM prompt as a string; the tokenizer adds BOS and the model writes the middle, then EOS
-    (DeepSeek-Coder README §4.2)."""
+    """The PSM prompt as text, for servers that take text (DeepSeek-Coder README §4.2; the server's tokenizer maps
+    the sentinel strings to their ids). Local inference builds ids with `psm_prompt_ids` instead."""
     return f"{FIM_BEGIN}{prefix}{FIM_HOLE}{suffix}{FIM_END}"
