@@ -127,8 +127,9 @@ class Zygote:
 
     def run(self, spec: RunSpec) -> ExecResult:
         """One sample: the job (argv, env, rlimits, files) and stdin go over as memfds, the output pipes with them."""
-        head = {"argv": list(spec.argv), "env": spec.environment(), "rlimits": spec.limits.rlimits(
-            cgroup=bool(self.cgroup), own_uid=True), "files": [[n, len(d)] for n, d in spec.files.items()]}
+        rlimits = spec.limits.rlimits(cgroup=bool(self.cgroup), own_uid=True)  # as root: the uid is the zygote's
+        head = {"argv": list(spec.argv), "env": spec.environment(), "rlimits": rlimits,
+                "files": [[n, len(d)] for n, d in spec.files.items()]}
         job = json.dumps(head).encode() + b"\n" + b"".join(spec.files.values())
         oom0 = self.cgroup.oom_kills()
         out = Capture(spec.limits.output_bytes)
