@@ -207,3 +207,5 @@ def test_latent_cache_left_padded_batch():
     assert (got[0] - ref_a[0]).abs().max().item() <= 1e-4
     assert (got[1, 4:] - ref_b[0]).abs().max().item() <= 1e-4
     assert (masked[1, 4:] - ref_b[0]).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match=r"attn_mask has shape \(2, 11\), expected \(2, 12\)"):
+        model(torch.cat([ids, nxt], 1), attn_mask=mask[:, :11])

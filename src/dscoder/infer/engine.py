@@ -105,8 +105,8 @@ class Engine:
         runs MKL's no-transpose GEMV, which streams memory faster than the row-dot-product form (about +10%
         tokens/s on AMD EPYC, see benchmarks/bench_roofline.py). Opt-in: it changes the model's parameter
         storage in place, and code that needs contiguous weights (safetensors, `.view`) must call
-        `.contiguous()` -- `models.hf.save_pretrained` does; V2's absorbed-MLA decode `.view`s kv_b_proj's
-        weight, so this is for v1 models until that becomes a `.reshape`."""
+        `.contiguous()` -- `models.hf.save_pretrained` does. For v1 models: V2's absorbed-MLA decode reshapes
+        kv_b_proj's weight per head, which would copy a column-major weight at every step."""
         with torch.no_grad():
             for mod in self.model.modules():
                 if isinstance(mod, torch.nn.Linear) and mod.weight.is_contiguous():

@@ -9,7 +9,8 @@ One readable file, top to bottom (V2 paper 2406.11931, architecture of DeepSeek-
                      the sequence-level balance loss (§2.6).
 * `LatentCache`   -- decoding keeps only c_kv (after kv_a_layernorm) and the roped k_pe per token and layer;
                      kv_b_proj is absorbed into the query (q_nope·W_UK) and output (·W_UV) sides, so decode attends
-                     as multi-query attention over the latent and never builds per-head K/V (V2 paper §2.1.2).
+                     as multi-query attention over the latent and never builds per-head K/V (DeepSeek-V2 paper,
+                     arXiv 2405.04434 §2.1.2).
 * `DeepseekV2`    -- the causal LM; parameter names are the released checkpoints' (`model.layers.{i}.mlp.experts.{e}
                      .gate_proj.weight`, ...), so a released folder loads with plain `load_state_dict`.
 
