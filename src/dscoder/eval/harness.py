@@ -382,6 +382,34 @@ def _generator(cfg: EvalConfig, model: Any, tokenizer: Any):
     return EngineGenerator(engine, tok, batch_size=cfg.batch_size, chat_style=cfg.chat_style)
 
 
+def run_record(cfg: EvalConfig) -> dict:
+    """What run.json holds: the settings a resumed run must share (generation settings only when generating)."""
+    meta = {k: v for k, v in {**cfg.to_dict(), "source": cfg.source}.items() if k in RUN_KEYS}
+    if cfg.source == "samples":
+        meta.update({k: None for k in ("temperature", "max_new_tokens", "seed", "chat_style")})
+    return meta
+
+
+def _source(cfg: EvalConfig, task: Task, problems: list[dict], out: Path | None, model: Any, tokenizer: Any,
+            extra: dict):
+    """(samples read from --samples, None) or (None, the generator, loaded and checked against the prompts it
+    will get; None when every sample is already in the run folder)."""
+    if cfg.samples:
+        samples, bad = load_samples(Path(cfg.samples), cfg.max_bad_lines)
+        if bad["count"]:
+            extra["bad_sample_lines"] = bad
+            print(f"dscoder eval: {bad['count']} of {bad['lines']} lines of {cfg.samples} are not JSON samples "
+                  f"(first: line {bad['first_line']}); they are not scored", file=sys.stderr)
+        return samples, None
+    if model is None and not cfg.endpoint and not (Path(cfg.model or "") / "config.json").is_file():
+        raise UserError(f"model folder {cfg.model!r} does not exist or has no config.json")
+    to_gen = _to_generate(cfg, problems, *_read_state(out))
+    gen = _generator(cfg, model, tokenizer) if to_gen else None
+    if gen is not None:  # prompts that cannot fit the context are refused now, not hours into the run
+        gen.check([task.prompt(p) for p in to_gen], cfg.max_new_tokens)
+    return None, gen
+
+
 def _check_model_args(cfg: EvalConfig, model: Any, tokenizer: Any) -> None:
     if model is not None and (cfg.samples or cfg.endpoint or cfg.model):
         raise UserError("give the model either in the config (model / endpoint / samples) or as run(model=...), "
@@ -405,28 +433,12 @@ def run(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> dict
     task = get_task(cfg.benchmark, languages=cfg.languages, timeout=cfg.timeout)
     problems, skipped = _skips(task, _first_n(task, task.load(cfg.data), cfg.limit))
     by_id = {str(p["task_id"]): p for p in problems}
-    extra: dict = {}
-    samples = None
-    if cfg.samples:
-        samples, bad = load_samples(Path(cfg.samples), cfg.max_bad_lines)
-        if bad["count"]:
-            extra["bad_sample_lines"] = bad
-            print(f"dscoder eval: {bad['count']} of {bad['lines']} lines of {cfg.samples} are not JSON samples "
-                  f"(first: line {bad['first_line']}); they are not scored", file=sys.stderr)
     out = Path(cfg.out) if cfg.out else None
-    meta = {k: v for k, v in {**cfg.to_dict(), "source": cfg.source}.items() if k in RUN_KEYS}
-    if cfg.source == "samples":
-        meta.update({k: None for k in ("temperature", "max_new_tokens", "seed", "chat_style")})
+    meta = run_record(cfg)
     if out:
         check_out_dir(out, meta)
-    gen = None
-    if samples is None:
-        if model is None and not cfg.endpoint and not (Path(cfg.model or "") / "config.json").is_file():
-            raise UserError(f"model folder {cfg.model!r} does not exist or has no config.json")
-        to_gen = _to_generate(cfg, problems, *_read_state(out))
-        gen = _generator(cfg, model, tokenizer) if to_gen else None
-        if gen is not None:  # prompts that cannot fit the context are refused now, not hours into the run
-            gen.check([task.prompt(p) for p in to_gen], cfg.max_new_tokens)
+    extra: dict = {}
+    samples, gen = _source(cfg, task, problems, out, model, tokenizer, extra)
     with ExitStack() as stack:
         if out:
             from dscoder.durable import lock_run_folder
