@@ -5,7 +5,7 @@ import pytest
 
 from dscoder.data.document import FileRecord, RepoFiles
 from dscoder.data.filters import (
-    RULE_FILTERS, alpha_fraction, apply_filters, content_hash, drop_exact_duplicates, rule_alpha_fraction,
+    RULE_FILTERS, alpha_fraction, apply_filters, content_hash, rule_alpha_fraction,
     rule_data_size, rule_html_visible_text, rule_line_length, rule_xml_header, visible_text,
 )
 
@@ -78,11 +78,11 @@ def test_apply_filters_reports_first_reason():
     assert len(RULE_FILTERS) == 5
 
 
-def test_exact_dedup_spans_repos():
-    assert content_hash(CODE) == content_hash(str(CODE)) != content_hash(CODE + " ")
-    seen: set[str] = set()
-    first, d1 = drop_exact_duplicates(RepoFiles("r1", [rec(CODE, path="a.py"), rec(CODE, path="b.py")]), seen)
-    second, d2 = drop_exact_duplicates(RepoFiles("r2", [rec(CODE, path="a.py"), rec("x = 1\n", path="c.py")]), seen)
-    assert [f.path for f in first.files] == ["a.py"] and [f.path for f in second.files] == ["c.py"]
-    assert [(d.repo, d.path, d.reason) for d in d1 + d2] == [("r1", "b.py", "exact_duplicate"),
-                                                             ("r2", "a.py", "exact_duplicate")]
+def test_content_hash_is_sha256_of_the_exact_utf8_bytes():
+    """The exact-dedup key: SHA-256 of the UTF-8 bytes (FIPS 180-2 test vector for "abc"), with no
+    normalisation: composed and decomposed "é" differ, one trailing space differs, lone surrogates hash."""
+    assert content_hash("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert content_hash("\u00e9") == "4a99557e4033c3539de2eb65472017cad5f9557f7a0625a09f1c3f6e2ba69c4c"
+    assert content_hash("e\u0301") == "bf12767b0f2a56b2190075bae8169f656e3ce8d6357d4aff184bc6c7ea48f9f6"
+    assert content_hash("\ud800") == "91a681b998555fb475479817b126c94e57e52011fa1842c5d188795a4a05226b"
+    assert content_hash(CODE) != content_hash(CODE + " ")

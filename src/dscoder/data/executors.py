@@ -1,11 +1,11 @@
-"""Executors for the data pipeline (issue 3, deliverable 10): the same stage functions, run inline, on a local
-process pool, or on Ray.
+"""Executors for the data pipeline: the same stage functions, run inline, on a local process pool, or on Ray.
 
 An executor has one method that matters, `imap(fn, items)`: apply a picklable module-level function to each item
 and yield the results **in input order**, pulling items lazily and keeping at most `window` of them in flight.
 Ordered results are what make the output independent of the worker count; the bounded window is what keeps
 memory flat when `items` is a generator over a large corpus (`multiprocessing.Pool.imap` reads its whole input
-ahead). Two `imap`s can be chained from one thread: the second pulls its items from the first's results.
+ahead). Several `imap`s can be chained from one thread: each pulls its items from the previous one's results.
+`submit(fn, x)` starts one call and returns a handle whose `result()` waits for it.
 
     with make_executor("local", workers=4) as ex:
         for result in ex.imap(stage, units):
@@ -42,6 +42,11 @@ class InlineExecutor:
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
         return (fn(x) for x in items)
 
+    def submit(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        done: Future = Future()
+        done.set_result(fn(x))
+        return done
+
     def close(self) -> None:
         pass
 
@@ -69,6 +74,9 @@ class LocalExecutor(InlineExecutor):
         while pending:
             yield pending.popleft().result()
 
+    def submit(self, fn: Callable[[Any], Any], x: Any) -> Future:
+        return self._pool.submit(fn, x)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -88,11 +96,23 @@ class RayExecutor(InlineExecutor):
         self.workers = int(ray.cluster_resources().get("CPU", workers))
         self._remote: dict[Callable, Any] = {}
 
-    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
-        window = window or 2 * self.workers
+    def _remote_fn(self, fn: Callable[[Any], Any]) -> Any:
         if fn not in self._remote:
             self._remote[fn] = self._ray.remote(fn)
-        remote = self._remote[fn]
+        return self._remote[fn]
+
+    def submit(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        ref = self._remote_fn(fn).remote(x)
+        ray = self._ray
+
+        class _Handle:
+            def result(self) -> Any:
+                return ray.get(ref)
+        return _Handle()
+
+    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
+        window = window or 2 * self.workers
+        remote = self._remote_fn(fn)
         pending: collections.deque = collections.deque()
         for x in items:
             pending.append(remote.remote(x))

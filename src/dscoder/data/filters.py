@@ -11,8 +11,8 @@ The paper's rules, as written there (thresholds in characters):
 - `<?xml version=` within the first 100 characters, unless the file is XSLT;
 - HTML whose visible text is < 20% of the file or < 100 characters;
 - JSON/YAML outside 50-5000 characters.
-Exact duplicates are removed by `content_hash`; the seen-set lives in the pipeline because it spans repos and
-workers (`drop_exact_duplicates` is the stage for one repository given that set).
+`content_hash` is the exact-dedup key; the pipeline removes exact duplicates across the whole build, after
+repo-level near-dedup (see `data.pipeline`).
 
 All rules are linear and run at C speed (str methods, one regex pass), so they never dominate the pipeline.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, MutableSet
+from collections.abc import Callable
 
 import regex
 
@@ -154,18 +154,3 @@ def apply_filters(repo: RepoFiles, rules: list[RuleFilter] = RULE_FILTERS) -> tu
 def content_hash(text: str) -> str:
     """Exact-duplicate key of a file: SHA-256 of its UTF-8 bytes, hex."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def drop_exact_duplicates(repo: RepoFiles, seen: MutableSet[str]) -> tuple[RepoFiles, list[Drop]]:
-    """Keep the first file with each content hash (files in path order, repos in build order); `seen` grows.
-
-    The caller owns `seen` so that one set spans every repository of the build."""
-    kept, drops = [], []
-    for rec in repo.files:
-        h = content_hash(rec.content)
-        if h in seen:
-            drops.append(Drop(repo.repo, rec.path, "dedup", "exact_duplicate", h[:16]))
-        else:
-            seen.add(h)
-            kept.append(rec)
-    return RepoFiles(repo.repo, kept), drops

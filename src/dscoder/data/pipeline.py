@@ -1,22 +1,26 @@
 """`dscoder data build`: raw repositories -> dependency-ordered, deduplicated, decontaminated samples (v1 paper §2).
 
-Stages, each a plain function over records (paper section in brackets):
+Stages (paper section in brackets):
 
-  read (readers) -> filter [§2.1] -> exact dedup [§2.1] -> quality [§2.4] -> decontam [§2.4]
-       -> repo_order: Algorithm 1, one sample per component [§2.2] -> near-dedup, repo-level MinHash [§2.3]
-       -> Parquet shards + stats.json + drops.jsonl + report.md/png
+  read -> filter [§2.1] -> quality [§2.4] -> decontam [§2.4] -> repo_order: Algorithm 1, one sample per
+  component [§2.2] -> near-dedup, repo-level MinHash [§2.3] -> exact dedup of files [§2.1]
+  -> Parquet shards + stats.json + drops.jsonl + report.md/png
 
-How they run: pass A (workers) reads one source unit (a repository, archive or table) and applies the rule
-filters and content hashes; the driver removes exact duplicates in build order (first occurrence wins: sources
-in command-line order, repositories in reader order, files by path), so the answer never depends on the worker
-count; pass B (workers) screens quality, decontaminates, orders and builds samples and computes their MinHash
-signatures; the driver spools samples to disk, keeps only signatures in memory, clusters near-duplicates
-globally, and writes shards of `--shard-size` kept samples (`part-00000.parquet`, ...).
+Near-dedup sees every repository whole: its components are built from all the files that passed the per-file
+screens, before exact dedup removes anything. The other order lets a fork escape: its unchanged files go as
+exact duplicates, its edited file forms a component of its own that resembles nothing, and it survives. Exact
+dedup then removes, from the components near-dedup kept, files whose content an earlier kept component holds
+(first occurrence in build order wins: sources in command-line order, repositories in reader order, components
+by first path, files in dependency order). `--max-sample-bytes` cuts components after both, so a cut can never
+split a fork differently from its original.
 
-Crash safety: each shard goes to `.part-NNNNN.parquet.tmp`, is fsynced and renamed, then its done marker
-`_done/part-NNNNN.json` (row digest + file digest) is written the same way. A rerun recomputes the samples
-(deterministic) and skips every shard whose marker matches both the rows it would write and the file on disk,
-so a SIGKILL at any point followed by a rerun leaves output byte-identical to an uninterrupted run.
+How it runs (`data.stages`): workers list each source unit and process chunks of a few MB of its files (read,
+filter, quality, decontaminate, dependency facts, per-file MinHash); the driver spools file texts to disk and
+keeps only paths, hashes and signatures; workers order each whole repository (Algorithm 1 over the facts); the
+driver clusters near-duplicates globally, removes exact duplicates, and writes shards of `--shard-size` samples
+(`data.shards`: tmp -> fsync -> rename -> done marker, so a killed build reruns to byte-identical output).
+Chunks are cut by file list only and every reduction runs in build order, so any worker count gives the same
+bytes.
 
     dscoder data build repos/ more.tar.gz --out corpus/ --workers 8
     dscoder data build repos/ --out corpus/ --decontaminate ../shared/benchmarks/humaneval/HumanEval.jsonl.gz
@@ -24,121 +28,36 @@ so a SIGKILL at any point followed by a rerun leaves output byte-identical to an
 from __future__ import annotations
 
 import argparse
-import hashlib
+import collections
 import io
 import json
+import mmap
 import os
-import pickle
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..args import Parser, finite_float, out_dir, positive_int
-from ..durable import replace_durably, sha256_file
+from ..durable import replace_durably
 from ..errors import UserError
-from .decontam import BenchmarkIndex, build_index, decontaminate, default_benchmarks
-from .document import Drop, RepoFiles, Sample
+from .decontam import BenchmarkIndex, default_benchmarks
+from .document import Drop
 from .executors import make_executor
-from .filters import apply_filters, content_hash
 from .languages import normalize_languages
-from .minhash import MinHashParams, near_duplicates, signature_matrix
-from .quality import apply_quality
-from .readers import DEFAULT_MAX_FILE_BYTES, SourceUnit, plan_sources, read_unit
-from .repo_order import build_samples
+from .minhash import MinHashParams, near_duplicates
+from .readers import DEFAULT_MAX_FILE_BYTES, plan_sources
+from .repo_order import FileFacts, split_group
+from .shards import remove_stale, write_shard
+from .stages import BuildConfig, Chunk, ChunkResult, benchmark_index, stage_order, stage_process, stage_scan
 
-STAGES = ("read", "filter", "dedup", "quality", "decontam", "repo_order", "near_dedup")
-SHARD_GLOB = "part-*.parquet"
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything a worker needs; picklable, and its repr is the build's settings in stats.json."""
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    languages: tuple[str, ...] | None = None
-    benchmarks: tuple[str, ...] = ()
-    check_syntax: bool = True
-    minhash: MinHashParams = field(default_factory=MinHashParams)
-    shard_size: int = 10_000
-    max_sample_bytes: int | None = None     # split huge dependency components at file boundaries
-
-
-@dataclass
-class RepoResult:
-    """What one pass hands back for one repository."""
-    repo: RepoFiles
-    drops: list[Drop]
-    counts: dict[str, int]                  # stage -> files entering it
-    hashes: list[str] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    signatures: np.ndarray | None = None   # (n_samples, num_perm) uint32
-    lang_bytes: list[dict[str, list[int]]] = field(default_factory=list)   # per sample: lang -> [bytes, files]
-    read_bytes: int = 0
-
-
-# ------------------------------------------------------------------------------------------ pass A and pass B
-
-def stage_read_filter(task: tuple[SourceUnit, BuildConfig]) -> list[RepoResult]:
-    """Pass A, one source unit: read safely, apply the rule filters, hash the survivors."""
-    unit, cfg = task
-    out = []
-    langs = frozenset(cfg.languages) if cfg.languages is not None else None
-    for repo, read_drops in read_unit(unit, cfg.max_file_bytes, langs):
-        n_read = len(repo.files) + len(read_drops)
-        nbytes = sum(f.nbytes for f in repo.files)
-        kept, filter_drops = apply_filters(repo)
-        out.append(RepoResult(kept, read_drops + filter_drops, {"read": n_read, "filter": len(repo.files)},
-                              hashes=[content_hash(f.content) for f in kept.files], read_bytes=nbytes))
-    return out
-
-
-_INDEX_CACHE: dict[tuple[str, ...], BenchmarkIndex] = {}
-
-
-def _benchmark_index(paths: tuple[str, ...]) -> BenchmarkIndex:
-    """Built once per worker process and reused for every repository it screens."""
-    if paths not in _INDEX_CACHE:
-        _INDEX_CACHE[paths] = build_index(paths)
-    return _INDEX_CACHE[paths]
-
-
-def stage_screen_order(task: tuple[RepoFiles, BuildConfig]) -> RepoResult:
-    """Pass B, one repository: quality screen, decontaminate, Algorithm 1 samples, MinHash signatures."""
-    repo, cfg = task
-    counts = {"quality": len(repo.files)}
-    repo, drops = apply_quality(repo, cfg.check_syntax)
-    counts["decontam"] = len(repo.files)
-    repo, more = decontaminate(repo, _benchmark_index(cfg.benchmarks))
-    drops += more
-    counts["repo_order"] = len(repo.files)
-    samples = build_samples(repo, max_sample_bytes=cfg.max_sample_bytes)
-    sigs = signature_matrix([s.text for s in samples], cfg.minhash)    # (n_samples, num_perm)
-    # the files travel back only inside the sample texts: the repo itself stays here
-    return RepoResult(RepoFiles(repo.repo), drops, counts, samples=samples, signatures=sigs,
-                      lang_bytes=_lang_bytes(samples, repo))
-
-
-def dedup_exact(results: Iterator[list[RepoResult]], seen: set[str], stats: "Stats",
-                cfg: BuildConfig) -> Iterator[tuple[RepoFiles, BuildConfig]]:
-    """Driver side of pass A: count, drop files whose content hash was seen earlier in build order."""
-    for unit_results in results:
-        stats.units_done += 1
-        for r in unit_results:
-            stats.add(r.counts, r.drops)
-            stats.read_bytes += r.read_bytes
-            kept, drops = [], []
-            for f, h in zip(r.repo.files, r.hashes):
-                if h in seen:
-                    drops.append(Drop(f.repo, f.path, "dedup", "exact_duplicate", h[:16]))
-                else:
-                    seen.add(h)
-                    kept.append(f)
-            stats.add({"dedup": len(r.repo.files)}, drops)
-            yield RepoFiles(r.repo.repo, kept), cfg
+__all__ = ["BuildConfig", "build", "main"]
+STAGES = ("read", "filter", "quality", "decontam", "repo_order", "near_dedup", "dedup")
 
 
 # ------------------------------------------------------------------------------------------ stats and progress
@@ -148,8 +67,8 @@ class Stats:
     entered: Counter = field(default_factory=Counter)                 # stage -> items in
     dropped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     read_bytes: int = 0
-    units_done: int = 0
-    units_total: int = 0
+    chunks_done: int = 0
+    chunks_total: int = 0
     drops_file: io.TextIOBase | None = None
     decontaminated: list[dict] = field(default_factory=list)
 
@@ -168,13 +87,12 @@ class Stats:
             dropped = dict(sorted(self.dropped.get(s, {}).items()))
             n_in = self.entered.get(s, 0)
             table[s] = {"in": n_in, "kept": n_in - sum(dropped.values()), "dropped": dropped}
-        table["repo_order"]["unit"] = "files in, samples kept"
-        table["near_dedup"]["unit"] = "samples"
+        table["near_dedup"]["unit"] = "samples (components)"
         return table
 
 
 class Progress:
-    """One stderr line at most once a second: files/s, MB/s and an ETA from the share of source units done."""
+    """One stderr line at most once a second: files/s, MB/s and an ETA from the share of work units done."""
 
     def __init__(self, stats: Stats, stream=sys.stderr) -> None:
         self.stats, self.stream, self.t0, self.last = stats, stream, time.monotonic(), 0.0
@@ -186,176 +104,178 @@ class Progress:
         self.last = now
         s, dt = self.stats, max(now - self.t0, 1e-9)
         files = s.entered.get("read", 0)
-        frac = s.units_done / max(s.units_total, 1)
+        frac = s.chunks_done / max(s.chunks_total, 1)
         eta = dt * (1 - frac) / frac if frac > 0 else float("nan")
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
-        print(f"data build: {s.units_done}/{s.units_total} units, {files} files ({files / dt:.0f}/s), "
+        print(f"data build: {s.chunks_done}/{s.chunks_total} work units, {files} files ({files / dt:.0f}/s), "
               f"{s.read_bytes / 1e6:.1f} MB ({s.read_bytes / 1e6 / dt:.2f} MB/s), ETA {eta_s}",
               file=self.stream, flush=True)
 
 
-# ------------------------------------------------------------------------------------------ shards
+# ------------------------------------------------------------------------------------------ driver side
 
-_SCHEMA = None
-
-
-def _schema():
-    global _SCHEMA
-    if _SCHEMA is None:
-        import pyarrow as pa
-        _SCHEMA = pa.schema([("repo", pa.string()), ("id", pa.string()), ("text", pa.string()),
-                             ("paths", pa.list_(pa.string())), ("languages", pa.list_(pa.string())),
-                             ("bytes", pa.int64())])
-    return _SCHEMA
-
-
-def _rows_digest(samples: list[Sample], texts: list[bytes]) -> str:
-    """SHA-256 over the rows a shard holds (texts[i] = samples[i].text as UTF-8), each field length-prefixed."""
-    h = hashlib.sha256()
-    for s, t in zip(samples, texts):
-        meta = json.dumps([s.repo, s.id, s.paths, s.languages], ensure_ascii=False).encode("utf-8", "surrogatepass")
-        h.update(b"%d %d\n" % (len(meta), len(t)))
-        h.update(meta)
-        h.update(t)
-    return h.hexdigest()
+@dataclass
+class _Repo:
+    """One repository's kept files in path order, gathered from its chunks until it is ordered."""
+    name: str
+    paths: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)       # (offset, length) of each block in the spool
+    facts: list[FileFacts] = field(default_factory=list)
+    sigs: list[np.ndarray] = field(default_factory=list)
+    failed: bool = False
 
 
-def _string_array(encoded: list[bytes]):
-    """An Arrow string array straight from UTF-8 bytes and numpy offsets: no per-row conversion, and no import
-    of pandas (which `pa.array` on a Python list triggers, 0.2 s a build). None past int32 offsets."""
-    import pyarrow as pa
-
-    offsets = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        return None
-    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets.astype(np.int32)),
-                                       pa.py_buffer(b"".join(encoded)))
-
-
-def _list_array(lists: list[list[str]]):
-    import pyarrow as pa
-
-    values = _string_array([x.encode("utf-8", "surrogatepass") for xs in lists for x in xs])
-    offsets = np.zeros(len(lists) + 1, np.int32)
-    np.cumsum([len(xs) for xs in lists], out=offsets[1:])
-    return None if values is None else pa.ListArray.from_arrays(_int_array(offsets), values)
+@dataclass
+class _Component:
+    """One dependency component (files in Algorithm 1 order): the unit of near-dedup."""
+    repo: str
+    id: str
+    paths: list[str]
+    languages: list[str]
+    nbytes: list[int]
+    hashes: list[str]
+    spans: list[tuple[int, int]]
 
 
-def _int_array(values: np.ndarray):
-    import pyarrow as pa
-
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
-
-
-def _shard_table(samples: list[Sample], texts: list[bytes]):
-    """The shard's Arrow table (schema `_schema()`), built from buffers; the generic path for huge shards."""
-    import pyarrow as pa
-
-    cols = [_string_array([s.repo.encode("utf-8", "surrogatepass") for s in samples]),
-            _string_array([s.id.encode("utf-8", "surrogatepass") for s in samples]), _string_array(texts),
-            _list_array([s.paths for s in samples]), _list_array([s.languages for s in samples]),
-            _int_array(np.array([len(t) for t in texts], np.int64))]
-    if any(c is None for c in cols):             # over 2 GiB in a column: let Arrow chunk it
-        return pa.table({"repo": [s.repo for s in samples], "id": [s.id for s in samples],
-                         "text": [s.text for s in samples], "paths": [s.paths for s in samples],
-                         "languages": [s.languages for s in samples], "bytes": [len(t) for t in texts]},
-                        schema=_schema())
-    return pa.Table.from_arrays(cols, schema=_schema())
+@dataclass
+class _Row:
+    """One output sample: what a shard row holds, its text still in the spool."""
+    repo: str
+    id: str
+    paths: list[str]
+    languages: list[str]
+    spans: list[tuple[int, int]]
+    lang_bytes: dict[str, list[int]]                                 # language -> [content bytes, files]
 
 
-def write_shard(out: Path, index: int, samples: list[Sample]) -> bool:
-    """Write shard `index` unless its done marker matches these rows and the file on disk; True if written."""
-    import pyarrow.parquet as pq
+class _Spool:
+    """Append-only file of the kept files' blocks; spans are read back when shards are written."""
 
-    name = f"part-{index:05d}.parquet"
-    final, marker = out / name, out / "_done" / f"part-{index:05d}.json"
-    texts = [s.text.encode("utf-8", "surrogatepass") for s in samples]      # encoded once: digest and table
-    digest = _rows_digest(samples, texts)
-    if marker.is_file() and final.is_file():
-        try:
-            done = json.loads(marker.read_text())
-            if done.get("rows_sha256") == digest and done.get("file_sha256") == sha256_file(final):
-                return False
-        except (OSError, ValueError):
-            pass                                 # unreadable marker: rewrite the shard
-    marker.unlink(missing_ok=True)               # a stale marker must never vouch for a new file
-    tmp = out / f".{name}.tmp"
-    pq.write_table(_shard_table(samples, texts), tmp, compression="zstd")
-    replace_durably(tmp, final)
-    tmp_marker = marker.with_suffix(".json.tmp")
-    tmp_marker.write_text(json.dumps({"rows": len(samples), "rows_sha256": digest,
-                                      "file_sha256": sha256_file(final)}) + "\n")
-    replace_durably(tmp_marker, marker)
-    return True
+    def __init__(self, path: Path) -> None:
+        self.path, self.f, self.size = path, open(path, "wb"), 0
+
+    def append(self, block: bytes) -> tuple[int, int]:
+        self.f.write(block)
+        self.size += len(block)
+        return self.size - len(block), len(block)
 
 
-def _spooled(spool: Path) -> Iterator[tuple[Sample, dict[str, list[int]]]]:
-    with open(spool, "rb") as f:
-        while True:
-            try:
-                yield pickle.load(f)
-            except EOFError:
-                return
+def _chunks(scans: Iterator[tuple[list[Chunk], list[Drop]]], cfg: BuildConfig, stats: Stats
+            ) -> Iterator[tuple[Chunk, BuildConfig]]:
+    for chunks, drops in scans:
+        stats.add({"read": len(drops)}, drops)
+        stats.chunks_total += len(chunks)
+        for c in chunks:
+            yield c, cfg
 
 
-def write_shards(out: Path, spool: Path, dropped: set[tuple[str, str]], shard_size: int,
-                 delay: float = 0.0) -> dict:
-    """Kept samples from the spool, in build order, `shard_size` per shard; removes shards of older builds."""
-    (out / "_done").mkdir(exist_ok=True)
+def _collect(results: Iterator[ChunkResult], stats: Stats, spool: _Spool, progress: Progress,
+             ready: collections.deque) -> Iterator[list[FileFacts]]:
+    """Count each chunk, spool its blocks, and hand on each repository once its unit's last chunk is in."""
+    open_repos: dict[str, _Repo] = {}
+    for res in results:
+        stats.add(res.counts, res.drops)
+        stats.read_bytes += res.read_bytes
+        stats.chunks_done += 1
+        for part in res.parts:
+            repo = open_repos.setdefault(part.repo, _Repo(part.repo))
+            repo.failed |= part.failed
+            repo.paths += [f.path for f in part.facts]
+            repo.languages += [f.language or "unknown" for f in part.facts]
+            repo.nbytes += part.nbytes
+            repo.hashes += part.hashes
+            repo.spans += [spool.append(b) for b in part.blocks]
+            repo.facts += part.facts
+            repo.sigs.append(part.sigs)
+        progress.tick()
+        if res.last:
+            for repo in open_repos.values():
+                if repo.paths and not repo.failed:      # a failed repository is dropped whole (its Drop is in)
+                    ready.append(repo)
+                    yield repo.facts
+            open_repos.clear()
+
+
+def _components(groups_per_repo: Iterator[list[list[int]]], ready: collections.deque, stats: Stats,
+                num_perm: int) -> tuple[list[_Component], np.ndarray]:
+    comps: list[_Component] = []
+    sigs: list[np.ndarray] = []
+    for groups in groups_per_repo:
+        repo = ready.popleft()
+        stats.entered["repo_order"] += len(repo.paths)
+        matrix = np.concatenate(repo.sigs)                                     # (n_files, num_perm)
+        for k, g in enumerate(groups):
+            comps.append(_Component(repo.name, f"{repo.name}:{k}", [repo.paths[i] for i in g],
+                                    [repo.languages[i] for i in g], [repo.nbytes[i] for i in g],
+                                    [repo.hashes[i] for i in g], [repo.spans[i] for i in g]))
+            sigs.append(matrix[g].min(axis=0))          # MinHash of the union of the files' shingles
+    return comps, (np.stack(sigs) if sigs else np.empty((0, num_perm), np.uint32))
+
+
+def _dedup_and_split(comps: list[_Component], dup: dict, stats: Stats, cfg: BuildConfig) -> list[_Row]:
+    """Exact dedup over the components near-dedup kept, in build order; then `--max-sample-bytes` cuts."""
+    seen: set[str] = set()
+    rows: list[_Row] = []
+    for c in comps:
+        if (c.repo, c.id) in dup:
+            continue
+        keep, drops = [], []
+        for i, (p, h) in enumerate(zip(c.paths, c.hashes)):
+            if h in seen:
+                drops.append(Drop(c.repo, p, "dedup", "exact_duplicate", h[:16]))
+            else:
+                seen.add(h)
+                keep.append(i)
+        stats.add({"dedup": len(c.paths)}, drops)
+        if not keep:
+            continue
+        sizes = {c.paths[i]: c.nbytes[i] for i in keep}
+        runs = split_group([c.paths[i] for i in keep], sizes, cfg.max_sample_bytes)
+        where = {p: i for i, p in enumerate(c.paths)}
+        for j, run in enumerate(runs):
+            idx = [where[p] for p in run]
+            lang_bytes: dict[str, list[int]] = {}
+            for i in idx:
+                acc = lang_bytes.setdefault(c.languages[i], [0, 0])
+                acc[0] += c.nbytes[i]
+                acc[1] += 1
+            rows.append(_Row(c.repo, c.id if len(runs) == 1 else f"{c.id}.{j}", run,
+                             [c.languages[i] for i in idx], [c.spans[i] for i in idx], lang_bytes))
+    return rows
+
+
+def _output_stats(rows: list[_Row], shard_size: int) -> dict:
     lang_bytes: Counter = Counter()
     lang_files: Counter = Counter()
-    written = skipped = n_shards = n_samples = total = 0
-    buf: list[Sample] = []
-
-    def flush() -> None:
-        nonlocal written, skipped, n_shards
-        if write_shard(out, n_shards, buf):
-            written += 1
-            if delay:
-                time.sleep(delay)                # test hook: widens the window for a kill mid-build
-        else:
-            skipped += 1
-        n_shards += 1
-        buf.clear()
-
-    for sample, per_lang in _spooled(spool):
-        if (sample.repo, sample.id) in dropped:
-            continue
-        buf.append(sample)
-        n_samples += 1
-        total += sample.nbytes
-        for lang, (nbytes, nfiles) in per_lang.items():
+    for r in rows:
+        for lang, (nbytes, nfiles) in r.lang_bytes.items():
             lang_bytes[lang] += nbytes
             lang_files[lang] += nfiles
-        if len(buf) == shard_size:
-            flush()
-    if buf or n_shards == 0:
-        flush()                                  # an empty build still gets one (empty) shard with the schema
-    for p in out.glob(SHARD_GLOB):               # shards beyond this build's count belong to an older build
-        num = p.stem.split("-", 1)[1]
-        if num.isdigit() and len(num) == 5 and int(num) >= n_shards:
-            (out / "_done" / f"{p.stem}.json").unlink(missing_ok=True)
-            p.unlink()
-    for p in out.glob(".part-*.tmp"):
-        p.unlink()
-    return {"samples": n_samples, "bytes": total, "shards": n_shards, "shards_written": written,
-            "shards_skipped": skipped, "bytes_per_language": dict(sorted(lang_bytes.items())),
+    return {"samples": len(rows), "bytes": sum(n for r in rows for _, n in r.spans),
+            "shards": max(1, -(-len(rows) // shard_size)), "bytes_per_language": dict(sorted(lang_bytes.items())),
             "files_per_language": dict(sorted(lang_files.items()))}
 
 
-def _lang_bytes(samples: list[Sample], repo: RepoFiles) -> list[dict[str, list[int]]]:
-    """Per sample: language -> [bytes, files] of its files (without path comments)."""
-    nbytes = {f.path: f.nbytes for f in repo.files}          # once per repository, not once per sample
-    out = []
-    for sample in samples:
-        acc: dict[str, list[int]] = {}
-        for p, lang in zip(sample.paths, sample.languages):
-            row = acc.setdefault(lang, [0, 0])
-            row[0] += nbytes[p]
-            row[1] += 1
-        out.append(acc)
-    return out
+def write_shards(out: Path, spool: Path, rows: list[_Row], shard_size: int) -> tuple[int, int]:
+    """Rows in build order, `shard_size` per shard (an empty build: one empty shard); removes shards of
+    older builds. (shards written, shards already done)."""
+    (out / "_done").mkdir(exist_ok=True)
+    written = skipped = 0
+    with open(spool, "rb") as f, (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if spool.stat().st_size
+                                  else io.BytesIO(b"")) as mm:
+        n_shards = max(1, -(-len(rows) // shard_size))
+        for k in range(n_shards):
+            part = rows[k * shard_size:(k + 1) * shard_size]
+            texts = [b"".join(mm[a:a + n] for a, n in r.spans) for r in part]
+            if write_shard(out, k, part, texts):
+                written += 1
+            else:
+                skipped += 1
+    remove_stale(out, n_shards)
+    return written, skipped
 
 
 # ------------------------------------------------------------------------------------------ the verb
@@ -420,68 +340,94 @@ def _config(args: argparse.Namespace) -> BuildConfig:
                        args.max_sample_bytes)
 
 
+def _check_out(sources: Iterable[str | Path], out: Path) -> None:
+    """--out must not be a source or lie inside one: a second run would read its own output as code."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out_real = out.resolve()
+    for src in sources:
+        src_real = Path(src).resolve()
+        if src_real.is_dir() and (out_real == src_real or src_real in out_real.parents):
+            raise UserError(f"--out {out} is inside the source {src}: a second build would read its own shards, "
+                            f"stats.json and report.md as code; put --out outside {src}")
+
+
+def _no_text_error(sources: list[str | Path], stats: Stats) -> UserError:
+    reasons = Counter()
+    for stage, counter in stats.dropped.items():
+        for reason, n in counter.items():
+            reasons[f"{stage}: {reason}"] += n
+    top = ", ".join(f"{r} {n}" for r, n in reasons.most_common(5)) or "no files found"
+    return UserError(f"no usable text in {', '.join(map(str, sources))}: {stats.entered.get('read', 0)} file(s) "
+                     f"seen, none kept ({top}); nothing written")
+
+
 def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str = "local",
           workers: int | None = None, progress_stream=sys.stderr) -> dict:
-    """Run every stage and write `out`; returns the stats dict (also written to out/stats.json)."""
+    """Run every stage and write `out`; returns the stats dict (also written to out/stats.json).
+
+    UserError (nothing written) for a bad source or benchmark, `out` inside a source, or no usable text."""
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise UserError(f"--workers must be a positive integer, got {workers!r}")
     units = plan_sources(sources)                # UserError on a bad source, before any work
-    index = _benchmark_index(cfg.benchmarks)     # UserError on a bad benchmark file, before any work
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    index = benchmark_index(cfg.benchmarks)      # UserError on a bad benchmark file, before any work
+    _check_out(sources, out)
+    created = not out.exists()
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    stats = Stats(units_total=len(units))
+    stats = Stats()
     progress = Progress(stats, progress_stream)
-    keys: list[tuple[str, str]] = []
-    sigs: list[np.ndarray] = []
-    spool = work / "samples.spool"
-    with make_executor(executor, workers) as ex, open(spool, "wb") as sp, \
-            open(work / "drops.jsonl", "w", encoding="utf-8") as drops_file:
-        stats.drops_file = drops_file
-        pass_a = ex.imap(stage_read_filter, ((u, cfg) for u in units))
-        pass_b = ex.imap(stage_screen_order, dedup_exact(pass_a, set(), stats, cfg))
-        for r in pass_b:
-            stats.add(r.counts, r.drops)
-            for sample, per_lang in zip(r.samples, r.lang_bytes):
-                pickle.dump((sample, per_lang), sp, protocol=pickle.HIGHEST_PROTOCOL)
-                keys.append((sample.repo, sample.id))
-            sigs.append(r.signatures)
-            progress.tick()
-        progress.tick(force=True)
-        matrix = np.concatenate(sigs) if sigs else np.empty((0, cfg.minhash.num_perm), np.uint32)
-        dup = near_duplicates(keys, matrix, cfg.minhash)
-        stats.add({"near_dedup": len(keys)}, [Drop(r, i, "near_dedup", "near_duplicate", f"kept {kr}:{ki}")
-                                              for (r, i), (kr, ki) in sorted(dup.items())])
-        stats.drops_file = None
-    output = write_shards(out, spool, set(dup), cfg.shard_size,
-                          float(os.environ.get("DSCODER_DATA_SHARD_DELAY", "0")))
-    result = _stats_dict(stats, output, cfg, len(keys), index)
-    _write_text(out / "stats.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    spool = _Spool(work / "files.spool")
+    ready: collections.deque = collections.deque()
+    try:
+        with make_executor(executor, workers) as ex, spool.f, \
+                open(work / "drops.jsonl", "w", encoding="utf-8") as drops_file:
+            stats.drops_file = drops_file
+            scans = ex.imap(stage_scan, ((u, cfg) for u in units))
+            results = ex.imap(stage_process, _chunks(scans, cfg, stats))
+            orders = ex.imap(stage_order, _collect(results, stats, spool, progress, ready))
+            comps, sigs = _components(orders, ready, stats, cfg.minhash.num_perm)
+            progress.tick(force=True)
+            dup = near_duplicates([(c.repo, c.id) for c in comps], sigs, cfg.minhash)
+            stats.add({"near_dedup": len(comps)}, [Drop(r, i, "near_dedup", "near_duplicate", f"kept {kr}:{ki}")
+                                                   for (r, i), (kr, ki) in sorted(dup.items())])
+            rows = _dedup_and_split(comps, dup, stats, cfg)
+            stats.drops_file = None
+            if not rows:
+                raise _no_text_error(sources, stats)
+            result = _stats_dict(stats, _output_stats(rows, cfg.shard_size), cfg, len(comps), index)
+            from .report import render_png
+            png = ex.submit(render_png, result)       # drawn by a worker while the driver writes shards
+            spool.f.flush()
+            write_shards(out, spool.path, rows, cfg.shard_size)
+            png_bytes = png.result()
+    except UserError:
+        shutil.rmtree(out if created else work, ignore_errors=True)
+        raise
+    _write_bytes(out / "stats.json", (json.dumps(result, indent=1, ensure_ascii=False) + "\n").encode())
     os.replace(work / "drops.jsonl", out / "drops.jsonl")
-    from .report import write_report
-    write_report(result, out)
-    spool.unlink()
-    work.rmdir()
+    from .report import render_markdown
+    _write_bytes(out / "report.md", render_markdown(result).encode())
+    _write_bytes(out / "report.png", png_bytes)
+    shutil.rmtree(work)
     return result
 
 
-def _stats_dict(stats: Stats, output: dict, cfg: BuildConfig, n_samples: int, index: BenchmarkIndex) -> dict:
+def _stats_dict(stats: Stats, output: dict, cfg: BuildConfig, n_components: int, index: BenchmarkIndex) -> dict:
     table = stats.stage_table()
-    table["repo_order"] = {"in": table["repo_order"]["in"], "samples": n_samples, "dropped": {},
+    table["repo_order"] = {"in": table["repo_order"]["in"], "samples": n_components, "dropped": {},
                            "unit": "files in, samples out (Algorithm 1 components)"}
     settings = asdict(cfg)
+    del settings["chunk_bytes"]                       # the schedule, not the output
     settings["benchmarks"] = [Path(b).name for b in cfg.benchmarks]   # names only: output independent of paths
-    output = {k: v for k, v in output.items() if not k.startswith("shards_")}
     output["input_bytes"] = stats.read_bytes          # decoded bytes of the files that passed reading
-    return {"stages": table, "output": output,
-            "decontaminated": stats.decontaminated, "settings": settings,
+    return {"stages": table, "output": output, "decontaminated": stats.decontaminated, "settings": settings,
             "benchmark_ngrams": len(index)}
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     replace_durably(tmp, path)
 
 

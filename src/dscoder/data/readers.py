@@ -70,6 +70,7 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 _TABLE_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
 _BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
          (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+FAILURE_REASONS = frozenset({"git_error", "truncated_archive", "archive_bomb"})
 _CONTROL = frozenset(chr(c) for c in range(32)) - {" "}
 
 
@@ -134,6 +135,11 @@ def decode_content(data: bytes) -> tuple[str | None, str | None]:
     return _nonempty(text)
 
 
+def over_cap(size: int, cap: int) -> str:
+    """The detail of a "too_large" drop."""
+    return f"over the size cap ({size} bytes > {cap})"
+
+
 def _printable(s: str) -> str:
     """`s` made safe to write anywhere (JSON, Parquet, a terminal): escapes for undecodable bytes and controls."""
     return s.encode("unicode_escape").decode("ascii") if bad_name(s) else s
@@ -179,13 +185,13 @@ class _Repo:
         elif reason is None and size == 0:
             reason = "empty"
         if reason is not None:
-            self.drop(path, reason, f"{size} bytes > cap {self.max_bytes}" if reason == "too_large" else "")
+            self.drop(path, reason, over_cap(size, self.max_bytes) if reason == "too_large" else "")
             return None
         return lang
 
     def add_bytes(self, path: str, lang: str, data: bytes) -> None:
         if len(data) > self.max_bytes:      # the file grew, or an archive header lied about its size
-            self.drop(path, "too_large", f"> cap {self.max_bytes}")
+            self.drop(path, "too_large", over_cap(len(data), self.max_bytes))
             return
         text, reason = decode_content(data)
         if reason is not None:
@@ -201,7 +207,7 @@ class _Repo:
             self.drop(path, "encoding")
             return
         if nbytes > self.max_bytes:
-            self.drop(path, "too_large", f"{nbytes} bytes > cap {self.max_bytes}")
+            self.drop(path, "too_large", over_cap(nbytes, self.max_bytes))
         elif text.startswith(LFS_PREFIX.decode()):
             self.drop(path, "lfs_pointer")
         elif "\x00" in text[:BINARY_SNIFF_BYTES]:
@@ -251,14 +257,14 @@ def _read_regular(path: str, repo: _Repo, rel: str, lang: str) -> None:
             repo.drop(rel, "not_regular")
             return
         if st.st_size > repo.max_bytes:
-            repo.drop(rel, "too_large", f"{st.st_size} bytes > cap {repo.max_bytes}")
+            repo.drop(rel, "too_large", over_cap(st.st_size, repo.max_bytes))
             return
         repo.add_bytes(rel, lang, f.read(repo.max_bytes + 1))
 
 
-def _read_tree(root: Path, repo: _Repo) -> None:
-    """Walk a working tree without following symlinks; stat before read; skip .git and vendored folders whole."""
-    root_real = os.path.realpath(root)
+def _walk_tree(root_real: str, repo: _Repo, git_note: str = "") -> list["FileRef"]:
+    """Walk a working tree without following symlinks; stat only; skip .git and vendored folders whole."""
+    refs: list[FileRef] = []
     stack = [("", root_real)]
     while stack:
         rel_dir, abs_dir = stack.pop()
@@ -275,15 +281,75 @@ def _read_tree(root: Path, repo: _Repo) -> None:
                 repo.drop(rel, *_symlink_reason(e.path, rel, root_real))
             elif e.is_dir(follow_symlinks=False):
                 skip = "git_internal" if e.name == ".git" else "vendored" if e.name in VENDOR_DIRS else None
-                if skip:
-                    repo.drop(rel + "/", skip)     # one Drop for the whole folder, nothing under it is opened
+                if skip:     # one Drop for the whole folder, nothing under it is opened
+                    repo.drop(rel + "/", skip, git_note if skip == "git_internal" else "")
                 else:
                     subdirs.append((rel + "/", e.path))
             elif not e.is_file(follow_symlinks=False):
                 repo.drop(rel, "not_regular")      # FIFOs, sockets, devices: opening one could block forever
-            elif (lang := repo.admit(rel, e.stat(follow_symlinks=False).st_size)) is not None:
-                _read_regular(e.path, repo, rel, lang)
+            elif (lang := repo.admit(rel, size := e.stat(follow_symlinks=False).st_size)) is not None:
+                refs.append(FileRef(rel, lang, size))
         stack.extend(reversed(subdirs))
+    return refs
+
+
+def _git_env() -> dict[str, str]:
+    return {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def _git_listed(root_real: str, repo: _Repo) -> list["FileRef"] | str:
+    """The files git would commit (`git ls-files -co --exclude-standard`: tracked plus untracked not ignored by
+    .gitignore), checked like the walk's; the error text when git cannot list the tree."""
+    # core.fsmonitor=false: a repository's own config could otherwise name a program for git to run
+    ls = subprocess.run(["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-C", root_real,
+                         "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, env=_git_env())
+    if ls.returncode != 0:
+        return ls.stderr.decode("utf-8", "replace").strip()[:300] or f"exit status {ls.returncode}"
+    refs: list[FileRef] = []
+    skipped_dirs: set[str] = set()
+    for rel in sorted({raw.decode("utf-8", "surrogateescape") for raw in ls.stdout.split(b"\0") if raw}):
+        parts = rel.rstrip("/").split("/")
+        cut = next((i for i, p in enumerate(parts[:-1]) if p in VENDOR_DIRS), None)
+        if cut is not None:          # one Drop per vendored folder, as the walk records it
+            folder = "/".join(parts[:cut + 1]) + "/"
+            if folder not in skipped_dirs:
+                skipped_dirs.add(folder)
+                repo.drop(folder, "vendored")
+            continue
+        path = os.path.join(root_real, rel)
+        try:
+            st = os.lstat(path)
+        except OSError as e:         # tracked but deleted from the working tree
+            repo.drop(rel, "unreadable", e.strerror or str(e))
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            repo.drop(rel, *_symlink_reason(path, rel, root_real))
+        elif stat.S_ISDIR(st.st_mode):
+            repo.drop(rel.rstrip("/") + "/", "submodule")      # a submodule or a nested repository
+        elif not stat.S_ISREG(st.st_mode):
+            repo.drop(rel, "not_regular")
+        elif (lang := repo.admit(rel, st.st_size)) is not None:
+            refs.append(FileRef(rel, lang, st.st_size))
+    return refs
+
+
+def _scan_tree(root: Path, repo: _Repo) -> list["FileRef"]:
+    """The files of a working tree worth reading, sorted by path. A git working tree is listed through git,
+    so .gitignore'd files (build outputs, local environments) are left out as git itself leaves them out."""
+    root_real = os.path.realpath(root)
+    note = ""
+    if os.path.isdir(os.path.join(root_real, ".git")) or os.path.isfile(os.path.join(root_real, ".git")):
+        listed = _git_listed(root_real, repo)
+        if not isinstance(listed, str):
+            return listed
+        note = f"git ls-files failed ({listed}); walked the folder without .gitignore"
+    return sorted(_walk_tree(root_real, repo, note), key=lambda r: r.path)
+
+
+def _read_tree_refs(root: Path, refs: Iterable["FileRef"], repo: _Repo) -> None:
+    root_real = os.path.realpath(root)
+    for ref in refs:
+        _read_regular(os.path.join(root_real, ref.path), repo, ref.path, ref.language)
 
 
 # ---------------------------------------------------------------- bare git repositories
@@ -293,14 +359,13 @@ def _git(gitdir: Path, *args: str) -> list[str]:
     return ["git", "-c", "safe.directory=*", "--git-dir", str(gitdir), *args]
 
 
-def _read_bare_git(gitdir: Path, repo: _Repo) -> None:
-    """HEAD's tree through `git ls-tree -r --long` (sizes before reading), blobs through `git cat-file --batch`."""
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-    ls = subprocess.run(_git(gitdir, "ls-tree", "-r", "-z", "--long", "HEAD"), capture_output=True, env=env)
+def _scan_bare_git(gitdir: Path, repo: _Repo) -> list["FileRef"]:
+    """HEAD's tree through `git ls-tree -r --long`: sizes and blob ids before anything is read."""
+    ls = subprocess.run(_git(gitdir, "ls-tree", "-r", "-z", "--long", "HEAD"), capture_output=True, env=_git_env())
     if ls.returncode != 0:
         repo.fail("git_error", ls.stderr.decode("utf-8", "replace").strip()[:500])
-        return
-    wanted: list[tuple[str, str, str]] = []
+        return []
+    refs: list[FileRef] = []
     for entry in filter(None, ls.stdout.split(b"\0")):
         meta, _, raw_path = entry.partition(b"\t")
         mode, kind, sha, size = meta.split()
@@ -310,17 +375,17 @@ def _read_bare_git(gitdir: Path, repo: _Repo) -> None:
         elif kind != b"blob":
             repo.drop(path, "submodule" if kind == b"commit" else "not_regular")
         elif (lang := repo.admit(path, int(size))) is not None:
-            wanted.append((sha.decode(), path, lang))
-    if wanted:
-        _cat_blobs(gitdir, wanted, repo, env)
+            refs.append(FileRef(path, lang, int(size), sha.decode()))
+    return sorted(refs, key=lambda r: r.path)
 
 
-def _cat_blobs(gitdir: Path, wanted: list[tuple[str, str, str]], repo: _Repo, env: dict[str, str]) -> None:
+def _cat_blobs(gitdir: Path, refs: Iterable["FileRef"], repo: _Repo) -> None:
+    """Blobs through `git cat-file --batch`; a bad object fails the whole repository."""
     # One request at a time: writing all ids first could deadlock once git's stdout pipe fills.
     proc = subprocess.Popen(_git(gitdir, "cat-file", "--batch"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.DEVNULL, env=_git_env())
     try:
-        for sha, path, lang in wanted:
+        for sha, path, lang in ((r.blob, r.path, r.language) for r in refs):
             proc.stdin.write(sha.encode() + b"\n")
             proc.stdin.flush()
             header = proc.stdout.readline().split()
@@ -463,16 +528,29 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
             yield (lineno, row, "") if isinstance(row, dict) else (lineno, None, "bad_record")
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | None, str]]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    cols = _table_columns(path, pf.schema_arrow.names)
     n = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=list(cols)):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=columns):
         for row in batch.to_pylist():
             n += 1
             yield n, row, ""
+
+
+def iter_table_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | None, str]]:
+    """(line or row number, row or None, reason) per record of a `.jsonl[.gz]` or `.parquet` file.
+
+    JSONL: 1-based line numbers, blank lines skipped; a line that is not UTF-8 ("encoding"), not JSON
+    ("bad_json") or not an object ("bad_record") costs only itself. Parquet: only `columns` are read. A
+    truncated or damaged file raises one of `corrupt_table_errors()` mid-iteration."""
+    return _parquet_rows(path, columns) if path.name.lower().endswith(".parquet") else _jsonl_rows(path)
+
+
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(path).names
 
 
 def _table_columns(path: Path, names: Iterable[str]) -> tuple[str, str, str]:
@@ -485,7 +563,7 @@ def _table_columns(path: Path, names: Iterable[str]) -> tuple[str, str, str]:
     return repo, pcol, "content"
 
 
-def _corrupt_table_errors() -> tuple[type[BaseException], ...]:
+def corrupt_table_errors() -> tuple[type[BaseException], ...]:
     from pyarrow.lib import ArrowException    # pyarrow's own errors for damaged files
 
     return (EOFError, OSError, zlib.error, ArrowException)
@@ -502,9 +580,9 @@ def _read_table(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | 
     path = Path(unit.path)
     repos: dict[str, _Repo] = {}
     source_drops: list[Drop] = []
-    rows = _parquet_rows(path) if unit.kind == "parquet" else _jsonl_rows(path)
     try:
-        for n, row, reason in rows:
+        columns = list(_table_columns(path, _parquet_names(path))) if unit.kind == "parquet" else []
+        for n, row, reason in iter_table_rows(path, columns):
             repo_name, rel, content = _row_fields(row) if row is not None else (None, None, None)
             if row is not None and not (isinstance(repo_name, str) and isinstance(rel, str)
                                         and isinstance(content, (str, bytes))):
@@ -514,7 +592,7 @@ def _read_table(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | 
                 continue
             repo = repos.setdefault(repo_name, _Repo(repo_name, max_bytes, languages))
             _add_row(repo, rel, content)
-    except _corrupt_table_errors() as e:    # truncated .gz or damaged Parquet: nothing of it counts as complete
+    except corrupt_table_errors() as e:    # truncated .gz or damaged Parquet: nothing of it counts as complete
         detail = f"{type(e).__name__}: {e}"[:500]
         yield RepoFiles(unit.name, []), [Drop(unit.name, "", STAGE, "truncated_archive", detail)]
         return
@@ -542,6 +620,15 @@ def _add_row(repo: _Repo, raw_path: str, content: str | bytes) -> None:
 
 
 # ---------------------------------------------------------------- planning and the public entry point
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file of a working tree or bare repository, admitted by path and size but not read yet."""
+    path: str        # POSIX, relative to the repository root
+    language: str
+    size: int        # bytes, from stat or the git tree
+    blob: str = ""   # bare repositories: the blob id
+
 
 @dataclass(frozen=True)
 class SourceUnit:
@@ -603,9 +690,8 @@ def plan_sources(sources: Iterable[str | Path]) -> list[SourceUnit]:
             units += _dir_units(p)
         elif (kind := _file_kind(p)) is not None:
             if kind == "parquet":
-                import pyarrow.parquet as pq
                 try:
-                    _table_columns(p, pq.read_schema(p).names)
+                    _table_columns(p, _parquet_names(p))
                 except (OSError, ValueError) as e:
                     raise UserError(f"{src}: not a readable Parquet file ({e})") from None
             units.append(SourceUnit(kind, str(p), _archive_stem(p) if kind in ("tar", "zip") else p.name))
@@ -620,17 +706,42 @@ def plan_sources(sources: Iterable[str | Path]) -> list[SourceUnit]:
     return out
 
 
+def scan_unit(unit: SourceUnit, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              languages: frozenset[str] | None = None) -> tuple[list[FileRef] | None, list[Drop]]:
+    """List a working tree or bare repository without reading it: (files to read sorted by path, the drops of
+    the listing). Archives and tables can only be read whole: (None, [])."""
+    if unit.kind not in ("tree", "bare_git"):
+        return None, []
+    repo = _Repo(unit.name, max_file_bytes, languages)
+    refs = (_scan_tree if unit.kind == "tree" else _scan_bare_git)(Path(unit.path), repo)
+    return refs, repo.result()[1]
+
+
+def read_refs(unit: SourceUnit, refs: Iterable[FileRef], max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+              languages: frozenset[str] | None = None) -> tuple[RepoFiles, list[Drop]]:
+    """Read listed files (from `scan_unit`) of one tree or bare repository: (files sorted by path, drops)."""
+    repo = _Repo(unit.name, max_file_bytes, languages)
+    (_read_tree_refs if unit.kind == "tree" else _cat_blobs)(Path(unit.path), refs, repo)
+    return repo.result()
+
+
 def read_unit(unit: SourceUnit, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
               languages: frozenset[str] | None = None) -> Iterator[tuple[RepoFiles, list[Drop]]]:
     """Read one unit: one (RepoFiles, drops) per repository it holds, in a deterministic order."""
-    if unit.kind in ("tree", "bare_git"):
-        repo = _Repo(unit.name, max_file_bytes, languages)
-        (_read_tree if unit.kind == "tree" else _read_bare_git)(Path(unit.path), repo)
-        yield repo.result()
+    refs, drops = scan_unit(unit, max_file_bytes, languages)
+    if refs is not None:
+        files, more = read_refs(unit, refs, max_file_bytes, languages)
+        failed = [d for d in drops + more if is_failure(d)]
+        yield (RepoFiles(unit.name, []), failed) if failed else (files, sorted(drops + more, key=lambda d: d.path))
     elif unit.kind in ("tar", "zip"):
         yield from _read_archive(unit, max_file_bytes, languages)
     else:
         yield from _read_table(unit, max_file_bytes, languages)
+
+
+def is_failure(drop: Drop) -> bool:
+    """True for the Drop that stands for a whole unreliable repository (broken git store, damaged archive)."""
+    return drop.path == "" and drop.reason in FAILURE_REASONS
 
 
 def iter_repos(sources: Iterable[str | Path], max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,

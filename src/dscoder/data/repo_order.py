@@ -12,9 +12,14 @@ The path comment is `# {path}` for every language: DeepSeek's README builds repo
 module and inference prompts use (reference §1.3).
 
 Import parsing is regex-based: the paper says its dependencies come from regexes over invocation statements
-("import", "using", "include"); a full parser buys little for resolving file names. Known gaps (documented, not
-bugs): Java/Go same-package references need no import and are not edges; Python `importlib` / C macros building
-include names are invisible.
+("import", "using", "include"); a full parser buys little for resolving file names. Files of one package use each
+other without imports, so those edges come from the package instead: Go files of one directory with the same
+`package` clause depend on each other (one cycle, ordered by path); a Java file depends on each file of its
+`package` whose top-level type name it mentions. Known gaps: Python `importlib` and C macros that build include
+names are invisible.
+
+The pipeline runs this in two steps: `file_facts` per file (in parallel, next to the file's content) and
+`order_facts` per repository (paths and facts only).
 
     >>> from dscoder.data.document import FileRecord, RepoFiles
     >>> repo = RepoFiles("r", [FileRecord("r", "a.py", "import b\\n", "python"),
@@ -29,6 +34,7 @@ import posixpath
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .document import FileRecord, RepoFiles, Sample
 from .languages import LANGUAGES, comment_syntax
@@ -62,6 +68,12 @@ _JS = re.compile(r"""(?:^|[^\w$.])(?:import|export)\b[^'"`;]*?\bfrom[ \t]*['"]([
 _GO_SINGLE = re.compile(r'^[ \t]*import[ \t]+(?:[\w.]+[ \t]+)?"([^"\n]+)"', re.M)
 _GO_BLOCK = re.compile(r"^[ \t]*import[ \t]*\(([^)]*)\)", re.M)
 _GO_SPEC = re.compile(r'"([^"\n]+)"')
+_JAVA_PACKAGE = re.compile(r"^[ \t]*package[ \t]+([\w.]+)[ \t]*;", re.M)
+# top-level declarations start in column 0 (nested types are indented in any formatted source)
+_JAVA_TYPE = re.compile(r"^(?:(?:public|protected|private|abstract|final|static|sealed|non-sealed|strictfp)[ \t]+)*"
+                        r"(?:class|interface|enum|record|@interface)[ \t]+([A-Za-z_$][\w$]*)", re.M)
+_JAVA_IDENT = re.compile(r"[A-Za-z_$][\w$]*")
+_GO_PACKAGE = re.compile(r"^package[ \t]+(\w+)", re.M)
 _RUST_MOD = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?mod[ \t]+(\w+)[ \t]*;", re.M)
 _RUST_USE = re.compile(r"^[ \t]*(?:pub(?:\([\w: ]+\))?[ \t]+)?use[ \t]+((?:crate|super|self)::[^;]+);", re.M)
 
@@ -279,17 +291,57 @@ def _resolve_rust(spec: str, path: str, ix: _Index) -> list[str]:
     return []
 
 
+@dataclass(frozen=True)
+class FileFacts:
+    """What ordering needs of one file, taken from its content once: imports and, where it applies, package."""
+    path: str
+    language: str | None
+    imports: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()         # C#: the namespaces it declares
+    package: str = ""                        # Java `package` / Go `package` clause
+    types: tuple[str, ...] = ()              # Java: its top-level type names
+    names: frozenset[str] = frozenset()      # Java: capitalised identifiers it mentions (type names, by convention)
+
+
+def parsed(language: str | None) -> bool:
+    """True for the languages whose dependencies are parsed (the rest form one sample per file)."""
+    return language in LANGUAGES and LANGUAGES[language].imports
+
+
+def file_facts(rec: FileRecord) -> FileFacts:
+    """The ordering facts of one file (empty for languages that are not parsed)."""
+    if not parsed(rec.language):
+        return FileFacts(rec.path, rec.language)
+    text, lang = rec.content, rec.language
+    imports = tuple(parse_imports(rec))
+    if lang == "c-sharp":
+        return FileFacts(rec.path, lang, imports, namespaces=tuple(_CS_NAMESPACE.findall(text)))
+    if lang == "java":
+        pkg = _JAVA_PACKAGE.search(text)
+        names = frozenset(w for w in _JAVA_IDENT.findall(text) if w[0].isupper())
+        return FileFacts(rec.path, lang, imports, package=pkg.group(1) if pkg else "",
+                         types=tuple(_JAVA_TYPE.findall(text)), names=names)
+    if lang == "go":
+        pkg = _GO_PACKAGE.search(text)
+        return FileFacts(rec.path, lang, imports, package=pkg.group(1) if pkg else "")
+    return FileFacts(rec.path, lang, imports)
+
+
 def resolve_dependencies(files: list[FileRecord]) -> dict[str, set[str]]:
-    """path -> the set of paths (same repository) it depends on; every parseable file is a key.
+    """path -> the set of paths (same repository) it depends on; every parseable file is a key."""
+    return resolve_facts([file_facts(f) for f in files if parsed(f.language)])
+
+
+def resolve_facts(facts: list[FileFacts]) -> dict[str, set[str]]:
+    """`resolve_dependencies` from facts: imports resolved to files of the repository, plus same-package edges.
 
     Self-dependencies are dropped; unresolved imports (stdlib, third-party packages) are ignored."""
-    parse = [f for f in files if f.language in LANGUAGES and LANGUAGES[f.language].imports]
+    parse = [f for f in facts if parsed(f.language)]
     ix = _Index(f.path for f in parse)
     namespaces: dict[str, list[str]] = defaultdict(list)
     for f in parse:
-        if f.language == "c-sharp":
-            for ns in _CS_NAMESPACE.findall(f.content):
-                namespaces[ns].append(f.path)
+        for ns in f.namespaces:
+            namespaces[ns].append(f.path)
     deps: dict[str, set[str]] = {}
     # Resolution depends on the importing file only through its directory (Rust: its path), and files of one
     # directory import much the same modules: memoise per (language, spec, directory).
@@ -297,18 +349,42 @@ def resolve_dependencies(files: list[FileRecord]) -> dict[str, set[str]]:
     for f in parse:
         found: set[str] = set()
         where = f.path if f.language == "rust" else posixpath.dirname(f.path)
-        for spec in parse_imports(f):
+        for spec in f.imports:
             key = (f.language, spec, where)
             hits = memo.get(key)
             if hits is None:
                 hits = memo[key] = _resolve_one(f, spec, ix, namespaces)
             found.update(hits)
-        found.discard(f.path)
         deps[f.path] = found
+    _package_edges(parse, deps)
+    for path, found in deps.items():
+        found.discard(path)
     return deps
 
 
-def _resolve_one(f: FileRecord, spec: str, ix: _Index, namespaces: Mapping[str, list[str]]) -> list[str]:
+def _package_edges(facts: list[FileFacts], deps: dict[str, set[str]]) -> None:
+    """Same-package uses, which need no import: Go files of one directory and `package` clause use each other
+    freely (each depends on all the others); a Java file depends on the files of its package whose top-level
+    type names it mentions."""
+    go: dict[tuple[str, str], list[str]] = defaultdict(list)
+    java_types: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for f in facts:
+        if f.language == "go" and f.package:
+            go[(posixpath.dirname(f.path), f.package)].append(f.path)
+        elif f.language == "java":
+            for t in f.types:
+                java_types[f.package][t].append(f.path)
+    for members in go.values():
+        for p in members:
+            deps[p].update(members)
+    for f in facts:
+        if f.language == "java" and f.package in java_types:
+            declared = java_types[f.package]
+            for name in f.names.intersection(declared):
+                deps[f.path].update(declared[name])
+
+
+def _resolve_one(f: FileFacts, spec: str, ix: _Index, namespaces: Mapping[str, list[str]]) -> list[str]:
     lang = f.language
     if lang == "python":
         return _resolve_python(spec, f.path, ix)
@@ -464,6 +540,17 @@ def dependency_order(nodes: Iterable[str], deps: Mapping[str, Iterable[str]]) ->
 
 # ----------------------------------------------------------------------------------------------- samples
 
+def order_facts(facts: list[FileFacts]) -> list[list[str]]:
+    """Algorithm 1 over one repository: its files in groups (one per dependency component, one per file of a
+    language that is not parsed), each group in dependency order, groups ordered by their smallest path."""
+    parse = [f for f in facts if parsed(f.language)]
+    groups = dependency_order([f.path for f in parse], resolve_facts(parse))
+    done = {f.path for f in parse}
+    groups += [[f.path] for f in facts if f.path not in done]
+    groups.sort(key=min)
+    return groups
+
+
 def concat_files(files: list[FileRecord], style: str = "hash") -> str:
     """Files joined as `{path comment}\\n{content}` blocks, each content ending in a newline."""
     parts = []
@@ -497,11 +584,7 @@ def build_samples(repo: RepoFiles, style: str = "hash", max_sample_bytes: int | 
     Samples are ordered by their first path in sorted order; ids are `{repo}:{k}`, stable for a given repo.
     `max_sample_bytes` splits big components at file boundaries (`split_group`); None keeps the paper's rule."""
     by_path = {f.path: f for f in repo.files}
-    parseable = [f for f in repo.files if f.language in LANGUAGES and LANGUAGES[f.language].imports]
-    groups = dependency_order([f.path for f in parseable], resolve_dependencies(parseable))
-    parse_set = {f.path for f in parseable}
-    groups += [[f.path] for f in repo.files if f.path not in parse_set]
-    groups.sort(key=min)
+    groups = order_facts([file_facts(f) for f in repo.files])
     sizes = {f.path: f.nbytes for f in repo.files} if max_sample_bytes else {}
     groups = [run for g in groups for run in split_group(g, sizes, max_sample_bytes)]
     samples = []

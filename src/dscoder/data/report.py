@@ -1,13 +1,11 @@
 """The human-readable build report: `report.md` and `report.png` from the stats of `dscoder data build`
-(issue 3, deliverable 2; what the paper's Table 1 and §2 funnel describe for the real corpus).
+(what the paper's Table 1 and §2 funnel describe for the real corpus).
 
 The Markdown holds the stage funnel (in / kept / dropped by reason), the output languages by bytes, and the
 files dropped by decontamination with the benchmark task they matched; the PNG holds two bar charts, languages
 by bytes and drop reasons by count. Matplotlib runs headless (a bare Figure, Agg) and is imported only here.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 MAX_LISTED = 50      # decontaminated files listed in the Markdown; the full list is in drops.jsonl
 
@@ -46,10 +44,11 @@ def render_markdown(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def render_png(stats: dict, path: Path) -> None:
-    """Two horizontal bar charts: output bytes per language, dropped files per (stage: reason)."""
-    from matplotlib.figure import Figure     # no pyplot: no GUI backend search, a third less import time
+def render_png(stats: dict) -> bytes:
+    """Two horizontal bar charts as PNG bytes: output bytes per language, dropped files per (stage: reason)."""
+    import io
 
+    from matplotlib.figure import Figure     # no pyplot: no GUI backend search, a third less import time
 
     langs = sorted(stats["output"]["bytes_per_language"].items(), key=lambda kv: -kv[1])[:25]
     drops = list(_drop_reasons(stats).items())[:25]
@@ -66,14 +65,6 @@ def render_png(stats: dict, path: Path) -> None:
         if not items:
             ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})    # Agg renders PNG headless
-    tmp.replace(path)
-
-
-def write_report(stats: dict, out: Path) -> None:
-    """out/report.md and out/report.png, each written to a temporary name and renamed."""
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(render_markdown(stats), encoding="utf-8")
-    tmp.replace(out / "report.md")
-    render_png(stats, out / "report.png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})    # Agg renders PNG headless
+    return buf.getvalue()
