@@ -246,3 +246,37 @@ def test_shard_table_from_buffers_equals_arrow_from_lists():
     table = _shard_table(samples, texts)
     table.validate(full=True)
     assert table.equals(ref)
+
+
+@pytest.mark.parametrize("where", ["src", "src/r", "src/r/corpus"])
+def test_out_inside_a_source_is_refused(tmp_path, capsys, where):
+    _write(tmp_path / "src" / "r", {"a.py": _py("a", 0)})
+    out = tmp_path / where
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert cli_main(["data", "build", str(tmp_path / "src"), "--out", str(out), "--no-decontaminate"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is inside the source {tmp_path / 'src'}" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before         # nothing written
+
+
+def test_no_usable_text_exits_2_and_writes_nothing(tmp_path, capsys):
+    repo = tmp_path / "src" / "r"
+    _write(repo, {"notes.unknownext": "text\n", "data.json": "{}"})
+    (repo / "blob.py").write_bytes(b"\x00\x01binary")
+    out = tmp_path / "out"
+    assert cli_main(["data", "build", str(tmp_path / "src"), "--out", str(out), "--no-decontaminate",
+                     "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable text in" in err and "read: binary 1" in err and "filter: json_yaml_size 1" in err
+    assert not out.exists()
+    out.mkdir()                                             # an existing (empty) folder is left as it was
+    assert cli_main(["data", "build", str(tmp_path / "src"), "--out", str(out), "--no-decontaminate"]) == 2
+    assert list(out.iterdir()) == []
+
+
+def test_size_cap_names_the_sizes(tmp_path):
+    _write(tmp_path / "src" / "r", {"big.py": "x = 1\n" * 2000, "ok.py": _py("ok", 0)})
+    _build(tmp_path / "src", tmp_path / "out", "--max-file-bytes", "5000")
+    drops = [json.loads(x) for x in (tmp_path / "out" / "drops.jsonl").read_text().splitlines()]
+    big = next(d for d in drops if d["path"] == "big.py")
+    assert (big["reason"], big["detail"]) == ("too_large", "over the size cap (12000 bytes > 5000)")

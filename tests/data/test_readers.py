@@ -275,3 +275,37 @@ def test_jsonl_lone_surrogate_and_control_names(tmp_path):
     assert [(d.path, d.reason) for d in drops] == [("a.py", "encoding"), ("b\\nc.py", "bad_filename")]
     for d in drops:
         json.dumps(d.__dict__, ensure_ascii=False).encode("utf-8")     # every Drop can be written out
+
+
+def test_git_working_tree_honours_gitignore(tmp_path):
+    repo = tmp_path / "proj"
+    _write(repo, ".gitignore", "build/\n*.gen.py\nlocal_settings.py\n")
+    _write(repo, "app.py", GOOD_PY)
+    _write(repo, "kept.gen.py", "TRACKED = True\n")             # tracked before the rule: git still lists it
+    _git("init", "-q", "-b", "main", cwd=repo)
+    _git("add", "app.py", ".gitignore", cwd=repo)
+    _git("add", "-f", "kept.gen.py", cwd=repo)
+    _git("commit", "-q", "-m", "init", cwd=repo)
+    _write(repo, "new_module.py", GOOD_PY + "# untracked, not ignored\n")
+    _write(repo, "build/lib/app.py", GOOD_PY)                    # ignored build output
+    _write(repo, "other.gen.py", "GENERATED = 1\n")
+    _write(repo, "local_settings.py", "SECRET = 'x'\n")
+    _write(repo, "node_modules/dep/index.js", "module.exports = 1;\n")
+    marker = tmp_path / "fsmonitor_ran"
+    hook = _write(tmp_path, "hook.sh", f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    _git("config", "core.fsmonitor", str(hook), cwd=repo)        # a repository's config must not run programs
+    files, drops = _one([repo])
+    assert [f.path for f in files.files] == ["app.py", "kept.gen.py", "new_module.py"]
+    assert _reasons(drops) == {".gitignore": "unknown_language", "node_modules/": "vendored"}
+    assert not marker.exists()
+
+
+def test_git_listing_failure_falls_back_to_the_walk_and_says_so(tmp_path):
+    repo = tmp_path / "proj"
+    _write(repo, "a.py", GOOD_PY)
+    _write(repo, ".git/HEAD", "not a git directory\n")
+    files, drops = _one([repo])
+    assert [f.path for f in files.files] == ["a.py"]
+    git = next(d for d in drops if d.path == ".git/")
+    assert git.reason == "git_internal" and "walked the folder without .gitignore" in git.detail

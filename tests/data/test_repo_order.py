@@ -211,3 +211,33 @@ def test_suffix_index_matches_the_definition():
     for rel in ["x.py", "a/x.py", "/pkg/__init__.py", "b/y.h", "nope.py", "a/b/a/x.py"]:
         want = sorted(p for p in paths if p == rel.lstrip("/") or p.endswith("/" + rel.lstrip("/")))
         assert ix.suffix(rel) == want
+
+
+def test_go_files_of_one_package_depend_on_each_other_without_imports():
+    deps = _deps({
+        "store/db.go": "// Package store keeps rows.\npackage store\n\nfunc Open() *DB { return newDB() }\n",
+        "store/db_impl.go": "package store\n\ntype DB struct{}\n\nfunc newDB() *DB { return &DB{} }\n",
+        "store/db_test.go": "package store_test\n\nimport \"testing\"\n",       # external test package
+        "cache/cache.go": "package store\n",                                 # same name, other directory
+    })
+    assert deps["store/db.go"] == {"store/db_impl.go"} and deps["store/db_impl.go"] == {"store/db.go"}
+    assert deps["store/db_test.go"] == set() and deps["cache/cache.go"] == set()
+    samples = build_samples(RepoFiles("r", _files({"store/db.go": "package store\n",
+                                                   "store/db_impl.go": "package store\n"})))
+    assert [s.paths for s in samples] == [["store/db.go", "store/db_impl.go"]]     # one component
+
+
+def test_java_same_package_type_mentions_are_edges():
+    deps = _deps({
+        "src/com/acme/App.java": "package com.acme;\n\npublic class App {\n    Repo repo = new Repo();\n}\n",
+        "src/com/acme/Repo.java": "package com.acme;\n\nfinal class Repo implements Store {\n    class Inner {}\n}\n",
+        "src/com/acme/Store.java": "package com.acme;\n\npublic interface Store {}\n",
+        "src/com/other/Inner.java": "package com.other;\n\npublic class Inner { App app; }\n",   # other package
+        "src/com/acme/Unused.java": "package com.acme;\n\nenum Unused { A }\n",
+    })
+    assert deps["src/com/acme/App.java"] == {"src/com/acme/Repo.java"}
+    assert deps["src/com/acme/Repo.java"] == {"src/com/acme/Store.java"}    # nested `Inner` declares nothing
+    assert deps["src/com/other/Inner.java"] == set() and deps["src/com/acme/Unused.java"] == set()
+    order = dependency_order(deps, deps)
+    chain = next(g for g in order if "src/com/acme/App.java" in g)
+    assert chain == ["src/com/acme/Store.java", "src/com/acme/Repo.java", "src/com/acme/App.java"]
