@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +33,19 @@ def _run(args, **kw):
                           timeout=240, **kw)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight(tmp_path_factory, tok_dir, corpus_dir):
-    """One uninterrupted 12-step run, the reference for the resume and torchrun tests."""
+    """One uninterrupted 12-step run, the reference for the resume and torchrun tests (test_run_control.py too).
+    Tests that write into a run folder work on a copy (`copy_run`)."""
     out = tmp_path_factory.mktemp("straight")
     r = _run(_args(tok_dir, corpus_dir, out))
     assert r.returncode == 0, r.stderr
     return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -91,6 +91,9 @@ def _validate(args) -> None:
         raise UserError(f"--dtype {args.dtype}: pretraining runs in float32 or with bfloat16 autocast")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
+    for d in args.data:
+        if not Path(d).exists():
+            raise UserError(f"data path {d}: no such file or folder")
     tok = Path(args.tokenizer)
     if not tok.is_dir():
         raise UserError(f"--tokenizer {tok}: no such directory (train one with `dscoder tokenizer train`)")
@@ -165,7 +168,11 @@ def _setup_model(args, cfg, dist, resume_from: Path | None):
     elif args.init_from:
         src = load_model(args.init_from)
         model = build_model(cfg)
-        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        except RuntimeError as e:                        # shapes differ (e.g. --set changed a size)
+            raise UserError(f"--init-from {args.init_from}: weights do not fit the model "
+                            f"({str(e).splitlines()[-1].strip()})") from None
         if unexpected or any(not k.endswith("inv_freq") for k in missing):
             raise UserError(f"--init-from {args.init_from}: weights do not fit the model "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

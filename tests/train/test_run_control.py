@@ -1,0 +1,160 @@
+"""Run control of `dscoder pretrain`, with real processes: SIGTERM checkpoints and resumes exactly; --resume never
+moves backward and refuses damaged checkpoint sets; a finished run extends from its last checkpoint; leftovers of
+killed saves are cleaned; one run per folder; bad input leaves no folder behind."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_pretrain_cli import ENV, _args, _run, _weights, copy_run, straight  # noqa: F401  (straight: a fixture)
+
+from dscoder.cli import main as cli_main
+from dscoder.train.checkpoint import verify
+from dscoder.train.metrics import read_metrics
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    """Every file under a run folder, by relative path (checkpoints included: nothing may change)."""
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _start(args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dscoder.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(r["step"] >= step for r in read_metrics(metrics)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended (rc {proc.poll()}) or stalled before step {step}")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_then_resume_is_exact(straight, tok_dir, corpus_dir, tmp_path, capsys):
+    out = tmp_path / "term"
+    proc = _start(_args(tok_dir, corpus_dir, out))
+    _wait_for_step(proc, out / "metrics.jsonl", 5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)          # a second signal while it winds down is ignored
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    step = read_metrics(out / "metrics.jsonl")[-1]["step"]
+    assert 5 <= step < 12 and f"stopped by SIGTERM at step {step}/12" in err and "--resume" in err
+    ck = out / "checkpoints" / f"step-{step:08d}"
+    assert verify(ck) is None and not (out / "final").exists()
+    # a checkpoint at step N: --steps below it would move the run backward
+    before = _snapshot(out)
+    assert cli_main(_args(tok_dir, corpus_dir, out, steps=step - 1, extra=["--resume"])) == 2
+    msg = capsys.readouterr().err
+    assert f"--steps {step - 1}" in msg and f"step {step}" in msg and _snapshot(out) == before
+    r = _run(_args(tok_dir, corpus_dir, out, extra=["--resume"]))
+    assert r.returncode == 0, r.stderr
+    ref = read_metrics(straight / "metrics.jsonl")
+    got = read_metrics(out / "metrics.jsonl")
+    assert [(x["step"], x["loss"], x["grad_norm"]) for x in got] == [(x["step"], x["loss"], x["grad_norm"])
+                                                                     for x in ref]
+    a, b = _weights(straight / "final"), _weights(out / "final")
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_resume_below_a_finished_run_is_refused_and_touches_nothing(straight, tok_dir, corpus_dir, tmp_path, capsys):
+    run = copy_run(straight, tmp_path / "run")
+    before = _snapshot(run)
+    for steps in (6, 11):                     # below the newest checkpoint and final/ (both step 12)
+        assert cli_main(_args(tok_dir, corpus_dir, run, steps=steps, extra=["--resume"])) == 2
+        err = capsys.readouterr().err
+        assert f"--resume --steps {steps}" in err and "already holds step 12" in err and "backward" in err
+        assert _snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_finished_run_extends_from_its_last_checkpoint_and_cleans_leftovers(straight, tok_dir, corpus_dir, tmp_path):
+    run = copy_run(straight, tmp_path / "run")
+    # what killed saves and deletes leave behind
+    (run / "checkpoints" / ".trash-step-00000002").mkdir()
+    (run / "checkpoints" / ".trash-step-00000002" / "config.json").write_text("{}")
+    (run / "checkpoints" / "step-00000016.tmp").mkdir()
+    (run / "final.tmp").mkdir()
+    r = _run(_args(tok_dir, corpus_dir, run, steps=14, extra=["--resume"]))
+    assert r.returncode == 0, r.stderr
+    assert "removed leftovers" in r.stderr and "final.tmp" in r.stderr
+    assert not (run / "final.tmp").exists() and not (run / "checkpoints" / ".trash-step-00000002").exists()
+    ref = (straight / "metrics.jsonl").read_text().splitlines()
+    got = (run / "metrics.jsonl").read_text().splitlines()
+    assert got[:12] == ref and [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 15))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000008", "step-00000012",
+                                                                        "step-00000014"]
+    import json
+    assert json.loads((run / "summary.json").read_text())["steps"] == 14
+    assert json.loads((run / "final" / "manifest.json").read_text())["step"] == 14
+
+
+def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straight, tok_dir, corpus_dir, tmp_path):
+    run = copy_run(straight, tmp_path / "run")
+    ck = run / "checkpoints"
+    w = ck / "step-00000012" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-64])                           # truncated
+    raw = bytearray((ck / "step-00000008" / "train_state.pt").read_bytes())
+    raw[-30] ^= 0xFF                                              # one flipped byte
+    (ck / "step-00000008" / "train_state.pt").write_bytes(bytes(raw))
+    (ck / "step-00000004" / "manifest.json").unlink()             # killed before the manifest
+    before = _snapshot(run)
+    r = _run(_args(tok_dir, corpus_dir, run, steps=16, extra=["--resume"]))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("dscoder pretrain: error: --resume: no usable checkpoint under")
+    assert "step-00000012: model.safetensors: size" in r.stderr
+    assert "step-00000008: train_state.pt: sha256 mismatch" in r.stderr
+    assert "step-00000004: no manifest.json" in r.stderr
+    assert "Traceback" not in r.stderr and _snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_second_run_into_the_same_folder_exits_2_naming_the_holder(tok_dir, corpus_dir, tmp_path):
+    out = tmp_path / "busy"
+    first = _start(_args(tok_dir, corpus_dir, out, steps=200))
+    try:
+        _wait_for_step(first, out / "metrics.jsonl", 1)
+        r = _run(_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"]))
+        assert r.returncode == 2 and f"in use by pid {first.pid}" in r.stderr, r.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+
+
+BAD_INPUTS = {
+    "keep-last 0": ["--keep-last", "0"],
+    "warmup -1": ["--warmup", "-1"],
+    "lr nan": ["--lr", "nan"],
+    "batch not divisible": ["--grad-accum", "3"],
+    "unknown --set field": ["--set", "no_such_field=1"],
+    "tokenizer missing": ["--tokenizer", "/nonexistent/tok"],
+    "data missing": ["--data", "/nonexistent/corpus"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_leaves_no_folder(tok_dir, corpus_dir, tmp_path, case):
+    out = tmp_path / "never"
+    r = _run(_args(tok_dir, corpus_dir, out, extra=BAD_INPUTS[case]))
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_error_after_the_folder_is_taken_removes_it(straight, tok_dir, corpus_dir, tmp_path):
+    """--init-from weights that do not fit the model are found while the model is built (the folder is locked by
+    then): the folder this run created is removed again."""
+    out = tmp_path / "never"
+    r = _run(_args(tok_dir, corpus_dir, out, extra=["--init-from", str(straight / "final"),
+                                                    "--set", "intermediate_size=64"]))
+    assert r.returncode == 2 and "weights do not fit" in r.stderr, r.stderr
+    assert not out.exists()
