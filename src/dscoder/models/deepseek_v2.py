@@ -263,7 +263,7 @@ class MoE(nn.Module):
         k, slots = idx.shape[1], idx.reshape(-1)
         order = slots.argsort(stable=True)                                       # (N*K,) grouped by expert id
         token = order // k
-        # scatter_add, not bincount: CUDA's bincount reads the max id back to the host first
+        # scatter_add, not bincount: on CUDA bincount reads the ids' min and max back to the host (ATen SummaryOps.cu)
         counts = torch.zeros(len(self.experts), dtype=torch.long, device=idx.device)
         counts.scatter_add_(0, slots, torch.ones_like(slots))
         xs = flat[token]                                                         # (N*K, h)
