@@ -8,6 +8,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
+    # load_model keeps verified weight digests under $XDG_CACHE_HOME/dscoder; tests must not write the user's cache
+    if "DSCODER_TEST_KEEP_CACHE" not in os.environ:
+        import tempfile
+        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dscoder-test-cache-")
     try:
         import torch
         torch.set_num_threads(int(os.environ.get("DSCODER_THREADS", "2")))
