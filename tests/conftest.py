@@ -9,9 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     # load_model keeps verified weight digests under $XDG_CACHE_HOME/dscoder; tests must not write the user's cache
-    if "DSCODER_TEST_KEEP_CACHE" not in os.environ:
-        import tempfile
-        os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dscoder-test-cache-")
+    import tempfile
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dscoder-test-cache-")   # subprocesses inherit it
     try:
         import torch
         torch.set_num_threads(int(os.environ.get("DSCODER_THREADS", "2")))
