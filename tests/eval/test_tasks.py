@@ -74,7 +74,7 @@ def mbpp(fixture_benchmarks):
 
 def test_mbpp_rows_and_base_prompt(mbpp):
     task, rows = mbpp
-    assert sorted(rows) == [11, 12, 17, 56, 101, 245, 367, 510]  # the fixture's test rows; the shots are not test problems
+    assert sorted(rows) == [11, 12, 17, 56, 101, 245, 367, 510]  # the fixture's test rows (shots excluded)
     assert [s["task_id"] for s in task.shots] == [2, 3, 4]
     pr = task.prompt(rows[11])
     assert pr.text.count("[DONE]") == 3 and pr.text.endswith("[BEGIN]") and pr.stop == ("[DONE]",)
