@@ -159,8 +159,10 @@ def test_iter_texts_skips_binary_and_caps_bytes(tmp_path):
     (src / "c.txt").write_bytes(b"\xff\xfe not utf8")
     shard = tmp_path / "d.jsonl"
     shard.write_text(json.dumps({"text": "from jsonl"}) + "\nbroken\n")
-    assert list(iter_texts([src, shard])) == ["print('é')\n" * 10, "from jsonl"]
-    capped = "".join(iter_texts([src, shard], max_bytes=25))
+    with pytest.raises(UserError, match="1 of 2 records are not valid"):    # over the default 1% of bad lines
+        list(iter_texts([src, shard]))
+    assert list(iter_texts([src, shard], max_bad_fraction=0.5)) == ["print('é')\n" * 10, "from jsonl"]
+    capped = "".join(iter_texts([src, shard], max_bytes=25, max_bad_fraction=0.5))
     assert len(capped.encode()) <= 25 and capped.startswith("print('é')")
 
 

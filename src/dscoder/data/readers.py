@@ -739,6 +739,24 @@ def read_unit(unit: SourceUnit, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         yield from _read_table(unit, max_file_bytes, languages)
 
 
+def read_file(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[FileRecord | None, list[Drop]]:
+    """One file named by the user (a symlink is resolved: the user chose it), read by the rules of a tree's
+    files whatever its language: (record or None, the Drop when it is skipped)."""
+    path = Path(path)
+    repo = _Repo(path.name, max_file_bytes, None)
+    real = os.path.realpath(path)
+    try:
+        size = os.stat(real).st_size
+    except OSError as e:
+        repo.drop(str(path), "unreadable", e.strerror or str(e))
+        return None, repo.drops
+    if size > max_file_bytes:
+        repo.drop(str(path), "too_large", over_cap(size, max_file_bytes))
+    else:
+        _read_regular(real, repo, str(path), detect_language(path.name) or "unknown")
+    return (repo.files[0] if repo.files else None), repo.drops
+
+
 def is_failure(drop: Drop) -> bool:
     """True for the Drop that stands for a whole unreliable repository (broken git store, damaged archive)."""
     return drop.path == "" and drop.reason in FAILURE_REASONS

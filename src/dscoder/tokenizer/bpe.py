@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..args import Parser, int_range, out_dir, positive_int
-from ..data.corpus import iter_documents
+from ..data.corpus import MAX_BAD_FRACTION, CorpusStats, iter_documents
 from ..errors import UserError
 from .chat import V1_CHAT_TEMPLATE
 from .special import BOS, EOS, SPECIAL_TOKENS
@@ -36,19 +36,22 @@ SPLIT_PATTERNS = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-�
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[str]:
-    """Texts from files/folders (folders walked in sorted order; .jsonl/.parquet shards give their `text` fields;
-    binary and undecodable files skipped), stopping once `max_bytes` UTF-8 bytes have been yielded."""
+def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX_BYTES,
+               stats: CorpusStats | None = None, max_bad_fraction: float = MAX_BAD_FRACTION) -> Iterator[str]:
+    """Texts from files/folders by the rules of `data.corpus.iter_documents` (the same files `data build` and
+    pretraining read; bad shard records counted into `stats` and bounded by `max_bad_fraction`), stopping once
+    `max_bytes` UTF-8 bytes have been yielded."""
     paths = [Path(p) for p in inputs]
     for p in paths:                  # checked now, not when the trainer first pulls a text
         if not p.exists():
-            raise UserError(f"input {str(p)!r}: no such file or directory")
-    return _iter_texts(paths, max_bytes)
+            raise UserError(f"--input {p}: no such file or directory")
+    return _iter_texts(paths, max_bytes, stats, max_bad_fraction)
 
 
-def _iter_texts(paths: list[Path], max_bytes: int) -> Iterator[str]:
+def _iter_texts(paths: list[Path], max_bytes: int, stats: CorpusStats | None, max_bad_fraction: float
+                ) -> Iterator[str]:
     budget = max_bytes
-    for text in iter_documents(paths):
+    for text in iter_documents(paths, stats, max_bad_fraction):
         raw = text.encode("utf-8", "surrogatepass")
         if len(raw) >= budget:     # cut the last text at the cap, on a character boundary
             yield raw[:budget].decode("utf-8", "ignore")
