@@ -44,7 +44,7 @@ def iter_texts(inputs: Iterable[str | os.PathLike], max_bytes: int = DEFAULT_MAX
     paths = [Path(p) for p in inputs]
     for p in paths:                  # checked now, not when the trainer first pulls a text
         if not p.exists():
-            raise UserError(f"--input {p}: no such file or directory")
+            raise UserError(f"input {str(p)!r}: no such file or directory")
     return _iter_texts(paths, max_bytes, stats, max_bad_fraction)
 
 
