@@ -130,6 +130,21 @@ def test_bad_input_exits_2_and_writes_nothing(tok_dir, tmp_path, capsys):
     assert rc == 2 and "--tokenizer" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
+def test_summary_counts_skipped_data_lines(tok_dir, corpus_dir, tmp_path):
+    """A shard with one line that is not JSON: training goes on, summary.json records the count and the line."""
+    texts = [p.read_text() for p in sorted(corpus_dir.glob("*.py"))] * 5             # 200 records
+    lines = [json.dumps({"text": t}) for t in texts]
+    lines.insert(6, "{not json")                                                      # line 7
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    assert cli_main(_args(tok_dir, shards, out, steps=2, extra=["--save-every", "0"])) == 0
+    data = json.loads((out / "summary.json").read_text())["data"]
+    assert data["records"] == 201 and data["bad_records"] == 1
+    assert data["first_bad"].startswith(f"{shards / 'part-0.jsonl'}:7 ")
+
+
 def test_moe_preset_logs_aux_loss_and_expert_load(tok_dir, corpus_dir, tmp_path):
     args = ["pretrain", "--preset", "tiny-moe", "--tokenizer", str(tok_dir), "--data", str(corpus_dir),
             "--out", str(tmp_path / "moe"), "--steps", "2", "--seq-len", "16", "--batch-size", "2",

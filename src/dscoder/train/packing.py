@@ -1,7 +1,8 @@
 """Pretraining data: documents from files, FIM at the document level, packing into fixed windows (v1 paper §3.1).
 
-* Sources: `data.corpus.iter_documents` (folders of source files; `.jsonl[.gz]` / `.parquet` shards with `text`),
-  in a deterministic order: sorted paths, rows in file order.
+* Sources: `data.corpus.iter_documents` (source folders and repositories, `.jsonl[.gz]` / `.parquet` shards with
+  `text`; what it reads and skips is documented there), in a deterministic order; `PackedStream.stats` counts what
+  it skipped.
 * Split (`is_heldout`): a document is held out for eval loss when a stable hash of its text is 0 mod
   `heldout_every` (default 100 -> 1%). Hashing the text (not its position) keeps duplicates on one side.
 * Packing (`PackedStream`): each document becomes `[BOS] + document_ids(...)` -- FIM (PSM, rate 0.5) is applied to
@@ -28,7 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..data.corpus import iter_documents
+from ..data.corpus import CorpusStats, iter_documents
 from ..errors import UserError
 
 
@@ -139,12 +140,13 @@ class PackedStream:
         self.epoch, self.doc_index, self.buffer = 0, 0, []
         self.pool: list[tuple[int, str]] = []          # (index in the epoch's document order, text)
         self._docs: Iterator[str] | None = None
+        self.stats = CorpusStats()                     # what reading skipped, per file read to its end
 
     def _wanted(self, text: str) -> bool:
         return is_heldout(text, self.heldout_every) == (self.split == "heldout")
 
     def _open(self, keep: set[int] = frozenset()) -> Iterator[str]:
-        docs = iter_documents(self.paths)
+        docs = iter_documents(self.paths, stats=self.stats)
         for i in range(self.doc_index):              # resume: re-read (not re-tokenize) the consumed documents
             text = next(docs, None)
             if i in keep:                            # ... and put the shuffle buffer's documents back

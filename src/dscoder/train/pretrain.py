@@ -22,6 +22,7 @@ import torch
 from ..args import (Parser, add_device_args, finite_float, int_range, non_negative_int, out_dir, positive_float,
                     positive_int, probability, resolve_device_dtype, typed_overrides)
 from ..args import seed as seed_int
+from ..data.corpus import CorpusStats
 from ..durable import lock_run_folder
 from ..errors import UserError
 from . import checkpoint as ckpt
@@ -391,7 +392,7 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     final_model = _gathered_model(model, cfg, dist)
     if dist.is_main:
         ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
-        _write_summary(out, state)
+        _write_summary(out, state, stream.stats)
         print(f"dscoder pretrain: {state.step} steps, {state.tokens:,} tokens; final model in {out / 'final'}",
               file=sys.stderr)
     parallel.barrier(dist)
@@ -408,13 +409,16 @@ def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist)
     return 143
 
 
-def _write_summary(out: Path, state) -> None:
-    """OUT/summary.json: totals and the held-out loss before (fresh runs) and after training."""
+def _write_summary(out: Path, state, corpus: CorpusStats) -> None:
+    """OUT/summary.json: totals, the held-out loss before and after training, and what reading --data skipped
+    (`data`: records read, bad records and the first one as FILE:LINE (reason), per file; skipped source files by
+    reason; counted over the files the training stream read to their end)."""
     from .metrics import plot_loss, read_metrics
 
     evals = [r["eval_loss"] for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
     summary = {"steps": state.step, "tokens": state.tokens, "train_seconds": round(state.elapsed_s, 1),
-               "initial_eval_loss": state.initial_eval_loss, "final_eval_loss": evals[-1] if evals else None}
+               "initial_eval_loss": state.initial_eval_loss, "final_eval_loss": evals[-1] if evals else None,
+               "data": corpus.as_dict()}
     if state.initial_eval_loss is not None:
         plot_loss(out / "metrics.jsonl", out / "loss.png", state.initial_eval_loss)
     tmp = out / "summary.json.tmp"
