@@ -36,7 +36,7 @@ def main() -> int:
     from dscoder.models.hf import build_model
     from dscoder.models.presets import get_preset
     from dscoder.train.loop import LoopConfig, train_step
-    from dscoder.train.metrics import flops_per_token
+    from dscoder.train.metrics import flops_per_token, mfu
     from dscoder.train.optim import build_optimizer
     from dscoder.train.parallel import Dist
 
@@ -65,9 +65,10 @@ def main() -> int:
     tok_s = args.batch_size * args.seq_len / dt
     name = torch.cuda.get_device_name()
     achieved = tok_s * flops_per_token(cfg, args.seq_len)
+    util = mfu(tok_s, cfg, args.seq_len, peak_flops(name))
     print(json.dumps({"device": name, "preset": args.preset, "params": cfg.num_params(), "seq_len": args.seq_len,
                       "batch_size": args.batch_size, "step_s": round(dt, 4), "tokens_per_s": round(tok_s),
-                      "tflops": round(achieved / 1e12, 1), "mfu": round(achieved / peak_flops(name), 4),
+                      "tflops": round(achieved / 1e12, 1), "mfu": round(util, 4),
                       "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}))
     return 0
 

@@ -136,4 +136,5 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def mfu(tokens_per_s: float, config, seq_len: int, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over `peak_flops` (nan when the peak is unknown)."""
     return tokens_per_s * flops_per_token(config, seq_len) / peak_flops if peak_flops > 0 else math.nan
