@@ -53,9 +53,10 @@ def corpus(max_mb: float) -> tuple[list[Path], int]:
     return sorted(chosen), total
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """(driver, joined workers) CPU seconds so far."""
     ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(r.ru_utime + r.ru_stime for r in ru)
+    return ru[0].ru_utime + ru[0].ru_stime, ru[1].ru_utime + ru[1].ru_stime
 
 
 def main() -> None:
@@ -71,7 +72,9 @@ def main() -> None:
         t0 = time.perf_counter()
         stats = build(sources, Path(out), cfg, "local", args.workers)
         wall = time.perf_counter() - t0
-        cpu = _cpu_seconds() - cpu0          # driver + (joined) workers: immune to other load on the machine
+        cpu1 = _cpu_seconds()
+    driver, kids = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    cpu = driver + kids                      # driver + (joined) workers: immune to other load on the machine
     mb = stats["output"]["input_bytes"] / 1e6
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -84,7 +87,7 @@ def main() -> None:
     print(f"syntax check: {'off' if args.no_syntax_check else 'on (tree-sitter)'}")
     print(f"wall {wall:.1f}s with {args.workers} worker(s): {mb / wall:.2f} MB/s, "
           f"{mb / wall / args.workers:.2f} MB/s per core (target >= 5; datatrove ~0.9)")
-    print(f"CPU time {cpu:.1f}s (driver + workers): {mb / cpu:.2f} MB per CPU-second "
+    print(f"CPU time {cpu:.1f}s (driver {driver:.1f}s + workers {kids:.1f}s): {mb / cpu:.2f} MB per CPU-second "
           f"(= MB/s per core on an otherwise idle machine; wall figures suffer when cores are shared)")
     print(f"peak RSS: driver {peak_self:.0f} MiB, largest worker {peak_kids:.0f} MiB")
 

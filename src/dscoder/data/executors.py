@@ -5,7 +5,6 @@ and yield the results **in input order**, pulling items lazily and keeping at mo
 Ordered results are what make the output independent of the worker count; the bounded window is what keeps
 memory flat when `items` is a generator over a large corpus (`multiprocessing.Pool.imap` reads its whole input
 ahead). Several `imap`s can be chained from one thread: each pulls its items from the previous one's results.
-`submit(fn, x)` starts one call and returns a handle whose `result()` waits for it.
 
     with make_executor("local", workers=4) as ex:
         for result in ex.imap(stage, units):
@@ -42,11 +41,6 @@ class InlineExecutor:
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
         return (fn(x) for x in items)
 
-    def submit(self, fn: Callable[[Any], Any], x: Any) -> Any:
-        done: Future = Future()
-        done.set_result(fn(x))
-        return done
-
     def close(self) -> None:
         pass
 
@@ -74,9 +68,6 @@ class LocalExecutor(InlineExecutor):
         while pending:
             yield pending.popleft().result()
 
-    def submit(self, fn: Callable[[Any], Any], x: Any) -> Future:
-        return self._pool.submit(fn, x)
-
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -100,15 +91,6 @@ class RayExecutor(InlineExecutor):
         if fn not in self._remote:
             self._remote[fn] = self._ray.remote(fn)
         return self._remote[fn]
-
-    def submit(self, fn: Callable[[Any], Any], x: Any) -> Any:
-        ref = self._remote_fn(fn).remote(x)
-        ray = self._ray
-
-        class _Handle:
-            def result(self) -> Any:
-                return ray.get(ref)
-        return _Handle()
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
         window = window or 2 * self.workers

@@ -396,19 +396,16 @@ def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str 
             if not rows:
                 raise _no_text_error(sources, stats)
             result = _stats_dict(stats, _output_stats(rows, cfg.shard_size), cfg, len(comps), index)
-            from .report import render_png
-            png = ex.submit(render_png, result)       # drawn by a worker while the driver writes shards
             spool.f.flush()
             write_shards(out, spool.path, rows, cfg.shard_size)
-            png_bytes = png.result()
     except UserError:
         shutil.rmtree(out if created else work, ignore_errors=True)
         raise
     _write_bytes(out / "stats.json", (json.dumps(result, indent=1, ensure_ascii=False) + "\n").encode())
     os.replace(work / "drops.jsonl", out / "drops.jsonl")
-    from .report import render_markdown
+    from .report import render_markdown, render_png
     _write_bytes(out / "report.md", render_markdown(result).encode())
-    _write_bytes(out / "report.png", png_bytes)
+    _write_bytes(out / "report.png", render_png(result))
     shutil.rmtree(work)
     return result
 
