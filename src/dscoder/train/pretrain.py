@@ -3,6 +3,9 @@
 Wires the pieces: tokenizer -> model config (preset or --init-from, vocab/bos/eos from the tokenizer, RoPE flags
 for long-context extension, v1 §3.6) -> `packing.PackedStream` (FIM at the document level, §3.1.2) -> `loop.run`
 (AdamW + 3-stage or cosine LR, §3.4) -> `checkpoint` (atomic, verifiable, exact resume) and OUT/final/.
+Order of work: every input is checked; rank 0 creates and locks OUT (`_RunFolder`) and decides where the run
+starts (`_plan_start`: fresh, resume, nothing to do, or a refusal that touches nothing); then the model is built,
+wrapped (`parallel.parallelize`) and trained under `loop.GracefulStop` (SIGTERM -> checkpoint, exit 143).
 Usage is in `main`'s docstring (= `dscoder pretrain --help`).
 """
 from __future__ import annotations
