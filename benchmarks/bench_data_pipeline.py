@@ -1,11 +1,13 @@
-"""Whole-pipeline throughput of `dscoder data build`: MB/s per core and peak memory (issue 3, deliverable 11).
+"""Whole-pipeline throughput of `dscoder data build`: MB/s per core and peak memory.
 
 Corpus: the Python standard library plus this venv's site-packages, each top-level package folder one
 repository (so Algorithm 1 sees real import graphs), largest first until `--max-mb` of source text. All stages
 run, with the default decontamination (HumanEval). MB counts the decoded text that passed the reader.
 
-Target >= 5 MB/s per core. Peer reference: datatrove's pipeline runs at about 0.9 MB/s per core (figure quoted
-in issue 3; datatrove is not installed here, so it is not re-measured).
+Target >= 5 MB/s of wall-clock throughput per core with every core busy. The largest repository holds most of
+the text, so this measures how well a repository is cut into work units (`data.stages`). Wall-clock figures
+count every other process on the machine; the CPU line does not. datatrove is not installed here, so no peer
+figure is measured.
 
     .venv/bin/python benchmarks/bench_data_pipeline.py --workers 2 --max-mb 40
 """
@@ -86,9 +88,10 @@ def main() -> None:
                                     for k in ("read", "filter", "dedup", "quality", "decontam", "near_dedup")))
     print(f"syntax check: {'off' if args.no_syntax_check else 'on (tree-sitter)'}")
     print(f"wall {wall:.1f}s with {args.workers} worker(s): {mb / wall:.2f} MB/s, "
-          f"{mb / wall / args.workers:.2f} MB/s per core (target >= 5; datatrove ~0.9)")
+          f"{mb / wall / args.workers:.2f} MB/s per core (target >= 5)")
     print(f"CPU time {cpu:.1f}s (driver {driver:.1f}s + workers {kids:.1f}s): {mb / cpu:.2f} MB per CPU-second "
           f"(= MB/s per core on an otherwise idle machine; wall figures suffer when cores are shared)")
+    print(f"cores busy: {cpu / (wall * args.workers):.0%} of {args.workers} x wall (driver included)")
     print(f"peak RSS: driver {peak_self:.0f} MiB, largest worker {peak_kids:.0f} MiB")
 
 

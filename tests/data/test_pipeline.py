@@ -1,4 +1,4 @@
-"""`dscoder data build` end to end (issue 3): ordering, near-dedup, decontamination, bad inputs, crash safety,
+"""`dscoder data build` end to end: ordering, near-dedup, decontamination, bad inputs, crash safety,
 worker-count independence and Ray == local. Everything runs on real files, real processes."""
 import gzip
 import json

@@ -1,4 +1,4 @@
-"""Safe reading of every source kind, and every bad input of issue 3 counted with its reason (reliability §6)."""
+"""Safe reading of every source kind, and every bad input of reliability.md §6 counted with its reason."""
 import gzip
 import io
 import json

@@ -32,13 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .readers import (DEFAULT_MAX_FILE_BYTES, SourceUnit, corrupt_table_errors, iter_repos, iter_table_rows,
-                      read_file, read_unit)
+from .packed import corrupt_table_errors, iter_table_rows
+from .readers import DEFAULT_MAX_FILE_BYTES, SourceUnit, file_kind, iter_repos, read_file, read_unit
 
 MAX_FILE_BYTES = DEFAULT_MAX_FILE_BYTES
 MAX_BAD_FRACTION = 0.01
-SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-_ARCHIVES = {".zip": "zip", ".tar": "tar", ".tgz": "tar", ".tar.gz": "tar", ".tar.bz2": "tar", ".tar.xz": "tar"}
 
 
 @dataclass
@@ -70,12 +68,7 @@ class CorpusStats:
 
 
 def _is_shard(path: Path) -> bool:
-    return path.name.lower().endswith(SHARD_SUFFIXES)
-
-
-def _archive_kind(path: Path) -> str | None:
-    low = path.name.lower()
-    return next((k for suffix, k in _ARCHIVES.items() if low.endswith(suffix)), None)
+    return file_kind(path) in ("jsonl", "parquet")
 
 
 def _shards_under(root: Path) -> list[Path]:
@@ -163,7 +156,7 @@ def iter_documents(paths: list[str | Path], stats: CorpusStats | None = None,
                 yield from _source_texts(iter_repos([root], MAX_FILE_BYTES), stats)
         elif _is_shard(root):
             yield from _shard_texts(root, stats, max_bad_fraction)
-        elif (kind := _archive_kind(root)) is not None:
+        elif (kind := file_kind(root)) is not None:
             yield from _source_texts(read_unit(SourceUnit(kind, str(root), root.name), MAX_FILE_BYTES), stats)
         else:
             yield from _file_texts(root, stats)

@@ -3,11 +3,16 @@
     for repo, drops in iter_repos(["corpus/"], max_file_bytes=1 << 20):
         ...   # one item per repository: files sorted by path, plus every file refused, with its reason
 
+Trees and bare repositories can also be listed first and read in parts (`scan_unit`, then `read_refs` on any
+slice of the list): the data pipeline's work units.
+
 Sources (`plan_sources` turns each into units of work, one per repository where it can tell them apart):
 - a folder is ONE repository when it has a `.git` entry, is a bare git repository (`HEAD`, `objects/`, `refs/`),
   or holds any non-hidden regular file at its top level; otherwise it is a folder of repositories, each
   non-hidden subfolder one repository (working tree, or bare git read through `git ls-tree` + `git cat-file`);
-- a git working tree is read from disk (`.git` skipped); a bare repository is read at HEAD through git;
+- a git working tree holds the files `git ls-files -co --exclude-standard` lists (tracked, plus untracked ones
+  .gitignore does not exclude), read from disk; if git cannot list it, the folder is walked (and the `.git`
+  Drop says so); a bare repository is read at HEAD through git;
 - `.tar`, `.tar.gz`, `.tgz`, `.tar.bz2`, `.tar.xz`, `.zip`: one repository, with a single top-level folder
   stripped (GitHub's `name-main/`); when the archive holds only folders, two or more, each is one repository,
   named `archive/folder`;
@@ -22,20 +27,16 @@ internals, vendored folders and minified files are skipped by path; archive memb
 names are refused; a file of no language in `data.languages` ("unknown_language") or outside `languages=`
 ("language_excluded") is never opened; a truncated or corrupt archive or git store yields its repository with
 no files and one Drop ("truncated_archive", "archive_bomb" past 100x expansion, "git_error"), never a partial
-repository passed off as complete. Tables and archives are held in memory one source file at a time.
+repository passed off as complete. Git runs with `core.fsmonitor` off, so a repository's own config cannot
+make it start a program. Archives and tables are read by `data.packed`.
 """
 from __future__ import annotations
 
 import errno
-import gzip
-import json
 import os
 import posixpath
 import stat
 import subprocess
-import tarfile
-import zipfile
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +62,8 @@ BINARY_EXTENSIONS = frozenset((
     ".sqlite .sqlite3 .npy .npz .pkl .pickle .pt .pth .onnx .safetensors .h5 .hdf5 .parquet .arrow .doc .docx "
     ".xls .xlsx .ppt .pptx .dat .iso .img .dmg .deb .rpm .swf .fla .blend .fbx .glb"
 ).split())
-ARCHIVE_MAX_RATIO = 100            # source archives expand ~5-10x; far beyond that is a bomb
-ARCHIVE_SLACK_BYTES = 32 << 20
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
-REPO_COLUMNS = ("repo", "repo_name", "max_stars_repo_name")
-PATH_COLUMNS = ("path", "max_stars_repo_path")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
-_TABLE_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
 _BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
          (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 FAILURE_REASONS = frozenset({"git_error", "truncated_archive", "archive_bomb"})
@@ -405,7 +401,7 @@ def _cat_blobs(gitdir: Path, refs: Iterable["FileRef"], repo: _Repo) -> None:
         proc.wait()
 
 
-# ---------------------------------------------------------------- archives
+# ---------------------------------------------------------------- planning and the public entry point
 
 def _archive_stem(path: Path) -> str:
     name = path.name
@@ -415,211 +411,6 @@ def _archive_stem(path: Path) -> str:
     return name
 
 
-def _expansion_budget(path: Path) -> int:
-    """Most uncompressed bytes an archive may declare: beyond this it is treated as a decompression bomb."""
-    return ARCHIVE_MAX_RATIO * path.stat().st_size + ARCHIVE_SLACK_BYTES
-
-
-_Entries = list[tuple[str, int, "bytes | None", str]]
-
-
-def _tar_entries(path: Path, cap: int) -> tuple[_Entries, tuple[str, str] | None]:
-    """(name, size, data or None, refusal) per member, or (reason, detail) when the archive is damaged."""
-    out: _Entries = []
-    total, budget = 0, _expansion_budget(path)
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                total += m.size
-                if total > budget:    # even skipped members cost decompression time
-                    return out, ("archive_bomb", f"declares > {budget} bytes uncompressed")
-                if m.isdir():
-                    continue
-                if m.issym() or m.islnk():
-                    out.append((m.name, m.size, None, "symlink"))
-                elif not m.isfile():
-                    out.append((m.name, m.size, None, "not_regular"))
-                elif m.size > cap:
-                    out.append((m.name, m.size, None, ""))      # admit() records too_large without reading
-                else:
-                    f = tf.extractfile(m)
-                    data = f.read() if f is not None else b""
-                    if len(data) != m.size:
-                        return out, ("truncated_archive", f"member {m.name!r} ends early")
-                    out.append((m.name, m.size, data, ""))
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        return out, ("truncated_archive", f"{type(e).__name__}: {e}")
-    return out, None
-
-
-def _zip_entries(path: Path, cap: int) -> tuple[_Entries, tuple[str, str] | None]:
-    out: _Entries = []
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if sum(i.file_size for i in infos) > (budget := _expansion_budget(path)):
-                return out, ("archive_bomb", f"declares > {budget} bytes uncompressed")
-            for info in infos:
-                if info.is_dir():
-                    continue
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    out.append((info.filename, info.file_size, None, "symlink"))
-                elif info.file_size > cap:
-                    out.append((info.filename, info.file_size, None, ""))
-                else:
-                    with zf.open(info) as f:       # read at most cap+1: a lying header cannot balloon memory
-                        out.append((info.filename, info.file_size, f.read(cap + 1), ""))
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, RuntimeError, NotImplementedError) as e:
-        return out, ("truncated_archive", f"{type(e).__name__}: {e}")
-    return out, None
-
-
-def _read_archive(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | None
-                  ) -> Iterator[tuple[RepoFiles, list[Drop]]]:
-    path = Path(unit.path)
-    entries, error = (_zip_entries if unit.kind == "zip" else _tar_entries)(path, max_bytes)
-    if error is not None:
-        repo = _Repo(unit.name, max_bytes, languages)
-        repo.fail(error[0], error[1][:500])
-        yield repo.result()
-        return
-    safe = [(safe_member_path(n), n, size, data, refusal) for n, size, data, refusal in entries]
-    tops = {p.split("/", 1)[0] for p, *_ in safe if p}
-    has_top_files = any(p and "/" not in p for p, *_ in safe)
-    split = not has_top_files and len(tops) > 1
-    repos: dict[str, _Repo] = {}
-    for rel, raw, size, data, refusal in safe:
-        top, _, rest = rel.partition("/") if rel else ("", "", "")
-        if split:
-            key, rel = f"{unit.name}/{top}", rest
-        else:
-            key = unit.name
-            rel = rest if (rel and not has_top_files and len(tops) == 1) else rel
-        repo = repos.setdefault(key, _Repo(key, max_bytes, languages))
-        if not rel:
-            repo.drop(raw, "path_traversal")
-        elif refusal:
-            repo.drop(rel, refusal)
-        elif (lang := repo.admit(rel, size)) is not None and data is not None:
-            repo.add_bytes(rel, lang, data)
-    if not repos:
-        repos[unit.name] = _Repo(unit.name, max_bytes, languages)
-    for key in sorted(repos):
-        yield repos[key].result()
-
-
-# ---------------------------------------------------------------- tables (JSONL, Parquet)
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str]]:
-    """(line number, row or None, reason) per non-blank line; a bad line costs only itself."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield lineno, None, "encoding"
-                continue
-            except ValueError:
-                yield lineno, None, "bad_json"
-                continue
-            yield (lineno, row, "") if isinstance(row, dict) else (lineno, None, "bad_record")
-
-
-def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | None, str]]:
-    import pyarrow.parquet as pq
-
-    n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=columns):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row, ""
-
-
-def iter_table_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict | None, str]]:
-    """(line or row number, row or None, reason) per record of a `.jsonl[.gz]` or `.parquet` file.
-
-    JSONL: 1-based line numbers, blank lines skipped; a line that is not UTF-8 ("encoding"), not JSON
-    ("bad_json") or not an object ("bad_record") costs only itself. Parquet: only `columns` are read. A
-    truncated or damaged file raises one of `corrupt_table_errors()` mid-iteration."""
-    return _parquet_rows(path, columns) if path.name.lower().endswith(".parquet") else _jsonl_rows(path)
-
-
-def _parquet_names(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(path).names
-
-
-def _table_columns(path: Path, names: Iterable[str]) -> tuple[str, str, str]:
-    names = list(names)
-    repo = next((c for c in REPO_COLUMNS if c in names), None)
-    pcol = next((c for c in PATH_COLUMNS if c in names), None)
-    if repo is None or pcol is None or "content" not in names:
-        raise UserError(f"{path}: needs columns repo (or {'/'.join(REPO_COLUMNS[1:])}), path (or "
-                        f"{'/'.join(PATH_COLUMNS[1:])}) and content; it has {', '.join(names)}")
-    return repo, pcol, "content"
-
-
-def corrupt_table_errors() -> tuple[type[BaseException], ...]:
-    from pyarrow.lib import ArrowException    # pyarrow's own errors for damaged files
-
-    return (EOFError, OSError, zlib.error, ArrowException)
-
-
-def _row_fields(row: dict) -> tuple[object, object, object]:
-    repo = next((row[c] for c in REPO_COLUMNS if row.get(c) is not None), None)
-    path = next((row[c] for c in PATH_COLUMNS if row.get(c) is not None), None)
-    return repo, path, row.get("content")
-
-
-def _read_table(unit: "SourceUnit", max_bytes: int, languages: frozenset[str] | None
-                ) -> Iterator[tuple[RepoFiles, list[Drop]]]:
-    path = Path(unit.path)
-    repos: dict[str, _Repo] = {}
-    source_drops: list[Drop] = []
-    try:
-        columns = list(_table_columns(path, _parquet_names(path))) if unit.kind == "parquet" else []
-        for n, row, reason in iter_table_rows(path, columns):
-            repo_name, rel, content = _row_fields(row) if row is not None else (None, None, None)
-            if row is not None and not (isinstance(repo_name, str) and isinstance(rel, str)
-                                        and isinstance(content, (str, bytes))):
-                reason = "bad_record"
-            if reason:
-                source_drops.append(Drop(unit.name, f"{unit.name}:{n}", STAGE, reason))
-                continue
-            repo = repos.setdefault(repo_name, _Repo(repo_name, max_bytes, languages))
-            _add_row(repo, rel, content)
-    except corrupt_table_errors() as e:    # truncated .gz or damaged Parquet: nothing of it counts as complete
-        detail = f"{type(e).__name__}: {e}"[:500]
-        yield RepoFiles(unit.name, []), [Drop(unit.name, "", STAGE, "truncated_archive", detail)]
-        return
-    if not repos:
-        yield RepoFiles(unit.name, []), source_drops
-        return
-    for i, key in enumerate(sorted(repos)):
-        files, drops = repos[key].result()
-        yield files, (source_drops + drops if i == 0 else drops)
-
-
-def _add_row(repo: _Repo, raw_path: str, content: str | bytes) -> None:
-    rel = safe_member_path(raw_path)
-    if rel is None:
-        repo.drop(raw_path, "path_traversal")
-        return
-    size = len(content) if isinstance(content, bytes) else min(len(content), repo.max_bytes + 1)
-    lang = repo.admit(rel, size if content else 0)
-    if lang is None:
-        return
-    if isinstance(content, bytes):
-        repo.add_bytes(rel, lang, content)
-    else:
-        repo.add_text(rel, lang, content)
-
-
-# ---------------------------------------------------------------- planning and the public entry point
 
 @dataclass(frozen=True)
 class FileRef:
@@ -642,7 +433,8 @@ def _is_bare_git(d: Path) -> bool:
     return (d / "HEAD").is_file() and (d / "objects").is_dir() and (d / "refs").is_dir()
 
 
-def _file_kind(p: Path) -> str | None:
+def file_kind(p: Path) -> str | None:
+    """"zip", "tar", "parquet" or "jsonl" for a source file, by its name; None for anything else."""
     low = p.name.lower()
     if low.endswith(".zip"):
         return "zip"
@@ -688,10 +480,11 @@ def plan_sources(sources: Iterable[str | Path]) -> list[SourceUnit]:
             raise UserError(f"source {src} does not exist")
         if p.is_dir():
             units += _dir_units(p)
-        elif (kind := _file_kind(p)) is not None:
+        elif (kind := file_kind(p)) is not None:
             if kind == "parquet":
+                from .packed import parquet_names, table_columns
                 try:
-                    _table_columns(p, _parquet_names(p))
+                    table_columns(p, parquet_names(p))
                 except (OSError, ValueError) as e:
                     raise UserError(f"{src}: not a readable Parquet file ({e})") from None
             units.append(SourceUnit(kind, str(p), _archive_stem(p) if kind in ("tar", "zip") else p.name))
@@ -733,10 +526,9 @@ def read_unit(unit: SourceUnit, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         files, more = read_refs(unit, refs, max_file_bytes, languages)
         failed = [d for d in drops + more if is_failure(d)]
         yield (RepoFiles(unit.name, []), failed) if failed else (files, sorted(drops + more, key=lambda d: d.path))
-    elif unit.kind in ("tar", "zip"):
-        yield from _read_archive(unit, max_file_bytes, languages)
     else:
-        yield from _read_table(unit, max_file_bytes, languages)
+        from .packed import read_archive, read_table
+        yield from (read_archive if unit.kind in ("tar", "zip") else read_table)(unit, max_file_bytes, languages)
 
 
 def read_file(path: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[FileRecord | None, list[Drop]]:
