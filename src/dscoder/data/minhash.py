@@ -1,6 +1,10 @@
 """Repo-level near-deduplication: MinHash + LSH over whole samples (v1 paper §2.3).
 
-Each concatenated repo-level sample is one document ("repo-level minhash", README). Defaults, with why:
+Each concatenated repo-level sample is one document ("repo-level minhash", README). `data build` signs each
+file's block (path comment + content) where the file is read and takes a sample's signature as the element-wise
+minimum over its files: MinHash of the union of the blocks' shingle sets, the same as signing the concatenation
+except for the few shingles that straddle two files, and independent of how files were grouped into work units.
+Defaults, with why:
 
 - shingles: 5-grams of whitespace-separated tokens (BigCode's near-dedup and datatrove use 5-grams);
 - 256 permutations (BigCode), signatures by `rensa.RMinHash` (permutations in Rust) over 64-bit shingle
