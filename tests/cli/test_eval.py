@@ -1,0 +1,34 @@
+"""`dscoder eval` table: bad input is one error line and exit 2, with nothing written under --out."""
+import pytest
+
+from conftest import Row, check, ids
+
+SAMPLES = {"{tmp}/s.jsonl": '{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n'}
+EVAL = ["eval", "--benchmark", "humaneval", "--data", "{bench}", "--samples", "{tmp}/s.jsonl", "--limit", "1",
+        "--workers", "1"]
+
+ROWS = [
+    Row([*EVAL, "--timeout", "nan"], 2, "argument --timeout: expected a finite number, got 'nan'", SAMPLES,
+        id="--timeout nan"),
+    Row([*EVAL, "--timeout", "0"], 2, "argument --timeout: must be > 0", SAMPLES, id="--timeout 0"),
+    Row([*EVAL, "--seed", "-1"], 2, "argument --seed: must be in [0, 2**64-1]", SAMPLES, id="--seed negative"),
+    Row([*EVAL, "--workers", "0"], 2, "argument --workers: must be >= 1", SAMPLES, id="--workers 0"),
+    Row([*EVAL, "--temperature", "-0.5"], 2, "argument --temperature: must be >= 0", SAMPLES, id="--temperature < 0"),
+    Row([*EVAL, "--out", "{tmp}/afile"], 2, "'{tmp}/afile' exists and is not a folder", {**SAMPLES, "{tmp}/afile": ""},
+        id="--out is a file"),
+    Row([*EVAL, "--out", "{tmp}/afile/o"], 2, "cannot be created: '{tmp}/afile' is a file",
+        {**SAMPLES, "{tmp}/afile": ""}, id="--out under a file"),
+    Row(["eval", "--benchmark", "humaneval", "--data", "{bench}"], 2, "no samples to score", id="no samples"),
+    Row([*EVAL, "--out", "{tmp}/o"], 2, "--samples file", {"{tmp}/s.jsonl": b'{"task_id": "\xff"}\n'},
+        absent=["{tmp}/o"], id="samples file not UTF-8"),
+    Row(["eval", "--benchmark", "humaneval", "--data", "{bench}", "--model", "{tmp}/none", "--out", "{tmp}/o"], 2,
+        "does not exist", absent=["{tmp}/o"], id="missing checkpoint"),
+    Row(["eval", "--benchmark", "humaneval", "--data", "{bench}", "--model", "{ckpt}", "--device", "cuda:99"], 2,
+        "--device cuda:99", id="--device cuda:99"),
+    Row([*EVAL, "--out", "{tmp}/o"], 0, "", SAMPLES, absent=["{tmp}/o/.lock"], id="a clean run"),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
+def test_eval(row, cli_env, tmp_path):
+    check(row, cli_env, tmp_path)
