@@ -107,3 +107,14 @@ def test_batched_shingle_hashes_equal_one_text_at_a_time():
         mine = flat[offsets[i]:offsets[i + 1]]
         assert (mine == shingle_hashes(t)).all()
         assert len(set(mine.tolist())) == len(shingles(t))
+
+
+def test_minimum_of_file_signatures_is_the_signature_of_their_union():
+    """How `data build` signs a sample: the element-wise minimum over its files' signatures. With 1-word
+    shingles no shingle straddles two files, so it must equal the signature of the concatenation exactly."""
+    p = MinHashParams(ngram=1, num_perm=64, bands=16, rows=4)
+    files = ["def f(x):\n    return x\n", "import os\nprint(os.sep)\n", "x = f(1)\n"]
+    per_file = signature_matrix(files, p)                                   # (3, 64)
+    whole = signature_matrix(["".join(files)], p)[0]
+    assert (per_file.min(axis=0) == whole).all()
+    assert not (per_file[0] == whole).all()
