@@ -143,11 +143,7 @@ def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str |
 
 def load(model_dir: str, device: Any = "cpu", dtype: Any = None) -> tuple[Engine, Any]:
     """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise UserError(f"model folder {model_dir!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{model_dir!r} has no config.json: not a Hugging Face model folder")
+    path = _model_folder(model_dir)
     import dscoder  # heavy imports only now, so a mistyped path fails in a fraction of a second
     from .engine import Engine
     try:
@@ -188,7 +184,17 @@ def _gen(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
                 truncate="left" if args.truncate == "left" else None)
 
 
+def _model_folder(model_dir: str) -> Path:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"model folder {model_dir!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{model_dir!r} has no config.json: not a Hugging Face model folder")
+    return path
+
+
 def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
+    _model_folder(args.model)           # a mistyped path fails before torch is imported
     device, dtype = resolve_device_dtype(args)
     return load(args.model, device, dtype)
 
