@@ -3,7 +3,7 @@ report pass@k (2401.14196 §4, 2406.11931 §4; reference §1.7, §2.7).
 
     dscoder eval --benchmark humaneval --model ckpt/ --out runs/he        # greedy pass@1 with a dscoder checkpoint
     dscoder eval --benchmark humaneval-instruct --endpoint http://127.0.0.1:8000 --model deepseek-coder-6.7b-instruct
-    dscoder eval --benchmark multipl-e --language cpp java --samples samples.jsonl
+    dscoder eval --benchmark multipl-e --languages cpp,java --samples samples.jsonl
     dscoder eval --benchmark mbpp --model ckpt/ --n 20 --temperature 0.8    # pass@1 and pass@10 from 20 samples
     dscoder eval --benchmark fim-single-line --model ckpt/                  # pass@1 and line exact match
 
@@ -296,7 +296,7 @@ def _sample_jobs(cfg: EvalConfig, task: Task, by_id: dict[str, dict], samples: d
     unknown = sorted(t for t in samples if t not in by_id)
     if unknown and len(unknown) == len(samples):
         raise UserError(f"none of the task_ids in {cfg.samples} belong to {cfg.benchmark} "
-                        f"(first: {unknown[0]!r}); check --benchmark, --language and --limit")
+                        f"(first: {unknown[0]!r}); check --benchmark, --languages and --limit")
     if unknown and not cfg.limit:
         extra["ignored_task_ids"] = len(unknown)
     jobs = [(by_id[t], i, task.postprocess(by_id[t], c) if cfg.postprocess else c)
@@ -475,12 +475,13 @@ def run(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> dict
 
 # ---------------------------------------------------------------- the CLI
 def _parser():
-    from dscoder.args import (Parser, add_device_args, finite_float, out_dir, positive_float, positive_int,
-                              non_negative_float, seed)
+    from dscoder.args import (Parser, add_device_args, comma_list, finite_float, out_dir, positive_float,
+                              positive_int, non_negative_float, seed)
     p = Parser("dscoder eval", main.__doc__)
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--language", nargs="+", default=None, metavar="L",
-                   help="multipl-e languages (default: py cpp java php ts cs sh js go rs)")
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="the benchmark to run")
+    p.add_argument("--languages", dest="language", type=comma_list, action="extend", default=None, metavar="L,L",
+                   help="comma-separated multipl-e languages (default: py,cpp,java,php,ts,cs,sh,js,go,rs)")
+    p.add_alias("--language", "language", nargs="+", action="extend")
     p.add_argument("--model", metavar="DIR|NAME",
                    help="checkpoint folder; with --endpoint, the model NAME the server serves")
     p.add_argument("--endpoint", metavar="URL", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000")

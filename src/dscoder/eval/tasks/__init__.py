@@ -22,7 +22,7 @@ BENCHMARKS = ("humaneval", "humaneval-instruct", "mbpp", "mbpp-instruct", "multi
 def get_task(benchmark: str, *, languages: Sequence[str] | None = None, timeout: float | None = None) -> Task:
     """The task behind a `--benchmark` name; `languages` only for multipl-e."""
     if languages and benchmark != "multipl-e":
-        raise UserError(f"--language applies to multipl-e only, not {benchmark}")
+        raise UserError(f"--languages applies to multipl-e only, not {benchmark}")
     if benchmark in ("humaneval", "humaneval-instruct"):
         return HumanEval("instruct" if benchmark.endswith("instruct") else "base", timeout)
     if benchmark in ("mbpp", "mbpp-instruct"):
