@@ -65,6 +65,23 @@ def test_sigterm_checkpoints_then_resume_is_exact(straight, tok_dir, corpus_dir,
     assert all(a[k].equal(b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_once_for_all_ranks(tok_dir, corpus_dir, tmp_path):
+    """What a scheduler does: SIGTERM to the launcher, which forwards it to both ranks; they agree on the step,
+    write one complete checkpoint there, and exit."""
+    out = tmp_path / "ddp"
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "dscoder.cli", *_args(tok_dir, corpus_dir, out, steps=200)],
+                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(job, out / "metrics.jsonl", 3)
+    job.send_signal(signal.SIGTERM)
+    err = job.communicate(timeout=120)[1]
+    assert job.returncode != 0                    # torchrun reports the signal it got
+    step = read_metrics(out / "metrics.jsonl")[-1]["step"]
+    assert f"stopped by SIGTERM at step {step}/200" in err, err[-3000:]
+    assert verify(out / "checkpoints" / f"step-{step:08d}") is None and not (out / "final").exists()
+
+
 def test_resume_below_a_finished_run_is_refused_and_touches_nothing(straight, tok_dir, corpus_dir, tmp_path, capsys):
     run = copy_run(straight, tmp_path / "run")
     before = _snapshot(run)
