@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..args import Parser, finite_float, out_dir, positive_int
+from ..args import Parser, comma_list, finite_float, out_dir, positive_int
 from ..durable import replace_durably
 from ..errors import UserError
 from .decontam import BenchmarkIndex, default_benchmarks
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-decontaminate", action="store_true", help="skip decontamination")
     ap.add_argument("--max-file-bytes", type=positive_int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
                     help="skip source files larger than this")
-    ap.add_argument("--languages", default=None, metavar="L,L",
+    ap.add_argument("--languages", type=comma_list, action="extend", default=None, metavar="L,L",
                     help="comma-separated languages to keep (default: all)")
     ap.add_argument("--shard-size", type=positive_int, default=10_000, metavar="N", help="samples per Parquet shard")
     ap.add_argument("--max-sample-bytes", type=positive_int, default=None, metavar="N",
@@ -323,7 +323,7 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         raise UserError(f"--minhash-bands ({args.minhash_bands}) must divide --minhash-perm ({args.minhash_perm})")
     langs = None
     if args.languages is not None:
-        langs = tuple(sorted(normalize_languages(x for x in args.languages.split(",") if x.strip())))
+        langs = tuple(sorted(normalize_languages(args.languages)))
         if not langs:
             raise UserError("--languages is empty; give names such as python,java,cpp")
     if args.no_decontaminate:
