@@ -1,7 +1,7 @@
 """dscoder: the DeepSeek-Coder recipe -- data, tokenizer, models, training, inference, evaluation -- in one package.
 
 Stable API:
-    dscoder.load_model(path, device="cpu", dtype=None) -> torch.nn.Module   # forward(input_ids) -> (B, T, vocab)
+    dscoder.load_model(path, device="cpu", dtype=None, quantize=None) -> torch.nn.Module  # quantize="int8"
     dscoder.load_tokenizer(path)                                            # a transformers fast tokenizer
     dscoder.Engine(model)                                                   # token ids in, token ids out
 """

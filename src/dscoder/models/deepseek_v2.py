@@ -322,7 +322,7 @@ class DeepseekV2(nn.Module):
                 nn.init.ones_(m.weight)
 
     def make_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> LatentCache:
-        p = self.lm_head.weight
+        p = self.model.norm.weight  # a float parameter even when the Linears hold int8 (models/quant.py)
         return LatentCache(self.config, batch_size, max_len, device or p.device, dtype or p.dtype)
 
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,

@@ -3,6 +3,7 @@ released as `LlamaForCausalLM` / `DeepseekV2ForCausalLM` folders; reference §1.
 
     model = load_model("deepseek-coder-1.3b-base")               # any HF folder: config.json + weights
     model = load_model("ckpt", device="cuda", dtype="bfloat16")
+    model = load_model("ckpt", quantize="int8")                   # int8 Linear weights (models/quant.py)
     model = build_model(get_preset("tiny"))                       # fresh, initialised
     save_pretrained(model, "out")            # config.json, model.safetensors, generation_config.json
 
@@ -243,8 +244,12 @@ def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], where: str) -> 
         raise UserError(f"weights in {where} do not match config.json: " + "; ".join(parts))
 
 
-def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> nn.Module:
-    """The model of an HF folder, on `device` in `dtype`, in eval mode."""
+def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None,
+               quantize: str | None = None) -> nn.Module:
+    """The model of an HF folder, on `device` in `dtype`, in eval mode. `quantize="int8"` stores every Linear
+    weight as int8 with per-output-channel scales (`models.quant`); None or "none" keeps them in `dtype`."""
+    from .quant import check_quantize, quantize_int8
+    quantize = check_quantize(quantize)
     config = read_config(path)
     dev = _resolve_device(device)
     sd = {k: v for k, v in load_state_dict_from_folder(path).items() if not k.endswith(_IGNORED_SUFFIXES)}
@@ -266,7 +271,8 @@ def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) 
         raise UserError(f"weights in {path} do not fit config.json: {e}") from None
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(device=dev, dtype=target).eval()
+    model = model.to(device=dev, dtype=target).eval()
+    return quantize_int8(model) if quantize == "int8" else model
 
 
 # --- writing ----------------------------------------------------------------------------------------------

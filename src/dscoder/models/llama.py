@@ -120,7 +120,7 @@ class Transformer(nn.Module):
                 m.reset_parameters()
 
     def make_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
-        p = self.lm_head.weight
+        p = self.model.norm.weight  # a float parameter even when the Linears hold int8 (models/quant.py)
         c = self.config
         return KVCache(c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype)
