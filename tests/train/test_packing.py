@@ -141,3 +141,56 @@ def test_shuffled_stream_is_a_permutation_and_resumes_exactly(corpus_dir, tok_di
     b = mk(999)
     b.load_state_dict(state)
     assert all(torch.equal(x, b.next_windows(3)) for x in expected)
+
+
+class _CountingBackend:
+    """The tokenizer backend, counting the texts handed to encode_batch."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, 0
+
+    def encode_batch(self, texts, **kw):
+        self.texts += len(texts)
+        return self.inner.encode_batch(texts, **kw)
+
+    def encode(self, text, **kw):
+        return self.inner.encode(text, **kw)
+
+
+def _encode_as_rank(rank: int, port: int, tok_dir: str, texts: list[str], out: str) -> None:
+    import torch.distributed as tdist
+
+    from dscoder.tokenizer.bpe import load_tokenizer
+    from dscoder.train.parallel import Dist
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        enc = DocEncoder(load_tokenizer(tok_dir), fim_rate=0.5, seed=3, dist=Dist(rank=rank, world=2))
+        enc.backend = _CountingBackend(enc.backend)
+        ids = enc(texts[:9]) + enc(texts[9:])
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"ids": ids, "tokenized": enc.backend.texts}, f)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_two_ranks_split_the_tokenizing_and_get_the_single_process_ids(corpus_dir, tok_dir, tmp_path):
+    """Each of 2 ranks tokenizes half of every chunk; after the all-gather both hold exactly what one process
+    computes alone, FIM draws included (they depend on the document's position, not on who encodes it)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from dscoder.tokenizer.bpe import load_tokenizer
+
+    texts = list(iter_documents([corpus_dir]))[:20]
+    single = DocEncoder(load_tokenizer(tok_dir), fim_rate=0.5, seed=3)
+    expected = single(texts[:9]) + single(texts[9:])
+    assert 0 < sum(single.ids.fim_begin in x for x in expected) < len(texts)         # some FIM, some not
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_encode_as_rank, args=(port, str(tok_dir), texts, str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got[0]["ids"] == expected and got[1]["ids"] == expected
+    assert [g["tokenized"] for g in got] == [5 + 6, 4 + 5]       # chunks of 9 and 11 texts, split r::2
