@@ -136,7 +136,8 @@ def build_config(args, tokenizer, ids):
             if hasattr(cfg, "rope_scaling_factor"):
                 changes["rope_scaling_factor"] = float(args.rope_scaling_factor)
             else:
-                changes["rope_scaling"] = dict(cfg.rope_scaling or {"type": "yarn"}, factor=float(args.rope_scaling_factor))
+                changes["rope_scaling"] = dict(cfg.rope_scaling or {"type": "yarn"},
+                                               factor=float(args.rope_scaling_factor))
         cfg = cfg.replace(**changes)
     except ValueError as e:
         raise UserError(str(e)) from e
