@@ -144,14 +144,16 @@ _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "hal
                   "float": "float32"}
 
 
-def _device_name(text: str) -> str:
+def device_name(text: str) -> str:
+    """argparse type for --device (also used to check a library caller's device name)."""
     t = text.strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
     return t
 
 
-def _dtype_name(text: str) -> str:
+def dtype_name(text: str) -> str:
+    """argparse type for --dtype; fp32/bf16/fp16 are accepted for float32/bfloat16/float16."""
     t = _DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
     if t not in DTYPES:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
@@ -160,9 +162,9 @@ def _dtype_name(text: str) -> str:
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """--device auto|cpu|cuda|cuda:N and --dtype auto|float32|bfloat16|float16 (see `resolve_device_dtype`)."""
-    parser.add_argument("--device", type=_device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
+    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
                         help="where to run; auto: CUDA when available, else CPU")
-    parser.add_argument("--dtype", type=_dtype_name, default="auto", metavar="|".join(DTYPES),
+    parser.add_argument("--dtype", type=dtype_name, default="auto", metavar="|".join(DTYPES),
                         help="compute dtype; auto: bfloat16 on CUDA, float32 on CPU")
 
 

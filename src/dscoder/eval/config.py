@@ -117,12 +117,12 @@ def _check_float(name: str, v: Any, low: float, high: float | None = None, open_
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[str, str]:
-    """The names `dscoder.args` accepts for --device / --dtype (checked by its own parsers)."""
-    from dscoder.args import add_device_args
-    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    add_device_args(p)
-    try:
-        ns = p.parse_args(["--device", str(device), "--dtype", str(dtype)])
-    except argparse.ArgumentError as e:
-        raise UserError(f"{e}") from None
-    return ns.device, ns.dtype
+    """The names `dscoder.args` accepts for --device / --dtype (checked by its own argument types)."""
+    from dscoder.args import device_name, dtype_name
+    out = []
+    for flag, value, parse in (("--device", device, device_name), ("--dtype", dtype, dtype_name)):
+        try:
+            out.append(parse(str(value)))
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"{flag}: {e}") from None
+    return out[0], out[1]
