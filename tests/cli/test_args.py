@@ -16,8 +16,8 @@ from dscoder.models.presets import get_preset
 @pytest.mark.parametrize("kind, text, want", [
     (A.finite_float(), "1e-3", 1e-3), (A.finite_float(0, 1), "1", 1.0), (A.positive_float, "0.5", 0.5),
     (A.int_range(2, 5), "5", 5), (A.positive_int, "10_000", 10_000), (A.seed, str(2**64 - 1), 2**64 - 1),
-    (A.seed, "0", 0), (A.comma_list, "py, go,", ["py", "go"]), (A._dtype_name, "bf16", "bfloat16"),
-    (A._device_name, "CUDA:1", "cuda:1"),
+    (A.seed, "0", 0), (A.comma_list, "py, go,", ["py", "go"]), (A.dtype_name, "bf16", "bfloat16"),
+    (A.device_name, "CUDA:1", "cuda:1"),
 ])
 def test_accepted(kind, text, want):
     assert kind(text) == want
@@ -36,8 +36,8 @@ def test_accepted(kind, text, want):
     (A.seed, "-1", "must be in [0, 2**64-1], got '-1'"),
     (A.seed, str(2**64), "must be in [0, 2**64-1]"),
     (A.comma_list, " , ", "expected a comma-separated list"),
-    (A._device_name, "gpu", "expected auto, cpu, cuda or cuda:N, got 'gpu'"),
-    (A._dtype_name, "float64", "expected one of auto, float32, bfloat16, float16, got 'float64'"),
+    (A.device_name, "gpu", "expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (A.dtype_name, "float64", "expected one of auto, float32, bfloat16, float16, got 'float64'"),
 ])
 def test_refused(kind, text, message):
     with pytest.raises(argparse.ArgumentTypeError, match=None) as e:

@@ -67,7 +67,7 @@ def test_one_concept_one_option_one_type(parsers):
                 assert opts[flag].type is kind, f"{verb} {flag} is parsed by {opts[flag].type}"
         if verb in MODEL_VERBS:
             assert {"--device", "--dtype"} <= set(opts), f"{verb} has no --device/--dtype"
-            assert opts["--device"].type is A._device_name and opts["--dtype"].type is A._dtype_name
+            assert opts["--device"].type is A.device_name and opts["--dtype"].type is A.dtype_name
             assert opts["--device"].default == "auto" and opts["--dtype"].default == "auto"
     for verb, old, new in RENAMED:
         opts = _options(parsers[verb])
