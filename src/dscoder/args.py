@@ -30,7 +30,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         d = action.default
-        if "default" in text or d in (None, False, [], "") or d is argparse.SUPPRESS or not action.option_strings:
+        unset = d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (list, str)) and not d)
+        if "default" in text or unset or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
@@ -50,6 +51,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:   # type: ignore[override]
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def add_argument(self, *names: str, **kw: Any) -> argparse.Action:
+        # an option parsed by one of the types below shows its kind: --steps N, --lr X, --out DIR
+        if names and names[0].startswith("-") and "metavar" not in kw and "choices" not in kw:
+            shown = getattr(kw.get("type"), "metavar", None)
+            if shown:
+                kw["metavar"] = shown
+        return super().add_argument(*names, **kw)
 
     def add_inputs(self, dest: str, metavar: str, help: str, *, alias: str | None = None,
                    required: bool = True) -> None:
@@ -99,7 +108,7 @@ def finite_float(lo: float | None = None, hi: float | None = None, lo_open: bool
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, lo_open)}, got {text!r}")
         return v
-    parse.__name__ = "number"
+    parse.__name__, parse.metavar = "number", "X"
     return parse
 
 
@@ -110,7 +119,7 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], i
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi)}, got {text!r}")
         return v
-    parse.__name__ = "integer"
+    parse.__name__, parse.metavar = "integer", "N"
     return parse
 
 
@@ -129,12 +138,17 @@ def seed(text: str) -> int:
     return v
 
 
+seed.metavar = "N"  # type: ignore[attr-defined]
+
 def comma_list(text: str) -> list[str]:
     """argparse type for `--flag a,b,c` (used with action="extend", so the flag may also repeat)."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
+
+
+comma_list.metavar = "A,B"  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ device/dtype
@@ -263,6 +277,9 @@ def out_dir(text: str) -> Path:
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r} {problem}")
     return p
+
+
+out_dir.metavar = "DIR"  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ --set FIELD=VALUE
