@@ -49,6 +49,7 @@ class EvalConfig:
     data: str | None = None                       # benchmark file or folder (see eval/tasks/base.py)
     device: str = "auto"                          # auto | cpu | cuda | cuda:N, for a checkpoint folder
     dtype: str = "auto"                           # auto | float32 | bfloat16 | float16
+    quantize: str = "none"                        # none | int8: int8 Linear weights (models/quant.py)
     chat_style: str | None = None                 # chat template: None = the tokenizer's own, or v1 / v2
     max_bad_lines: float = 0.01                   # fraction of unreadable `samples` lines tolerated
     progress: bool = True                         # a progress line on stderr
@@ -72,6 +73,8 @@ class EvalConfig:
             _check_float("timeout", self.timeout, 0.0, open_low=True)
         _check_float("max_bad_lines", self.max_bad_lines, 0.0, high=1.0)
         self.device, self.dtype = _device_dtype(self.device, self.dtype)
+        if self.quantize not in ("none", "int8"):
+            raise UserError(f"quantize must be 'none' or 'int8', got {self.quantize!r}")
         if self.chat_style not in (None, *CHAT_STYLES):
             raise UserError(f"chat_style must be None, 'v1' or 'v2', got {self.chat_style!r}")
         self._check_source()

@@ -378,7 +378,7 @@ def _generator(cfg: EvalConfig, model: Any, tokenizer: Any):
     from dscoder.args import resolve_device_dtype
     from dscoder.infer.text import load as load_checkpoint
     device, dtype = resolve_device_dtype(cfg)
-    engine, tok = load_checkpoint(str(cfg.model), device=device, dtype=dtype)
+    engine, tok = load_checkpoint(str(cfg.model), device=device, dtype=dtype, quantize=cfg.quantize)
     return EngineGenerator(engine, tok, batch_size=cfg.batch_size, chat_style=cfg.chat_style)
 
 
@@ -438,8 +438,10 @@ def run(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> dict
     if out:
         check_out_dir(out, meta)
     extra: dict = {}
-    samples, gen = _source(cfg, task, problems, out, model, tokenizer, extra)
     with ExitStack() as stack:
+        if getattr(model, "training", False):  # a training loop's model: back to train mode afterwards
+            stack.callback(model.train)
+        samples, gen = _source(cfg, task, problems, out, model, tokenizer, extra)
         if out:
             from dscoder.durable import lock_run_folder
             stack.callback(lock_run_folder(out).release)
@@ -509,6 +511,8 @@ def _parser():
                    help="folder for results.jsonl, summary.json, summary.md (resumable)")
     p.add_argument("--data", metavar="PATH",
                    help="benchmark data file or folder (default: $DSCODER_BENCHMARKS, else the Hugging Face hub)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="with --model DIR: int8 Linear weights with per-channel scales")
     add_device_args(p)
     return p
 
@@ -520,7 +524,8 @@ def config_from_args(args) -> EvalConfig:
                       samples=args.samples, postprocess=args.postprocess, n=args.n, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
                       limit=args.limit, timeout=args.timeout, out=str(args.out) if args.out else None,
-                      data=args.data, device=args.device, dtype=args.dtype, chat_style=args.chat_style,
+                      data=args.data, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                      chat_style=args.chat_style,
                       max_bad_lines=args.max_bad_lines, **extra)
 
 

@@ -141,8 +141,9 @@ def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str |
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
-def load(model_dir: str, device: Any = "cpu", dtype: Any = None) -> tuple[Engine, Any]:
-    """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files."""
+def load(model_dir: str, device: Any = "cpu", dtype: Any = None, quantize: str | None = None) -> tuple[Engine, Any]:
+    """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files;
+    `quantize="int8"` loads int8 Linear weights (`models.quant`)."""
     path = _model_folder(model_dir)
     import dscoder  # heavy imports only now, so a mistyped path fails in a fraction of a second
     from .engine import Engine
@@ -152,7 +153,7 @@ def load(model_dir: str, device: Any = "cpu", dtype: Any = None) -> tuple[Engine
         raise
     except Exception as e:  # a folder without tokenizer files fails deep inside tokenizers/transformers
         raise UserError(f"cannot load the tokenizer from {model_dir!r}: {e}") from e
-    return Engine(dscoder.load_model(str(path), device=device, dtype=dtype)), tokenizer
+    return Engine(dscoder.load_model(str(path), device=device, dtype=dtype, quantize=quantize)), tokenizer
 
 
 def _parser(prog: str, doc: str | None) -> Parser:
@@ -171,6 +172,8 @@ def _parser(prog: str, doc: str | None) -> Parser:
     p.add_argument("--truncate", choices=("left", "error"), default="error",
                    help="a prompt that does not fit the context with --max-new-tokens: keep its last tokens "
                         "(left) or stop with an error")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: Linear weights as int8 with per-channel scales (a quarter of fp32's bytes per token)")
     add_device_args(p)
     return p
 
@@ -196,7 +199,7 @@ def _model_folder(model_dir: str) -> Path:
 def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
     _model_folder(args.model)           # a mistyped path fails before torch is imported
     device, dtype = resolve_device_dtype(args)
-    return load(args.model, device, dtype)
+    return load(args.model, device, dtype, quantize=args.quantize)
 
 
 def _cli_error(e: UserError) -> UserError:
@@ -216,7 +219,8 @@ def main_generate(argv: list[str]) -> int:
     """Complete a code prompt with a checkpoint; prints only the new text.
 
     dscoder generate --model DIR [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed N]
-                     [--stop S] [--stop S2 ...] [--truncate left|error] [--device D] [--dtype T] PROMPT
+                     [--stop S] [--stop S2 ...] [--truncate left|error] [--quantize none|int8]
+                     [--device D] [--dtype T] PROMPT
     (PROMPT "-" reads it from stdin)"""
     p = _parser("dscoder generate", main_generate.__doc__)
     p.add_argument("prompt", help='the code to continue; "-" reads stdin')

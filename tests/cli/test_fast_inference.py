@@ -1,0 +1,59 @@
+"""`--quantize` on generate / infill / chat / eval: real subprocesses on the session's tiny checkpoint. The flag
+reaches the loader (the printed text is what the int8 model writes in-process); a bad value is one error line."""
+import shutil
+
+import pytest
+
+from conftest import BENCH, Row, check, ids, run_cli
+
+GEN = ["generate", "--model", "{ckpt}", "--max-new-tokens", "6"]
+INFILL = ["infill", "--model", "{ckpt}", "--max-new-tokens", "2", "--prefix", "def f(x):\n", "--suffix", "\n"]
+CHAT = ["chat", "--model", "{ckpt}", "--max-new-tokens", "2", "--style", "v2"]
+EVAL = ["eval", "--benchmark", "humaneval", "--data", "{bench}", "--model", "{ckpt}", "--limit", "1",
+        "--workers", "1", "--max-new-tokens", "4"]
+
+ROWS = [
+    Row([*INFILL, "--quantize", "int8"], 0, id="infill int8"),
+    Row([*CHAT, "--quantize", "int8"], 0, stdin=b"hello\n", id="chat int8"),
+    Row([*GEN, "--quantize", "int4", "x"], 2, "argument --quantize: invalid choice: 'int4'", id="generate int4"),
+    Row([*EVAL, "--quantize", "int4", "--out", "{tmp}/o"], 2, "argument --quantize: invalid choice: 'int4'",
+        absent=["{tmp}/o"], id="eval int4"),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
+def test_fast_inference_flags(row, cli_env, tmp_path):
+    check(row, cli_env, tmp_path)
+
+
+def test_generate_int8_prints_what_the_int8_model_writes(cli_env, tmp_path):
+    import dscoder
+    from dscoder.infer.engine import Engine
+    from dscoder.infer.text import complete
+
+    prompt = "def add(a, b):\n"
+    r = run_cli(["generate", "--model", str(cli_env.ckpt), "--max-new-tokens", "6", "--quantize", "int8",
+                 "--device", "cpu", prompt], tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    tok = dscoder.load_tokenizer(str(cli_env.ckpt))
+    text = complete(Engine(dscoder.load_model(cli_env.ckpt, quantize="int8")), tok, prompt, max_new_tokens=6)
+    assert r.stdout.decode() == (text if text.endswith("\n") else text + "\n")
+
+
+def test_eval_int8_on_a_checkpoint_with_room_for_humaneval(cli_env, tmp_path):
+    import torch
+
+    from dscoder.models.hf import build_model, save_pretrained
+    from dscoder.models.presets import get_preset
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cli_env.tok, ckpt)
+    torch.manual_seed(0)
+    save_pretrained(build_model(get_preset("tiny", vocab_size=320, hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                           max_position_embeddings=1024)), ckpt)
+    r = run_cli(["eval", "--benchmark", "humaneval", "--data", str(BENCH), "--model", str(ckpt), "--limit", "1",
+                 "--workers", "1", "--max-new-tokens", "4", "--quantize", "int8", "--device", "cpu",
+                 "--out", str(tmp_path / "o")], tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "o" / "summary.json").is_file()
