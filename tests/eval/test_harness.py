@@ -265,9 +265,10 @@ def test_checkpoint_by_path_and_as_a_loaded_model_agree(tmp_path, tiny_ckpt, he_
             model=engine, tokenizer=tok)
     by_object = {r["task_id"]: r["raw"] for r in map(json.loads, (lib / "samples.jsonl").read_text().splitlines())}
     assert by_object == by_path and len(by_path) == 2 and s["pass@1"] == 0.0
+    engine.model.train()  # as a training loop hands it over: evaluated in eval mode, handed back training
     s = run(EvalConfig("humaneval", limit=2, max_new_tokens=8, data=str(he_fixture), progress=False),
             model=engine.model, tokenizer=tok)  # a bare model is wrapped in an Engine
-    assert s["n_samples"] == 2
+    assert s["n_samples"] == 2 and engine.model.training
 
 
 def test_max_new_tokens_is_cut_to_the_context_left(tmp_path, tiny_ckpt, he_fixture):
@@ -355,8 +356,9 @@ def test_non_utf8_samples_and_corrupt_run_json_are_one_line_errors(tmp_path, pro
 
 def test_samples_for_another_benchmark_are_refused(tmp_path, he_fixture, capsys):
     samples = write_samples(tmp_path / "s.jsonl", [("MBPP/11", "pass")])
-    assert cli_main(["eval", "--benchmark", "humaneval", "--samples", str(samples), "--data", str(he_fixture)]) == 2
-    assert "none of the task_ids" in capsys.readouterr().err
+    assert cli_main(["eval", "--benchmark", "humaneval", "--samples", str(samples), "--data", str(he_fixture),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "none of the task_ids" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_config_is_validated_when_built():

@@ -291,14 +291,18 @@ def _first_n(task: Task, problems: list[dict], limit: int | None) -> list[dict]:
     return kept
 
 
-def _sample_jobs(cfg: EvalConfig, task: Task, by_id: dict[str, dict], samples: dict[str, list[str]],
-                 done: dict[Key, dict], extra: dict):
-    unknown = sorted(t for t in samples if t not in by_id)
+def _check_sample_ids(cfg: EvalConfig, samples: dict[str, list[str]], problems: list[dict], extra: dict) -> None:
+    known = {str(p["task_id"]) for p in problems}
+    unknown = sorted(t for t in samples if t not in known)
     if unknown and len(unknown) == len(samples):
         raise UserError(f"none of the task_ids in {cfg.samples} belong to {cfg.benchmark} "
                         f"(first: {unknown[0]!r}); check --benchmark, --languages and --limit")
     if unknown and not cfg.limit:
         extra["ignored_task_ids"] = len(unknown)
+
+
+def _sample_jobs(cfg: EvalConfig, task: Task, by_id: dict[str, dict], samples: dict[str, list[str]],
+                 done: dict[Key, dict]):
     jobs = [(by_id[t], i, task.postprocess(by_id[t], c) if cfg.postprocess else c)
             for t, cs in samples.items() if t in by_id for i, c in enumerate(cs) if (t, i) not in done]
     return iter(jobs), len(jobs)
@@ -400,6 +404,7 @@ def _source(cfg: EvalConfig, task: Task, problems: list[dict], out: Path | None,
             extra["bad_sample_lines"] = bad
             print(f"dscoder eval: {bad['count']} of {bad['lines']} lines of {cfg.samples} are not JSON samples "
                   f"(first: line {bad['first_line']}); they are not scored", file=sys.stderr)
+        _check_sample_ids(cfg, samples, problems, extra)
         return samples, None
     if model is None and not cfg.endpoint and not (Path(cfg.model or "") / "config.json").is_file():
         raise UserError(f"model folder {cfg.model!r} does not exist or has no config.json")
@@ -452,7 +457,7 @@ def run(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> dict
         done, cached = _read_state(out)
         timing: dict = {}
         if samples is not None:
-            jobs, total = _sample_jobs(cfg, task, by_id, samples, done, extra)
+            jobs, total = _sample_jobs(cfg, task, by_id, samples, done)
         else:
             if gen is None and _to_generate(cfg, problems, done, cached):  # another run changed the folder
                 raise UserError(f"{out} changed while this run was being checked; run again")
