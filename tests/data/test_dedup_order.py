@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from dscoder.data.pipeline import BuildConfig, build
 
@@ -87,6 +88,27 @@ def test_fork_cut_by_max_sample_bytes_is_still_removed(tmp_path):
     assert sorted({r["repo"] for r in rows}) == ["a_original", "c_other"]
     pieces = [r for r in rows if r["repo"] == "a_original" and r["paths"][0].startswith("proj/")]
     assert len(pieces) >= 3 and [p for r in pieces for p in r["paths"]][-1] == "proj/m7.py"
+
+
+@pytest.mark.parametrize("edit, stage", [("def broken(:\n", "quality"), ("x = '" + "y" * 1200 + "'\n", "filter")])
+def test_fork_whose_edit_fails_a_screen_is_still_removed(tmp_path, edit, stage):
+    """The edited file leaves the fork (syntax error, 1200-character line), which would cut the fork's chain in
+    two; near-dedup must still see the chain whole."""
+    src = tmp_path / "src"
+    original = _project(1)
+    fork = {p: t + "# fork\n" for p, t in original.items()}      # no file is an exact duplicate
+    fork["proj/m4.py"] += edit
+    _write(src / "a_original", original)
+    _write(src / "b_fork", fork)
+    out = tmp_path / "out"
+    run = _cli(str(src), "--out", str(out), "--workers", "1")
+    assert run.returncode == 0, run.stderr
+    fork_paths = {p for r in _rows(out) if r["repo"] == "b_fork" for p in r["paths"]}
+    assert not fork_paths & {f"proj/m{i}.py" for i in range(8)}, fork_paths     # no piece of its chain survives
+    drops = [json.loads(x) for x in (out / "drops.jsonl").read_text().splitlines()]
+    assert [(d["repo"], d["path"]) for d in drops if d["stage"] == stage] == [("b_fork", "proj/m4.py")]
+    near = [d for d in drops if d["stage"] == "near_dedup"]
+    assert [(d["repo"], d["detail"]) for d in near] == [("b_fork", "kept a_original:a_original:2")]
 
 
 def test_shared_file_is_removed_from_the_later_repository_only(tmp_path):

@@ -83,7 +83,7 @@ def test_dependency_order_components_and_path_comments(tmp_path):
         assert r["bytes"] == len(r["text"].encode())
         assert len(r["languages"]) == len(r["paths"])
     assert stats["stages"]["repo_order"] == {"in": 9, "samples": 3, "dropped": {},
-                                             "unit": "files in, samples out (Algorithm 1 components)"}
+                                             "unit": "files read in (screened out or not), components out"}
     assert stats["output"]["files_per_language"] == {"c": 2, "markdown": 1, "python": 6}
     assert (tmp_path / "out" / "report.png").stat().st_size > 1000
     assert "| repo_order | 9 | 3 |" in (tmp_path / "out" / "report.md").read_text()

@@ -2,17 +2,18 @@
 
 Stages (paper section in brackets):
 
-  read -> filter [§2.1] -> quality [§2.4] -> decontam [§2.4] -> repo_order: Algorithm 1, one sample per
-  component [§2.2] -> near-dedup, repo-level MinHash [§2.3] -> exact dedup of files [§2.1]
-  -> Parquet shards + stats.json + drops.jsonl + report.md/png
+  read -> per-file verdicts: filter [§2.1], quality [§2.4], decontam [§2.4] -> repo_order: Algorithm 1, one
+  sample per component [§2.2] -> near-dedup, repo-level MinHash [§2.3] -> files screened out leave, exact
+  dedup of files [§2.1] -> `--max-sample-bytes` cuts -> Parquet shards + stats.json + drops.jsonl + report
 
-Near-dedup sees every repository whole: its components are built from all the files that passed the per-file
-screens, before exact dedup removes anything. The other order lets a fork escape: its unchanged files go as
-exact duplicates, its edited file forms a component of its own that resembles nothing, and it survives. Exact
-dedup then removes, from the components near-dedup kept, files whose content an earlier kept component holds
-(first occurrence in build order wins: sources in command-line order, repositories in reader order, components
-by first path, files in dependency order). `--max-sample-bytes` cuts components after both, so a cut can never
-split a fork differently from its original.
+Near-dedup sees every repository whole: components and their signatures are built from every file read, before
+any file leaves. Removing files first lets a fork escape: if its unchanged files go as exact duplicates (or its
+edited file fails a screen), what is left forms components of its own that resemble none of the original's,
+and they survive. After near-dedup, the kept components lose the files a screen dropped (the paper screens
+quality and contamination after dedup, §2.4) and files whose content an earlier kept component holds (first
+occurrence in build order wins: sources in command-line order, repositories in reader order, components by
+first path, files in dependency order). `--max-sample-bytes` cuts last, so a cut can never split a fork
+differently from its original.
 
 How it runs (`data.stages`): workers list each source unit and process chunks of a few MB of its files (read,
 filter, quality, decontaminate, dependency facts, per-file MinHash); the driver spools file texts to disk and
@@ -122,6 +123,7 @@ class _Repo:
     languages: list[str] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    passed: list[bool] = field(default_factory=list)
     spans: list[tuple[int, int]] = field(default_factory=list)       # (offset, length) of each block in the spool
     facts: list[FileFacts] = field(default_factory=list)
     sigs: list[np.ndarray] = field(default_factory=list)
@@ -137,6 +139,7 @@ class _Component:
     languages: list[str]
     nbytes: list[int]
     hashes: list[str]
+    passed: list[bool]
     spans: list[tuple[int, int]]
 
 
@@ -187,6 +190,7 @@ def _collect(results: Iterator[ChunkResult], stats: Stats, spool: _Spool, progre
             repo.languages += [f.language or "unknown" for f in part.facts]
             repo.nbytes += part.nbytes
             repo.hashes += part.hashes
+            repo.passed += part.passed
             repo.spans += [spool.append(b) for b in part.blocks]
             repo.facts += part.facts
             repo.sigs.append(part.sigs)
@@ -210,26 +214,30 @@ def _components(groups_per_repo: Iterator[list[list[int]]], ready: collections.d
         for k, g in enumerate(groups):
             comps.append(_Component(repo.name, f"{repo.name}:{k}", [repo.paths[i] for i in g],
                                     [repo.languages[i] for i in g], [repo.nbytes[i] for i in g],
-                                    [repo.hashes[i] for i in g], [repo.spans[i] for i in g]))
+                                    [repo.hashes[i] for i in g], [repo.passed[i] for i in g],
+                                    [repo.spans[i] for i in g]))
             sigs.append(matrix[g].min(axis=0))          # MinHash of the union of the files' shingles
     return comps, (np.stack(sigs) if sigs else np.empty((0, num_perm), np.uint32))
 
 
 def _dedup_and_split(comps: list[_Component], dup: dict, stats: Stats, cfg: BuildConfig) -> list[_Row]:
-    """Exact dedup over the components near-dedup kept, in build order; then `--max-sample-bytes` cuts."""
+    """Over the components near-dedup kept, in build order: files the per-file screens dropped leave (their
+    Drops are already counted), exact duplicates of files kept earlier leave; then `--max-sample-bytes` cuts."""
     seen: set[str] = set()
     rows: list[_Row] = []
     for c in comps:
         if (c.repo, c.id) in dup:
             continue
         keep, drops = [], []
-        for i, (p, h) in enumerate(zip(c.paths, c.hashes)):
+        for i, (p, h, ok) in enumerate(zip(c.paths, c.hashes, c.passed)):
+            if not ok:
+                continue
             if h in seen:
                 drops.append(Drop(c.repo, p, "dedup", "exact_duplicate", h[:16]))
             else:
                 seen.add(h)
                 keep.append(i)
-        stats.add({"dedup": len(c.paths)}, drops)
+        stats.add({"dedup": sum(c.passed)}, drops)
         if not keep:
             continue
         sizes = {c.paths[i]: c.nbytes[i] for i in keep}
@@ -384,7 +392,8 @@ def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str 
                 open(work / "drops.jsonl", "w", encoding="utf-8") as drops_file:
             stats.drops_file = drops_file
             scans = ex.imap(stage_scan, ((u, cfg) for u in units))
-            results = ex.imap(stage_process, _chunks(scans, cfg, stats))
+            # a deeper window than the default: one slow chunk must not leave the other workers idle
+            results = ex.imap(stage_process, _chunks(scans, cfg, stats), window=4 * ex.workers)
             orders = ex.imap(stage_order, _collect(results, stats, spool, progress, ready))
             comps, sigs = _components(orders, ready, stats, cfg.minhash.num_perm)
             progress.tick(force=True)
@@ -413,7 +422,7 @@ def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str 
 def _stats_dict(stats: Stats, output: dict, cfg: BuildConfig, n_components: int, index: BenchmarkIndex) -> dict:
     table = stats.stage_table()
     table["repo_order"] = {"in": table["repo_order"]["in"], "samples": n_components, "dropped": {},
-                           "unit": "files in, samples out (Algorithm 1 components)"}
+                           "unit": "files read in (screened out or not), components out"}
     settings = asdict(cfg)
     del settings["chunk_bytes"]                       # the schedule, not the output
     settings["benchmarks"] = [Path(b).name for b in cfg.benchmarks]   # names only: output independent of paths

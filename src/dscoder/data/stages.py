@@ -7,8 +7,9 @@ of the file alone, so the output is the same for any number of workers. Archives
 whole: each is one chunk.
 
 `stage_process` runs the per-file stages over a chunk: read [reliability §6], rule filters [§2.1], quality
-[§2.4], decontamination [§2.4], then for each kept file its exact-dedup key, its dependency facts [§2.2] and the
-MinHash signature [§2.3] of its block (`# path` line + content, what a sample concatenates). A component's
+[§2.4], decontamination [§2.4] (each file's verdict), then for every file read its exact-dedup key, its
+dependency facts [§2.2] and the MinHash signature [§2.3] of its block (`# path` line + content, what a sample
+concatenates). A component's
 signature is the element-wise minimum of its files' signatures: the MinHash of the union of their shingle sets,
 i.e. of the concatenated sample without the few shingles that straddle two files, whatever the chunking.
 `stage_order` runs Algorithm 1 over one whole repository from those facts (paths and imports only).
@@ -28,7 +29,7 @@ from .quality import apply_quality
 from .readers import DEFAULT_MAX_FILE_BYTES, FileRef, SourceUnit, is_failure, read_refs, read_unit, scan_unit
 from .repo_order import FileFacts, concat_files, file_facts, order_facts
 
-CHUNK_BYTES = 2 << 20      # file bytes per work unit: ~0.4 CPU-s of stages, small next to a big repository
+CHUNK_BYTES = 1 << 20      # file bytes per work unit: ~0.2 CPU-s of stages, small next to a big repository
 CHUNK_FILES = 1000
 
 
@@ -55,11 +56,12 @@ class Chunk:
 
 @dataclass
 class RepoPart:
-    """The files of one repository that a chunk kept, in path order, with what later stages need of them."""
+    """The files of one repository that a chunk read, in path order, with what later stages need of them."""
     repo: str
     facts: list[FileFacts]
     nbytes: list[int]                       # content bytes per file
     hashes: list[str]                       # exact-dedup keys
+    passed: list[bool]                      # passed the rule filters, quality screen and decontamination
     blocks: list[bytes]                     # UTF-8 `# path\n` + content (+ newline): the sample's pieces
     sigs: np.ndarray                        # (n_files, num_perm) uint32, MinHash of each block
     failed: bool = False                    # the repository is unreliable (broken git store, damaged archive)
@@ -124,12 +126,12 @@ def stage_process(task: tuple[Chunk, BuildConfig]) -> ChunkResult:
     counts: Counter = Counter()
     all_drops: list[Drop] = []
     parts, read_bytes = [], 0
-    for repo, drops in items:
-        counts["read"] += len(chunk.refs) if chunk.refs is not None else len(repo.files) + len(drops)
+    for read, drops in items:
+        counts["read"] += len(chunk.refs) if chunk.refs is not None else len(read.files) + len(drops)
         failed = any(is_failure(d) for d in drops)
-        read_bytes += sum(f.nbytes for f in repo.files)
-        counts["filter"] += len(repo.files)
-        repo, more = apply_filters(repo)
+        read_bytes += sum(f.nbytes for f in read.files)
+        counts["filter"] += len(read.files)
+        repo, more = apply_filters(read)
         drops += more
         counts["quality"] += len(repo.files)
         repo, more = apply_quality(repo, cfg.check_syntax)
@@ -138,14 +140,16 @@ def stage_process(task: tuple[Chunk, BuildConfig]) -> ChunkResult:
         repo, more = decontaminate(repo, benchmark_index(cfg.benchmarks))
         drops += more
         all_drops += drops
-        parts.append(_part(repo, cfg, failed))
+        parts.append(_part(read, {f.path for f in repo.files}, cfg, failed))
     return ChunkResult(parts, all_drops, counts, read_bytes, chunk.last)
 
 
-def _part(repo: RepoFiles, cfg: BuildConfig, failed: bool) -> RepoPart:
-    texts = [concat_files([f]) for f in repo.files]
-    return RepoPart(repo.repo, [file_facts(f) for f in repo.files], [f.nbytes for f in repo.files],
-                    [content_hash(f.content) for f in repo.files],
+def _part(read: RepoFiles, passed: set[str], cfg: BuildConfig, failed: bool) -> RepoPart:
+    """Every file read, screened out or not: a screened-out file still shapes its repository's components and
+    signatures, and leaves the samples only after near-dedup (see `data.pipeline`)."""
+    texts = [concat_files([f]) for f in read.files]
+    return RepoPart(read.repo, [file_facts(f) for f in read.files], [f.nbytes for f in read.files],
+                    [content_hash(f.content) for f in read.files], [f.path in passed for f in read.files],
                     [t.encode("utf-8", "surrogatepass") for t in texts], signature_matrix(texts, cfg.minhash),
                     failed)
 
