@@ -10,6 +10,7 @@ Run it:
     engine = Engine(dscoder.load_model("ckpt"))
     out = engine.generate([[32013, 1, 2], [32013, 5]], max_new_tokens=64, stop_ids=[32014])
     out[0].tokens, out[0].finish_reason                      # new ids, "stop" | "length"
+    Engine(model, speculate="ngram")                         # prompt-lookup drafts, same output (infer/speculative)
 
 Works with any model that follows the shared interface (`forward(input_ids, positions=, cache=, attn_mask=,
 logits_to_keep=)` and `make_cache(batch, max_len)`, whose cache moves its own cursor): the v1 Llama
@@ -27,7 +28,9 @@ from typing import Callable, Generator, Iterator, Sequence
 import torch
 
 from ..errors import UserError
-from .sampling import check_sampling, sample_next
+from .sampling import Sampler, check_sampling
+from .speculative import DRAFT_TOKENS, check_speculate
+from .speculative import decode as speculative_decode
 
 Decode = Callable[[list[int]], str]
 
@@ -88,11 +91,63 @@ class StopStrings:
         return tokens[:k], text
 
 
-class Engine:
-    """Owns a model and its KV cache. `max_len` caps the context below the model's max_position_embeddings."""
+class Run:
+    """One generation's forward passes over the cache: the left-padded prompts' slot mask and each row's RoPE
+    position. Without padding, slot index == position and every slot is valid, so neither is passed and the model
+    takes its default path (is_causal prefill, no mask or position gather per decode step)."""
 
-    def __init__(self, model: torch.nn.Module, max_len: int | None = None):
+    def __init__(self, model: torch.nn.Module, cache, prompts: list[list[int]], max_new_tokens: int,
+                 device: torch.device):
+        B, P = len(prompts), max(map(len, prompts))
+        self.model, self.cache = model, cache
+        self.ids = torch.zeros(B, P, dtype=torch.long)
+        pos = torch.zeros(B, P, dtype=torch.long)
+        # one mask for the whole run: padding slots False, everything from a row's first token on True;
+        # causality by slot index is the model's job, so a step passes the first (slots used + new) columns
+        self.mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
+        for b, p in enumerate(prompts):
+            pad = P - len(p)
+            self.ids[b, pad:] = torch.tensor(p)
+            pos[b, pad:] = torch.arange(len(p))
+            self.mask[b, pad:] = True
+        self.ids, self.pos, self.mask = self.ids.to(device), pos.to(device), self.mask.to(device)
+        self.padded = any(len(p) != P for p in prompts)
+        self.next_pos = self.pos[:, -1:] + 1  # (B, 1) each row's next RoPE position
+
+    def prefill(self) -> torch.Tensor:
+        """Fill the cache with the prompts; logits (B, V) for each row's next token."""
+        P = self.ids.shape[1]
+        return self.model(self.ids, positions=self.pos if self.padded else None, cache=self.cache,
+                          attn_mask=self.mask[:, :P] if self.padded else None, logits_to_keep=1)[:, -1]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` (B, T) after the cached slots; logits (B, T, V). Call `keep` before the next forward."""
+        T, n = tokens.shape[1], self.cache.length + tokens.shape[1]
+        self._fed = T
+        positions = self.next_pos + torch.arange(T, device=tokens.device) if self.padded else None
+        return self.model(tokens, positions=positions, cache=self.cache,
+                          attn_mask=self.mask[:, :n] if self.padded else None)
+
+    def keep(self, m: int) -> None:
+        """Keep the first `m` of the tokens just fed (their cache slots); the rest are rolled back."""
+        self.cache.rewind(self.cache.length - self._fed + m)
+        self.next_pos += m
+
+
+class Engine:
+    """Owns a model and its KV cache. `max_len` caps the context below the model's max_position_embeddings.
+
+    `speculate="ngram"` decodes with prompt-lookup drafts verified in one forward pass (`infer.speculative`):
+    greedy output is token for token that of plain greedy decoding, sampled output has the same distribution.
+    `draft_tokens` caps a draft's length."""
+
+    def __init__(self, model: torch.nn.Module, max_len: int | None = None, speculate: str | None = None,
+                 draft_tokens: int = DRAFT_TOKENS):
         self.model = model.eval()
+        self.speculate = check_speculate(speculate)
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+            raise UserError(f"draft_tokens must be an integer >= 1, got {draft_tokens!r}")
+        self.draft_tokens = draft_tokens
         limit = int(model.config.max_position_embeddings)
         self.max_len = min(limit, int(max_len)) if max_len else limit
         self.vocab_size = int(model.config.vocab_size)
@@ -167,50 +222,37 @@ class Engine:
             self._cache_lock.release()
 
     # --- the decode loop ------------------------------------------------------------------------------
-    def _steps(self, prompts: list[list[int]], max_new_tokens: int, pick: Callable[[torch.Tensor], torch.Tensor],
-               active: list[bool]) -> Iterator[list[int]]:
-        """Yield each step's next token per row. The caller clears `active[b]` to finish a row; finished rows
-        stay in the batch (their tokens are ignored) and the loop ends once no row is active."""
+    def _steps(self, prompts: list[list[int]], max_new_tokens: int, sampler: Sampler,
+               active: list[bool]) -> Iterator[list[list[int]]]:
+        """Yield each step's new tokens per row (one each, or with speculation the same number >= 1 for every
+        row). The caller clears `active[b]` to finish a row; finished rows stay in the batch (their tokens are
+        ignored) and the loop ends once no row is active."""
         B, P = len(prompts), max(map(len, prompts))
-        dev = self.device
         cache = self._take_cache(B, P + max_new_tokens)
         try:
-            ids = torch.zeros(B, P, dtype=torch.long)
-            pos = torch.zeros(B, P, dtype=torch.long)
-            # one mask for the whole run: padding slots False, everything from a row's first token on True;
-            # causality by slot index is the model's job, so step t just passes the first L+1 columns
-            mask = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
-            for b, p in enumerate(prompts):
-                pad = P - len(p)
-                ids[b, pad:] = torch.tensor(p)
-                pos[b, pad:] = torch.arange(len(p))
-                mask[b, pad:] = True
-            ids, pos, mask = ids.to(dev), pos.to(dev), mask.to(dev)
-            # without padding, slot index == position and every slot is valid: pass neither, so the model
-            # takes its default path (is_causal prefill, no mask or position gather per decode step)
-            padded = any(len(p) != P for p in prompts)
-            logits = self.model(ids, positions=pos if padded else None, cache=cache,
-                                attn_mask=mask[:, :P] if padded else None, logits_to_keep=1)[:, -1]  # (B, V)
-            next_pos = pos[:, -1:] + 1  # (B, 1) each row's own RoPE position
+            run = Run(self.model, cache, prompts, max_new_tokens, self.device)
+            logits = run.prefill()  # (B, V)
+            if self.speculate == "ngram":
+                yield from speculative_decode(run, logits, prompts, max_new_tokens, sampler, active,
+                                              self.draft_tokens)
+                return
             for step in range(max_new_tokens):
-                tok = pick(logits)  # (B,)
-                yield tok.tolist()
+                tok = sampler.pick(logits)  # (B,)
+                yield [[t] for t in tok.tolist()]
                 if step == max_new_tokens - 1 or not any(active):
                     return
-                n = P + step + 1  # slots after this token: the prompt's, then one per decoded token
-                logits = self.model(tok.view(B, 1), positions=next_pos if padded else None, cache=cache,
-                                    attn_mask=mask[:, :n] if padded else None)[:, -1]
-                next_pos += 1
+                logits = run.forward(tok.view(B, 1))[:, -1]
+                run.keep(1)
         finally:
             self._give_cache(cache)
 
-    def _picker(self, temperature: float, top_k: int, top_p: float, seed: int | None):
+    def _picker(self, temperature: float, top_k: int, top_p: float, seed: int | None) -> Sampler:
         check_sampling(temperature, top_k, top_p)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(int(seed))
-        return lambda logits: sample_next(logits, temperature, top_k, top_p, gen)
+        return Sampler(temperature, top_k, top_p, gen)
 
     @staticmethod
     def _stops(stop_strings: Sequence[str], decode: Decode | None) -> StopStrings | None:
@@ -247,16 +289,17 @@ class Engine:
         B = len(prompts)
         out: list[list[int]] = [[] for _ in range(B)]
         reason, active = ["length"] * B, [True] * B
-        for toks in self._steps(prompts, max_new_tokens, pick, active):
-            for b, t in enumerate(toks):
-                if not active[b]:
-                    continue
-                if t in stop_set:
-                    active[b], reason[b] = False, "stop"
-                    continue
-                out[b].append(t)
-                if stops is not None and stops.hit(out[b]):
-                    active[b], reason[b] = False, "stop"
+        for step in self._steps(prompts, max_new_tokens, pick, active):
+            for b, toks in enumerate(step):
+                for t in toks:
+                    if not active[b]:
+                        break
+                    if t in stop_set:
+                        active[b], reason[b] = False, "stop"
+                        break
+                    out[b].append(t)
+                    if stops is not None and stops.hit(out[b]):
+                        active[b], reason[b] = False, "stop"
         return [self._finish(out[b], reason[b], len(prompts[b]), stops, decode) for b in range(B)]
 
     def generate_stream(self, prompt: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
@@ -281,17 +324,20 @@ class Engine:
         reason, active, sent = "length", [True], 0
         steps = self._steps([prompt], max_new_tokens, pick, active)
         try:
-            for (t,) in steps:
-                if t in stop_set:
-                    reason = "stop"
+            for (toks,) in steps:
+                for t in toks:
+                    if t in stop_set:
+                        reason = "stop"
+                        break
+                    out.append(t)
+                    if stops is not None and stops.hit(out):
+                        reason = "stop"
+                        break
+                    while len(out) - sent > hold:
+                        yield out[sent]
+                        sent += 1
+                if reason == "stop":
                     break
-                out.append(t)
-                if stops is not None and stops.hit(out):
-                    reason = "stop"
-                    break
-                while len(out) - sent > hold:
-                    yield out[sent]
-                    sent += 1
         finally:
             steps.close()  # hands the cache back even when the consumer stops early
         final = self._finish(out, reason, len(prompt), stops, decode)

@@ -6,6 +6,8 @@ A seeded `torch.Generator` makes sampling reproducible: same generator state, sa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import UserError
@@ -53,3 +55,43 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, 
         probs = probs.masked_fill(top_p_mask(probs, top_p), 0.0)
     choice = torch.multinomial(probs, 1, generator=generator)  # (B, 1); multinomial renormalises
     return index.gather(-1, choice).squeeze(-1)
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution `sample_next` draws from, over the whole vocabulary: logits (..., V) -> probs (..., V) fp32,
+    zero outside the top-k / nucleus. Same cuts as `sample_next` (temperature > 0); speculative verification needs
+    the probabilities themselves, not a draw."""
+    scaled = logits.float() / temperature  # (..., V)
+    k = scaled.shape[-1] if top_k <= 0 else min(top_k, scaled.shape[-1])
+    if k < scaled.shape[-1]:
+        values, index = torch.topk(scaled, k, dim=-1)  # (..., k), sorted descending
+    elif top_p < 1.0:
+        values, index = torch.sort(scaled, dim=-1, descending=True)
+    else:
+        return torch.softmax(scaled, dim=-1)
+    probs = torch.softmax(values, dim=-1)
+    if top_p < 1.0:
+        probs = probs.masked_fill(top_p_mask(probs, top_p), 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(scaled).scatter_(-1, index, probs)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One run's sampling settings and its random generator (checked by `check_sampling`)."""
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """`sample_next` with these settings: logits (B, V) -> ids (B,)."""
+        return sample_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """`next_token_probs` with these settings (not for greedy): (..., V) -> (..., V)."""
+        return next_token_probs(logits, self.temperature, self.top_k, self.top_p)

@@ -88,6 +88,12 @@ class LatentCache:
     def reset(self) -> None:
         self.length = 0
 
+    def rewind(self, length: int) -> None:
+        """Forget every slot from `length` on (draft tokens that verification rejected); writes resume there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind a cache of {self.length} slots to {length}")
+        self.length = length
+
     def write(self, layer: int, c_kv: torch.Tensor, k_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store T new tokens at [length, length+T); return this layer's slots [0, length+T)."""
         lo, hi = self.length, self.length + c_kv.shape[1]

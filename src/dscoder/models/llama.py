@@ -11,7 +11,7 @@
 The interface both architectures share: `forward(input_ids, *, positions=None, cache=None, attn_mask=None,
 logits_to_keep=0, return_aux=False)` returns the logits, or with `return_aux=True` an `LMOutput` (here with no
 aux loss and no expert load: the v1 model has no MoE); `make_cache(batch_size, max_len)` gives a cache whose
-cursor moves once every layer has written the new tokens.
+cursor moves once every layer has written the new tokens and `rewind(length)` moves it back.
 
 embed -> N x [x + Attn(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> lm_head. Attention is multi-head,
 grouped-query (33B: 8 KV heads) or multi-query (5.7bmqa) by `num_key_value_heads`; RoPE is the HF half-split
@@ -44,6 +44,12 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0  # stale slots are overwritten before they are ever attended
+
+    def rewind(self, length: int) -> None:
+        """Forget every slot from `length` on (draft tokens that verification rejected); writes resume there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind a cache of {self.length} slots to {length}")
+        self.length = length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, D) at slots [length, length+T); return the layer's keys/values so far."""

@@ -1,0 +1,138 @@
+"""Exact speculative decoding with prompt-lookup (n-gram) drafts: several tokens per forward pass when the
+output re-types text it has already seen (an edited file, a renamed variable, repeated boilerplate).
+
+Draft (prompt lookup decoding, A. Saxena 2023, github.com/apoorvumang/prompt-lookup-decoding; the same idea as
+transformers' `prompt_lookup_num_tokens`): the last n tokens (n = 3, then 2, then 1) are looked up among all the
+tokens before them, prompt and generated text alike; the tokens that followed their most recent earlier occurrence
+are the draft. The lookup is a dict per n, updated as tokens arrive, so drafting costs no model call.
+
+Verify: one forward pass over [last token, d_1 .. d_k] gives the target distributions p_1 .. p_{k+1}.
+* Greedy: keep d_i while it equals argmax p_i; the first mismatch emits the argmax instead. The emitted tokens
+  are the ones plain greedy decoding picks.
+* Sampling: speculative sampling (Leviathan et al. 2023, arXiv 2211.17192, Algorithm 1; Chen et al. 2023,
+  arXiv 2302.01318). The draft is deterministic, q = one-hot(d_i), so "accept with probability
+  min(1, p(x)/q(x))" is "accept d_i with probability p_i(d_i)", and the residual norm(max(0, p - q)) is p_i with
+  d_i removed, renormalised. After k acceptances one more token is drawn from p_{k+1}. Every emitted token then
+  has exactly the distribution plain sampling gives it (p is the temperature / top-k / top-p distribution of
+  `sampling.next_token_probs`); the random draws differ, so a seeded run gives other (equally likely) tokens.
+
+Batches: each row verifies its own draft (drafts are right-padded to one length), then every row keeps the
+fewest tokens any unfinished row got, m >= 1, and the cache is rewound to that many new slots. Dropping a row's
+later tokens is exact: whether a token is emitted depends only on the tokens before it (with a deterministic
+draft, "d_1..d_j accepted" is "the emitted tokens equal d_1..d_j"), so cutting at m is a stopping rule, and the
+dropped tokens are decided afresh next step. A batch thus advances at its slowest row's pace.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+
+from ..errors import UserError
+from .sampling import Sampler
+
+if TYPE_CHECKING:
+    from .engine import Run
+
+SPECULATE = ("none", "ngram")   # the methods `Engine(speculate=...)` and `--speculate` accept
+DRAFT_TOKENS = 8                # default draft length (see Engine's docstring for how it was chosen)
+MAX_NGRAM = 3                   # longest suffix looked up, as in the prompt-lookup reference implementation
+
+
+def check_speculate(method: str | None) -> str | None:
+    """None for no speculation ("none" or None), "ngram"; anything else is a UserError."""
+    if method is None or method == "none":
+        return None
+    if method not in SPECULATE:
+        raise UserError(f"unknown speculation method {method!r}; use one of: {', '.join(SPECULATE)}")
+    return method
+
+
+class NgramDrafter:
+    """Prompt-lookup drafts for one sequence. `index[n]` maps each n-gram to the position right after its most
+    recent occurrence whose next token is known (so the current suffix never matches itself)."""
+
+    def __init__(self, tokens: Sequence[int], max_ngram: int = MAX_NGRAM):
+        self.max_ngram = max_ngram
+        self.seq: list[int] = []
+        self.index: list[dict[tuple[int, ...], int]] = [{} for _ in range(max_ngram + 1)]
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for t in tokens:
+            self.seq.append(int(t))
+            j = len(self.seq) - 1                     # the new token follows the n-grams that end at j - 1
+            for n in range(1, min(self.max_ngram, j) + 1):
+                self.index[n][tuple(self.seq[j - n:j])] = j
+
+    def draft(self, k: int) -> list[int]:
+        """Up to k tokens that followed the longest matching suffix (empty when nothing matches or k < 1)."""
+        if k < 1:
+            return []
+        for n in range(min(self.max_ngram, len(self.seq)), 0, -1):
+            at = self.index[n].get(tuple(self.seq[-n:]))
+            if at is not None:
+                return self.seq[at:at + k]
+        return []
+
+
+def accept_greedy(argmax: Sequence[int], draft: Sequence[int]) -> list[int]:
+    """Emitted tokens for one row: the target's argmax at each position up to and including the first position
+    where it differs from the draft. argmax: len(draft) + 1 ids."""
+    a = 0
+    while a < len(draft) and argmax[a] == draft[a]:
+        a += 1
+    return list(argmax[:a + 1])
+
+
+def accept_sampled(probs: torch.Tensor, draft: Sequence[int], generator: torch.Generator | None) -> list[int]:
+    """Speculative sampling for one row with a deterministic draft. probs: (len(draft) + 1, V) target
+    distributions after the last token and after each draft token."""
+    out: list[int] = []
+    for i, d in enumerate(draft):
+        p = probs[i]
+        if float(torch.rand((), generator=generator, device=p.device)) < float(p[d]):
+            out.append(int(d))
+            continue
+        residual = p.clone()
+        residual[d] = 0.0                           # max(0, p - one_hot(d)); multinomial renormalises
+        out.append(int(torch.multinomial(residual, 1, generator=generator)))
+        return out
+    out.append(int(torch.multinomial(probs[len(draft)], 1, generator=generator)))
+    return out
+
+
+def verify(sampler: Sampler, logits: torch.Tensor, drafts: list[list[int]]) -> list[list[int]]:
+    """Each row's emitted tokens (1 to len(draft) + 1) from the verification logits (B, K+1, V)."""
+    if sampler.greedy:
+        rows = logits.argmax(dim=-1).tolist()                                   # (B, K+1)
+        return [accept_greedy(r[:len(d) + 1], d) for r, d in zip(rows, drafts)]
+    probs = sampler.probs(logits)                                               # (B, K+1, V)
+    return [accept_sampled(probs[b, :len(d) + 1], d, sampler.generator) for b, d in enumerate(drafts)]
+
+
+def decode(run: "Run", logits: torch.Tensor, prompts: list[list[int]], max_new_tokens: int, sampler: Sampler,
+           active: list[bool], draft_tokens: int = DRAFT_TOKENS) -> Iterator[list[list[int]]]:
+    """The speculative decode loop after the prefill (`logits` (B, V) for each row's next token). Yields each
+    step's new tokens per row, the same count for every row; stops after max_new_tokens or once no row is active
+    (the caller clears `active[b]`)."""
+    first = sampler.pick(logits).tolist()
+    yield [[t] for t in first]
+    drafters = [NgramDrafter([*p, t]) for p, t in zip(prompts, first)]
+    last, produced = first, 1
+    while produced < max_new_tokens and any(active):
+        # a step emits at most k + 1 tokens: the cap keeps the run inside max_new_tokens and the cache it sized
+        k = min(draft_tokens, max_new_tokens - produced - 1)
+        drafts = [d.draft(k) if on else [] for d, on in zip(drafters, active)]
+        width = max(map(len, drafts))
+        x = torch.tensor([[t, *d] + [0] * (width - len(d)) for t, d in zip(last, drafts)],
+                         dtype=torch.long, device=logits.device)                # (B, 1 + width)
+        new = verify(sampler, run.forward(x), drafts)
+        m = min(len(n) for n, on in zip(new, active) if on)
+        run.keep(m)                                  # slots of the last token and the m - 1 kept draft tokens
+        new = [n[:m] if len(n) >= m else n + [0] * (m - len(n)) for n in new]   # finished rows: filler
+        for d, n in zip(drafters, new):
+            d.extend(n)
+        last = [n[-1] for n in new]
+        produced += m
+        yield new
