@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+from pretrain_runs import pretrain_args, run_cli
 
 NAMES = ["alpha", "beta", "gamma", "delta", "total", "count", "items", "value", "index", "result", "buffer", "node"]
 OPS = ["+", "-", "*", "//", "%"]
@@ -41,4 +42,14 @@ def tok_dir(tmp_path_factory, corpus_dir) -> Path:
     out = tmp_path_factory.mktemp("tok")
     texts = [p.read_text() for p in sorted(corpus_dir.glob("*.py"))]
     train_tokenizer(texts, 400, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, tok_dir, corpus_dir) -> Path:
+    """One uninterrupted 12-step `pretrain_args` run: the reference for the resume, signal and torchrun tests.
+    Tests that write into a run folder work on a copy (`pretrain_runs.copy_run`)."""
+    out = tmp_path_factory.mktemp("straight")
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, out))
+    assert r.returncode == 0, r.stderr
     return out

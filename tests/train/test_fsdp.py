@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pretrain_cli import ENV, _args, _weights
+from pretrain_runs import ENV, pretrain_args, weights
 
 from dscoder.train.metrics import read_metrics
 
@@ -22,7 +22,7 @@ EXTRA = ["--grad-accum", "2", "--activation-checkpointing"]
 
 def _torchrun(tok, data, out, extra=()):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "dscoder.cli", *_args(tok, data, out, steps=8, extra=[*EXTRA, "--fsdp", *extra])]
+            "-m", "dscoder.cli", *pretrain_args(tok, data, out, steps=8, extra=[*EXTRA, "--fsdp", *extra])]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def fsdp_run(tmp_path_factory, tok_dir, corpus_dir) -> Path:
 @pytest.mark.slow
 def test_fsdp_two_processes_match_one_process(fsdp_run, tok_dir, corpus_dir, tmp_path):
     single = tmp_path / "single"
-    r = subprocess.run([sys.executable, "-m", "dscoder.cli", *_args(tok_dir, corpus_dir, single, steps=8,
+    r = subprocess.run([sys.executable, "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, single, steps=8,
                                                                     extra=["--grad-accum", "2"])],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -48,7 +48,7 @@ def test_fsdp_two_processes_match_one_process(fsdp_run, tok_dir, corpus_dir, tmp
         assert a.get("eval_loss") is None or abs(a["eval_loss"] - b["eval_loss"]) < 1e-5
     import dscoder
     model = dscoder.load_model(fsdp_run / "final")
-    w_single = _weights(single / "final")
+    w_single = weights(single / "final")
     assert all(torch.allclose(w_single[k], v, atol=1e-4) for k, v in model.state_dict().items() if k in w_single)
     assert sorted(p.name for p in (fsdp_run / "checkpoints").iterdir()) == ["step-00000004", "step-00000008"]
 
@@ -75,5 +75,5 @@ def test_fsdp_resume_after_sigkill_is_exact(fsdp_run, tok_dir, corpus_dir, tmp_p
     ref, got = read_metrics(fsdp_run / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
     assert [(x["step"], x["loss"], x["grad_norm"], x.get("eval_loss")) for x in got] == \
         [(x["step"], x["loss"], x["grad_norm"], x.get("eval_loss")) for x in ref]
-    a, b = _weights(fsdp_run / "final"), _weights(out / "final")
+    a, b = weights(fsdp_run / "final"), weights(out / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,54 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 import torch
-from safetensors.torch import load_file
+from pretrain_runs import ENV, pretrain_args, run_cli, weights
 
 from dscoder.cli import main as cli_main
 from dscoder.train.metrics import read_metrics
-
-# the tiny preset as is (~3M params): a step takes ~50-100 ms on one thread, slow enough to SIGKILL mid-run
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-
-
-def _args(tok, data, out, steps=12, extra=()):
-    return ["pretrain", "--preset", "tiny", "--tokenizer", str(tok), "--data", str(data), "--out", str(out),
-            "--steps", str(steps), "--seq-len", "64", "--batch-size", "4", "--save-every", "4", "--lr", "3e-3",
-            "--warmup", "2", "--seed", "5", "--threads", "1", "--eval-every", "6", "--heldout-every", "8",
-            *extra]
-
-
-def _run(args, **kw):
-    return subprocess.run([sys.executable, "-m", "dscoder.cli", *args], env=ENV, capture_output=True, text=True,
-                          timeout=240, **kw)
-
-
-@pytest.fixture(scope="session")
-def straight(tmp_path_factory, tok_dir, corpus_dir):
-    """One uninterrupted 12-step run, the reference for the resume and torchrun tests (test_run_control.py too).
-    Tests that write into a run folder work on a copy (`copy_run`)."""
-    out = tmp_path_factory.mktemp("straight")
-    r = _run(_args(tok_dir, corpus_dir, out))
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
 
 
 def test_outputs_of_a_run(straight):
@@ -69,7 +31,7 @@ def test_outputs_of_a_run(straight):
 
 def test_resume_after_sigkill_is_bitwise(straight, tok_dir, corpus_dir, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *_args(tok_dir, corpus_dir, out)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics, deadline = out / "metrics.jsonl", time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -80,7 +42,7 @@ def test_resume_after_sigkill_is_bitwise(straight, tok_dir, corpus_dir, tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists()
-    r = _run(_args(tok_dir, corpus_dir, out, extra=["--resume"]))
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=["--resume"]))
     assert r.returncode == 0, r.stderr
     ref = {x["step"]: x for x in read_metrics(straight / "metrics.jsonl")}
     got = read_metrics(out / "metrics.jsonl")
@@ -89,14 +51,14 @@ def test_resume_after_sigkill_is_bitwise(straight, tok_dir, corpus_dir, tmp_path
         assert (x["loss"], x["grad_norm"], x["lr"]) == (ref[x["step"]]["loss"], ref[x["step"]]["grad_norm"],
                                                         ref[x["step"]]["lr"]), x["step"]
         assert x.get("eval_loss") == ref[x["step"]].get("eval_loss")
-    a, b = _weights(straight / "final"), _weights(out / "final")
+    a, b = weights(straight / "final"), weights(out / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_torchrun_two_processes_matches_single(straight, tok_dir, corpus_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dscoder.cli", *_args(tok_dir, corpus_dir, out, steps=3, extra=["--save-every", "0"])]
+           "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, out, steps=3, extra=["--save-every", "0"])]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     ref = read_metrics(straight / "metrics.jsonl")
@@ -110,11 +72,11 @@ def test_torchrun_two_processes_matches_single(straight, tok_dir, corpus_dir, tm
 
 def test_resume_with_changed_config_is_refused(straight, tok_dir, corpus_dir, capsys):
     before = sorted(p.name for p in straight.rglob("*"))
-    rc = cli_main(_args(tok_dir, corpus_dir, straight, extra=["--resume", "--set", "num_hidden_layers=3"]))
+    rc = cli_main(pretrain_args(tok_dir, corpus_dir, straight, extra=["--resume", "--set", "num_hidden_layers=3"]))
     assert rc == 2 and "model config differs" in capsys.readouterr().err
-    rc = cli_main(_args(tok_dir, corpus_dir, straight))               # no --resume over existing checkpoints
+    rc = cli_main(pretrain_args(tok_dir, corpus_dir, straight))               # no --resume over existing checkpoints
     assert rc == 2 and "--resume" in capsys.readouterr().err
-    assert cli_main(_args(tok_dir, corpus_dir, straight, extra=["--resume"])) == 0     # finished: a no-op
+    assert cli_main(pretrain_args(tok_dir, corpus_dir, straight, extra=["--resume"])) == 0     # finished: a no-op
     assert "nothing to do" in capsys.readouterr().err
     assert sorted(p.name for p in straight.rglob("*")) == before
 
@@ -123,10 +85,10 @@ def test_bad_input_exits_2_and_writes_nothing(tok_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "blob.py").write_bytes(b"\x00\xff\x00")
-    rc = cli_main(_args(tok_dir, empty, tmp_path / "out1"))
+    rc = cli_main(pretrain_args(tok_dir, empty, tmp_path / "out1"))
     assert rc == 2 and "no usable documents under" in capsys.readouterr().err
     assert not (tmp_path / "out1").exists()
-    rc = cli_main(_args(tmp_path / "no-tok", empty, tmp_path / "out2"))
+    rc = cli_main(pretrain_args(tmp_path / "no-tok", empty, tmp_path / "out2"))
     assert rc == 2 and "--tokenizer" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
@@ -139,7 +101,7 @@ def test_summary_counts_skipped_data_lines(tok_dir, corpus_dir, tmp_path):
     shards.mkdir()
     (shards / "part-0.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    assert cli_main(_args(tok_dir, shards, out, steps=2, extra=["--save-every", "0"])) == 0
+    assert cli_main(pretrain_args(tok_dir, shards, out, steps=2, extra=["--save-every", "0"])) == 0
     data = json.loads((out / "summary.json").read_text())["data"]
     assert data["records"] == 201 and data["bad_records"] == 1
     assert data["first_bad"].startswith(f"{shards / 'part-0.jsonl'}:7 ")
@@ -168,6 +130,6 @@ def test_init_from_for_long_context(straight, tok_dir, corpus_dir, tmp_path):
     assert cli_main(args) == 0
     cfg = json.loads((out / "final" / "config.json").read_text())
     assert cfg["rope_parameters"]["factor"] == 4.0 and cfg["rope_theta"] == 100000.0
-    before, after = _weights(straight / "final"), _weights(out / "final")
+    before, after = weights(straight / "final"), weights(out / "final")
     # started from the checkpoint: one small step away from it, not a fresh init
     assert all((before[k] - after[k]).abs().max() < 0.05 for k in before)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pretrain_cli import ENV, _args, _run, _weights, copy_run, straight  # noqa: F401  (straight: a fixture)
+from pretrain_runs import ENV, copy_run, pretrain_args, run_cli, weights
 
 from dscoder.cli import main as cli_main
 from dscoder.train.checkpoint import verify
@@ -39,7 +39,7 @@ def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
 @pytest.mark.slow
 def test_sigterm_checkpoints_then_resume_is_exact(straight, tok_dir, corpus_dir, tmp_path, capsys):
     out = tmp_path / "term"
-    proc = _start(_args(tok_dir, corpus_dir, out))
+    proc = _start(pretrain_args(tok_dir, corpus_dir, out))
     _wait_for_step(proc, out / "metrics.jsonl", 5)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
@@ -52,16 +52,16 @@ def test_sigterm_checkpoints_then_resume_is_exact(straight, tok_dir, corpus_dir,
     assert verify(ck) is None and not (out / "final").exists()
     # a checkpoint at step N: --steps below it would move the run backward
     before = _snapshot(out)
-    assert cli_main(_args(tok_dir, corpus_dir, out, steps=step - 1, extra=["--resume"])) == 2
+    assert cli_main(pretrain_args(tok_dir, corpus_dir, out, steps=step - 1, extra=["--resume"])) == 2
     msg = capsys.readouterr().err
     assert f"--steps {step - 1}" in msg and f"step {step}" in msg and _snapshot(out) == before
-    r = _run(_args(tok_dir, corpus_dir, out, extra=["--resume"]))
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=["--resume"]))
     assert r.returncode == 0, r.stderr
     ref = read_metrics(straight / "metrics.jsonl")
     got = read_metrics(out / "metrics.jsonl")
     assert [(x["step"], x["loss"], x["grad_norm"]) for x in got] == [(x["step"], x["loss"], x["grad_norm"])
                                                                      for x in ref]
-    a, b = _weights(straight / "final"), _weights(out / "final")
+    a, b = weights(straight / "final"), weights(out / "final")
     assert all(a[k].equal(b[k]) for k in a)
 
 
@@ -71,7 +71,7 @@ def test_sigterm_to_torchrun_checkpoints_once_for_all_ranks(tok_dir, corpus_dir,
     write one complete checkpoint there, and exit."""
     out = tmp_path / "ddp"
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "-m", "dscoder.cli", *_args(tok_dir, corpus_dir, out, steps=200)],
+                            "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, out, steps=200)],
                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_step(job, out / "metrics.jsonl", 3)
     job.send_signal(signal.SIGTERM)
@@ -86,7 +86,7 @@ def test_resume_below_a_finished_run_is_refused_and_touches_nothing(straight, to
     run = copy_run(straight, tmp_path / "run")
     before = _snapshot(run)
     for steps in (6, 11):                     # below the newest checkpoint and final/ (both step 12)
-        assert cli_main(_args(tok_dir, corpus_dir, run, steps=steps, extra=["--resume"])) == 2
+        assert cli_main(pretrain_args(tok_dir, corpus_dir, run, steps=steps, extra=["--resume"])) == 2
         err = capsys.readouterr().err
         assert f"--resume --steps {steps}" in err and "already holds step 12" in err and "backward" in err
         assert _snapshot(run) == before
@@ -100,7 +100,7 @@ def test_finished_run_extends_from_its_last_checkpoint_and_cleans_leftovers(stra
     (run / "checkpoints" / ".trash-step-00000002" / "config.json").write_text("{}")
     (run / "checkpoints" / "step-00000016.tmp").mkdir()
     (run / "final.tmp").mkdir()
-    r = _run(_args(tok_dir, corpus_dir, run, steps=14, extra=["--resume"]))
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, run, steps=14, extra=["--resume"]))
     assert r.returncode == 0, r.stderr
     assert "removed leftovers" in r.stderr and "final.tmp" in r.stderr
     assert not (run / "final.tmp").exists() and not (run / "checkpoints" / ".trash-step-00000002").exists()
@@ -124,7 +124,7 @@ def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straig
     (ck / "step-00000008" / "train_state.pt").write_bytes(bytes(raw))
     (ck / "step-00000004" / "manifest.json").unlink()             # killed before the manifest
     before = _snapshot(run)
-    r = _run(_args(tok_dir, corpus_dir, run, steps=16, extra=["--resume"]))
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, run, steps=16, extra=["--resume"]))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith("dscoder pretrain: error: --resume: no usable checkpoint under")
@@ -137,10 +137,10 @@ def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straig
 @pytest.mark.slow
 def test_second_run_into_the_same_folder_exits_2_naming_the_holder(tok_dir, corpus_dir, tmp_path):
     out = tmp_path / "busy"
-    first = _start(_args(tok_dir, corpus_dir, out, steps=200))
+    first = _start(pretrain_args(tok_dir, corpus_dir, out, steps=200))
     try:
         _wait_for_step(first, out / "metrics.jsonl", 1)
-        r = _run(_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"]))
+        r = run_cli(pretrain_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"]))
         assert r.returncode == 2 and f"in use by pid {first.pid}" in r.stderr, r.stderr
     finally:
         first.send_signal(signal.SIGTERM)
@@ -162,7 +162,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_leaves_no_folder(tok_dir, corpus_dir, tmp_path, case):
     out = tmp_path / "never"
-    r = _run(_args(tok_dir, corpus_dir, out, extra=BAD_INPUTS[case]))
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=BAD_INPUTS[case]))
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
 
@@ -171,7 +171,7 @@ def test_error_after_the_folder_is_taken_removes_it(straight, tok_dir, corpus_di
     """--init-from weights that do not fit the model are found while the model is built (the folder is locked by
     then): the folder this run created is removed again."""
     out = tmp_path / "never"
-    r = _run(_args(tok_dir, corpus_dir, out, extra=["--init-from", str(straight / "final"),
+    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=["--init-from", str(straight / "final"),
                                                     "--set", "intermediate_size=64"]))
     assert r.returncode == 2 and "weights do not fit" in r.stderr, r.stderr
     assert not out.exists()
