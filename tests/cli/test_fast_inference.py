@@ -1,5 +1,6 @@
-"""`--quantize` on generate / infill / chat / eval: real subprocesses on the session's tiny checkpoint. The flag
-reaches the loader (the printed text is what the int8 model writes in-process); a bad value is one error line."""
+"""`--quantize` on generate / infill / chat / eval and `--speculate` on generate / infill / chat: real subprocesses
+on the session's tiny checkpoint. The flags reach the loader and the engine (the printed text is what the int8 model
+writes in-process, with or without speculation); a bad value is one error line."""
 import shutil
 
 import pytest
@@ -13,8 +14,10 @@ EVAL = ["eval", "--benchmark", "humaneval", "--data", "{bench}", "--model", "{ck
         "--workers", "1", "--max-new-tokens", "4"]
 
 ROWS = [
-    Row([*INFILL, "--quantize", "int8"], 0, id="infill int8"),
-    Row([*CHAT, "--quantize", "int8"], 0, stdin=b"hello\n", id="chat int8"),
+    Row([*INFILL, "--quantize", "int8", "--speculate", "ngram"], 0, id="infill int8 ngram"),
+    Row([*CHAT, "--quantize", "int8", "--speculate", "ngram"], 0, stdin=b"hello\n", id="chat int8 ngram"),
+    Row([*GEN, "--speculate", "medusa", "x"], 2, "argument --speculate: invalid choice: 'medusa'",
+        id="generate medusa"),
     Row([*GEN, "--quantize", "int4", "x"], 2, "argument --quantize: invalid choice: 'int4'", id="generate int4"),
     Row([*EVAL, "--quantize", "int4", "--out", "{tmp}/o"], 2, "argument --quantize: invalid choice: 'int4'",
         absent=["{tmp}/o"], id="eval int4"),
@@ -26,17 +29,18 @@ def test_fast_inference_flags(row, cli_env, tmp_path):
     check(row, cli_env, tmp_path)
 
 
-def test_generate_int8_prints_what_the_int8_model_writes(cli_env, tmp_path):
+@pytest.mark.parametrize("speculate", ["none", "ngram"])
+def test_generate_int8_prints_what_the_int8_model_writes(cli_env, tmp_path, speculate):
     import dscoder
     from dscoder.infer.engine import Engine
     from dscoder.infer.text import complete
 
-    prompt = "def add(a, b):\n"
-    r = run_cli(["generate", "--model", str(cli_env.ckpt), "--max-new-tokens", "6", "--quantize", "int8",
-                 "--device", "cpu", prompt], tmp_path)
+    prompt = "def add(a, b):\n    return a + b\n\ndef add("
+    r = run_cli(["generate", "--model", str(cli_env.ckpt), "--max-new-tokens", "12", "--quantize", "int8",
+                 "--speculate", speculate, "--device", "cpu", prompt], tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     tok = dscoder.load_tokenizer(str(cli_env.ckpt))
-    text = complete(Engine(dscoder.load_model(cli_env.ckpt, quantize="int8")), tok, prompt, max_new_tokens=6)
+    text = complete(Engine(dscoder.load_model(cli_env.ckpt, quantize="int8")), tok, prompt, max_new_tokens=12)
     assert r.stdout.decode() == (text if text.endswith("\n") else text + "\n")
 
 

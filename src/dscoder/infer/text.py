@@ -141,9 +141,11 @@ def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str |
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
-def load(model_dir: str, device: Any = "cpu", dtype: Any = None, quantize: str | None = None) -> tuple[Engine, Any]:
+def load(model_dir: str, device: Any = "cpu", dtype: Any = None, quantize: str | None = None,
+         speculate: str | None = None) -> tuple[Engine, Any]:
     """(Engine, tokenizer) from a Hugging Face folder holding config.json, weights and tokenizer files;
-    `quantize="int8"` loads int8 Linear weights (`models.quant`)."""
+    `quantize="int8"` loads int8 Linear weights (`models.quant`), `speculate="ngram"` decodes with prompt-lookup
+    drafts (`infer.speculative`)."""
     path = _model_folder(model_dir)
     import dscoder  # heavy imports only now, so a mistyped path fails in a fraction of a second
     from .engine import Engine
@@ -153,7 +155,8 @@ def load(model_dir: str, device: Any = "cpu", dtype: Any = None, quantize: str |
         raise
     except Exception as e:  # a folder without tokenizer files fails deep inside tokenizers/transformers
         raise UserError(f"cannot load the tokenizer from {model_dir!r}: {e}") from e
-    return Engine(dscoder.load_model(str(path), device=device, dtype=dtype, quantize=quantize)), tokenizer
+    model = dscoder.load_model(str(path), device=device, dtype=dtype, quantize=quantize)
+    return Engine(model, speculate=speculate), tokenizer
 
 
 def _parser(prog: str, doc: str | None) -> Parser:
@@ -174,6 +177,9 @@ def _parser(prog: str, doc: str | None) -> Parser:
                         "(left) or stop with an error")
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: Linear weights as int8 with per-channel scales (a quarter of fp32's bytes per token)")
+    p.add_argument("--speculate", choices=("none", "ngram"), default="none",
+                   help="ngram: draft tokens from the prompt and the text so far, verified in one forward pass "
+                        "(same output, fewer passes when the text repeats)")
     add_device_args(p)
     return p
 
@@ -199,7 +205,7 @@ def _model_folder(model_dir: str) -> Path:
 def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
     _model_folder(args.model)           # a mistyped path fails before torch is imported
     device, dtype = resolve_device_dtype(args)
-    return load(args.model, device, dtype, quantize=args.quantize)
+    return load(args.model, device, dtype, quantize=args.quantize, speculate=args.speculate)
 
 
 def _cli_error(e: UserError) -> UserError:
@@ -220,7 +226,7 @@ def main_generate(argv: list[str]) -> int:
 
     dscoder generate --model DIR [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed N]
                      [--stop S] [--stop S2 ...] [--truncate left|error] [--quantize none|int8]
-                     [--device D] [--dtype T] PROMPT
+                     [--speculate none|ngram] [--device D] [--dtype T] PROMPT
     (PROMPT "-" reads it from stdin)"""
     p = _parser("dscoder generate", main_generate.__doc__)
     p.add_argument("prompt", help='the code to continue; "-" reads stdin')
