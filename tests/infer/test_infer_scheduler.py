@@ -1,0 +1,170 @@
+"""Continuous batching: a request's greedy tokens do not depend on the company it keeps (v1 and V2 caches), rows
+join and leave mid-run, the cache is compacted, cancelled and timed-out requests free their rows, the queue is
+bounded, and sampling with a seed is reproducible."""
+import queue
+import random
+import time
+
+import pytest
+import torch
+
+from dscoder.errors import UserError
+from dscoder.infer.engine import Engine
+from dscoder.infer.scheduler import Failed, Finished, Job, Params, QueueFull, Scheduler, Tokens
+from dscoder.models.presets import get_preset
+
+MAX_LEN = 64
+
+
+def _tiny(arch: str):
+    torch.manual_seed(0)
+    # initializer_range 0.2 gives peaked logits, so fp32 round-off cannot flip an argmax
+    if arch == "llama":
+        from dscoder.models.llama import Transformer
+        cfg = get_preset("tiny", vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LEN,
+                         initializer_range=0.2)
+        model = Transformer(cfg)
+    else:
+        from dscoder.models.deepseek_v2 import DeepseekV2
+        cfg = get_preset("tiny-moe", vocab_size=101, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                         num_hidden_layers=2, max_position_embeddings=MAX_LEN, initializer_range=0.2)
+        model = DeepseekV2(cfg)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "v2"])
+def engine(request):
+    return Engine(_tiny(request.param))
+
+
+def _requests(k: int, seed: int = 1) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [([rng.randrange(1, 101) for _ in range(rng.randrange(2, 20))], rng.randrange(3, 24)) for _ in range(k)]
+
+
+class Collector:
+    """Events of several jobs, as the server gets them (from the scheduler thread)."""
+
+    def __init__(self):
+        self.q: queue.Queue = queue.Queue()
+
+    def job(self, prompt, params, n=1, key=None, **kw) -> Job:
+        return Job(prompt, params, emit=lambda e, k=key: self.q.put((k, e)), n=n, **kw)
+
+    def wait(self, count: int, timeout: float = 60) -> dict:
+        """key -> {index: Finished} once `count` choices finished; also checks that streamed ids add up."""
+        done, streamed, end = {}, {}, time.monotonic() + timeout
+        while sum(map(len, done.values())) < count:
+            key, ev = self.q.get(timeout=max(0.01, end - time.monotonic()))
+            assert not isinstance(ev, Failed), ev.message
+            if isinstance(ev, Tokens):
+                streamed.setdefault((key, ev.index), []).extend(ev.ids)
+            else:
+                done.setdefault(key, {})[ev.index] = ev
+                assert streamed.get((key, ev.index), []) == ev.output.tokens[:len(streamed.get((key, ev.index), []))]
+        return done
+
+
+def test_greedy_tokens_alone_equal_among_others(engine):
+    reqs = _requests(9)
+    alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
+    sched = Scheduler(engine, max_batch=9, max_queue=16).start()
+    try:
+        c = Collector()
+        sched.submit(c.job(reqs[0][0], Params(reqs[0][1]), key=0))        # alone in the scheduler
+        assert c.wait(1)[0][0].output.tokens == alone[0]
+        for i, (p, m) in enumerate(reqs):       # all nine at once: prefilled one by one, decoded together
+            sched.submit(c.job(p, Params(m), key=i))
+        together = c.wait(9)
+        assert [together[i][0].output.tokens for i in range(9)] == alone
+        assert all(together[i][0].output.finish_reason == "length" for i in range(9))
+    finally:
+        sched.shutdown(10)
+    assert sched.stats()["running"] == 0 and sched.stats()["queued"] == 0
+
+
+def test_rows_join_midway_and_the_cache_is_compacted(engine):
+    """Staggered arrivals into a small batch, long generations: rows join a running batch, leave, and the cursor
+    wraps by compaction many times (the total tokens are many times max_len); every output still equals alone."""
+    reqs = _requests(14, seed=2)
+    alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
+    sched = Scheduler(engine, max_batch=4, max_queue=32).start()
+    try:
+        c = Collector()
+        for i, (p, m) in enumerate(reqs):
+            sched.submit(c.job(p, Params(m), key=i))
+            time.sleep(0.003 * (i % 3))
+        out = c.wait(len(reqs))
+        assert [out[i][0].output.tokens for i in range(len(reqs))] == alone
+        assert sum(len(p) + m for p, m in reqs) > 3 * MAX_LEN
+    finally:
+        sched.shutdown(10)
+
+
+def test_n_choices_share_a_prompt_and_seeded_sampling_repeats(engine):
+    prompt = [3, 14, 15, 92, 65]
+    sched = Scheduler(engine, max_batch=8, max_queue=8).start()
+    try:
+        c = Collector()
+        params = Params(12, temperature=1.0, top_p=0.9, seed=7)
+        sched.submit(c.job(prompt, params, n=3, key="a"))
+        sched.submit(c.job(prompt, Params(12), n=2, key="greedy"))
+        first = c.wait(5)
+        sched.submit(c.job(prompt, params, n=3, key="b"))
+        again = c.wait(3)
+    finally:
+        sched.shutdown(10)
+    a = [first["a"][i].output.tokens for i in range(3)]
+    assert a == [again["b"][i].output.tokens for i in range(3)]       # same seed, same choices
+    assert len({tuple(x) for x in a}) > 1                              # choice i draws with seed + i
+    greedy = engine.generate([prompt], max_new_tokens=12)[0].tokens
+    assert [first["greedy"][i].output.tokens for i in range(2)] == [greedy, greedy]
+
+
+def test_stop_ids_strings_and_logprobs(engine):
+    prompt, decode = [5, 17, 3, 88], (lambda ids: "".join(f"<{i}>" for i in ids))
+    full = engine.generate([prompt], max_new_tokens=10)[0].tokens
+    stop_id, cut = full[4], full.index(full[4])
+    sched = Scheduler(engine, max_batch=2, max_queue=4).start()
+    try:
+        c = Collector()
+        sched.submit(c.job(prompt, Params(10, stop_ids=frozenset({stop_id})), key="id"))
+        sched.submit(c.job(prompt, Params(10, stop_strings=(f"<{full[2]}><{full[3]}", ), logprobs=2), key="s",
+                           decode=decode))
+        out = c.wait(2)
+    finally:
+        sched.shutdown(10)
+    assert out["id"][0].output.tokens == full[:cut] and out["id"][0].output.finish_reason == "stop"
+    s = out["s"][0]
+    assert s.output.finish_reason == "stop" and s.output.text == decode(full[:2]) and s.output.tokens == full[:2]
+    assert len(s.logprobs) == 2 and all(len(e["top"]) == 2 and e["logprob"] <= 0 for e in s.logprobs)
+    assert s.logprobs[0]["top"][0][0] == full[0]                        # greedy: the pick is the most likely
+
+
+def test_cancel_timeout_queue_bound_and_bad_requests(engine):
+    sched = Scheduler(engine, max_batch=1, max_queue=1).start()
+    try:
+        c = Collector()
+        long = sched.submit(c.job([1, 2, 3], Params(MAX_LEN - 3), key="long"))
+        time.sleep(0.05)
+        waiting = sched.submit(c.job([4, 5], Params(5), key="waiting"))
+        with pytest.raises(QueueFull):
+            sched.submit(c.job([6], Params(5)))
+        long.cancel()                                   # its row is freed; the waiting one runs
+        out = c.wait(1)
+        assert "long" not in out and out["waiting"][0].output.tokens == engine.generate([[4, 5]], 5)[0].tokens
+        timed = sched.submit(c.job([1, 2], Params(MAX_LEN - 2, timeout=0.05), key="t"))
+        fin = c.wait(1)["t"][0]
+        assert fin.output.finish_reason == "length" and len(fin.output.tokens) < MAX_LEN - 2
+        assert timed.first_token_at is not None
+        for bad, what in [(Params(10, temperature=-1), "temperature"), (Params(MAX_LEN), "context"),
+                          (Params(5, top_p=0), "top_p")]:
+            with pytest.raises(UserError, match=what):
+                sched.submit(c.job([1, 2], bad))
+        with pytest.raises(UserError, match="n must be"):
+            sched.submit(c.job([1, 2], Params(3), n=2))
+        assert waiting.cancelled is False and sched.stats()["running"] == 0
+    finally:
+        sched.shutdown(10)
