@@ -27,9 +27,14 @@ BENCH = ROOT / "tests" / "fixtures" / "benchmarks"      # the benchmark files th
 
 def _train_conftest():
     """tests/train/conftest.py (its `make_corpus` writes the small synthetic Python corpus the training tests use)."""
-    spec = importlib.util.spec_from_file_location("train_conftest", ROOT / "tests" / "train" / "conftest.py")
+    folder = ROOT / "tests" / "train"
+    spec = importlib.util.spec_from_file_location("train_conftest", folder / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(folder))         # it imports its neighbours as pytest would let it
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(folder))
     return mod
 
 
