@@ -38,6 +38,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "infill": ("dscoder.infer.text:main_infill", "fill in the middle between --prefix and --suffix"),
     "chat": ("dscoder.infer.text:main_chat", "chat with an instruct checkpoint (v1 or V2 template)"),
     "eval": ("dscoder.eval.harness:main", "run HumanEval / MBPP / MultiPL-E / FIM / CRUXEval in a sandbox"),
+    "export gguf": ("dscoder.export.gguf:main", "write a checkpoint as one GGUF file for llama.cpp / Ollama"),
 }
 
 

@@ -1,6 +1,6 @@
-"""`--quantize` on generate / infill / chat / eval and `--speculate` on generate / infill / chat: real subprocesses
-on the session's tiny checkpoint. The flags reach the loader and the engine (the printed text is what the int8 model
-writes in-process, with or without speculation); a bad value is one error line."""
+"""`--quantize` on generate / infill / chat / eval, `--speculate` on generate / infill / chat, and `export gguf`:
+real subprocesses on the session's tiny checkpoint. The flags reach the loader and the engine (the printed text is
+what the int8 model writes in-process, with or without speculation); a bad value is one error line."""
 import shutil
 
 import pytest
@@ -61,3 +61,30 @@ def test_eval_int8_on_a_checkpoint_with_room_for_humaneval(cli_env, tmp_path):
                  "--out", str(tmp_path / "o")], tmp_path)
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "o" / "summary.json").is_file()
+
+
+def test_export_gguf_writes_a_readable_file(cli_env, tmp_path):
+    import gguf
+
+    r = run_cli(["export", "gguf", "--model", str(cli_env.ckpt), "--out", str(tmp_path / "m.gguf"), "--type",
+                 "q8_0"], tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().startswith(f"wrote {tmp_path / 'm.gguf'} (") and r.stderr == b""
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert {t.tensor_type.name for t in reader.tensors} == {"F32", "Q8_0"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "{tmp}/m.gguf", "--type", "q4_0"], "argument --type: invalid choice: 'q4_0'"),
+    (["--out", "{tmp}"], "is a folder; give a file name"),
+    (["--out", "{tmp}/no/m.gguf"], "folder '{tmp}/no' does not exist"),
+], ids=["q4_0", "out is a folder", "out folder missing"])
+def test_export_gguf_bad_input_is_one_line_and_writes_nothing(cli_env, tmp_path, args, message):
+    r = run_cli(["export", "gguf", "--model", str(cli_env.ckpt), *[a.format(tmp=tmp_path) for a in args]], tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("dscoder export gguf: error: "), err
+    assert message.format(tmp=tmp_path) in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,1 @@
+"""Export: checkpoints in formats other runtimes load (GGUF for llama.cpp / Ollama)."""
