@@ -184,9 +184,7 @@ def _parser(prog: str, doc: str | None) -> Parser:
     return p
 
 
-def _gen(args: argparse.Namespace, engine: Engine) -> dict[str, Any]:
-    if args.top_k > engine.vocab_size:
-        raise UserError(f"--top-k {args.top_k} is larger than the model's vocabulary of {engine.vocab_size} tokens")
+def _gen(args: argparse.Namespace) -> dict[str, Any]:
     stops = [read_text_arg(s, f"--stop {i + 1}") for i, s in enumerate(args.stop)]
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                 top_k=args.top_k, seed=args.seed, stop_strings=stops,
@@ -202,8 +200,24 @@ def _model_folder(model_dir: str) -> Path:
     return path
 
 
+def _check_sizes(args: argparse.Namespace, path: Path) -> None:
+    """--top-k and --max-new-tokens against the vocabulary and context in config.json, before any weights load
+    (a config.json without these numbers is left to the model loader to refuse)."""
+    import json
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        vocab, context = int(cfg["vocab_size"]), int(cfg["max_position_embeddings"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    if args.top_k > vocab:
+        raise UserError(f"--top-k {args.top_k} is larger than the model's vocabulary of {vocab} tokens")
+    if args.max_new_tokens >= context:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's context "
+                        f"of {context} tokens")
+
+
 def _load(args: argparse.Namespace) -> tuple[Engine, Any]:
-    _model_folder(args.model)           # a mistyped path fails before torch is imported
+    _check_sizes(args, _model_folder(args.model))   # a mistyped path or size fails before torch is imported
     device, dtype = resolve_device_dtype(args)
     return load(args.model, device, dtype, quantize=args.quantize, speculate=args.speculate)
 
@@ -236,7 +250,7 @@ def main_generate(argv: list[str]) -> int:
         raise UserError("empty prompt: give some code to complete")
     engine, tok = _load(args)
     try:
-        _emit(complete(engine, tok, prompt, **_gen(args, engine)))
+        _emit(complete(engine, tok, prompt, **_gen(args)))
     except UserError as e:
         raise _cli_error(e) from None
     return 0
@@ -266,7 +280,7 @@ def main_infill(argv: list[str]) -> int:
         raise UserError("infill needs --prefix/--prefix-file or --suffix/--suffix-file")
     engine, tok = _load(args)
     try:
-        _emit(infill(engine, tok, prefix, suffix, **_gen(args, engine)))
+        _emit(infill(engine, tok, prefix, suffix, **_gen(args)))
     except UserError as e:
         raise _cli_error(e) from None
     return 0
@@ -283,7 +297,7 @@ def main_chat(argv: list[str]) -> int:
     args = p.parse_args(argv)
     system = read_text_arg(args.system, "--system") if args.system else None
     engine, tok = _load(args)
-    gen = _gen(args, engine)
+    gen = _gen(args)
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     tty = sys.stdin.isatty()
     lines = stdin_lines("the chat input on stdin")
