@@ -27,7 +27,7 @@ ROWS = [
     Row([*INFILL, "--prefix", b"\xff"], 2, "--prefix is not valid UTF-8", id="prefix bytes not UTF-8"),
     Row([*CHAT, "--truncate", "left"], 2, "the chat input on stdin (line 2) is not valid UTF-8",
         stdin=b"hello\nhi \xff\n", id="chat: a reply, then a line not UTF-8"),
-    # numbers, checked at parse time (and top-k once the vocabulary is known)
+    # numbers, checked at parse time (top-k and max-new-tokens against config.json, before any weights load)
     Row([*GEN, "--seed", str(2**64), "x"], 2, "argument --seed: must be in [0, 2**64-1]", id="--seed beyond 64 bits"),
     Row([*GEN, "--seed", "-1", "x"], 2, "argument --seed: must be in [0, 2**64-1], got '-1'", id="--seed negative"),
     Row([*GEN, "--temperature", "inf", "x"], 2, "argument --temperature: expected a finite number, got 'inf'",
@@ -35,15 +35,19 @@ ROWS = [
     Row([*GEN, "--top-p", "0", "x"], 2, "argument --top-p: must be in (0, 1], got '0'", id="--top-p 0"),
     Row([*GEN, "--top-k", "-3", "x"], 2, "argument --top-k: must be >= 0", id="--top-k negative"),
     Row([*GEN, "--max-new-tokens", "0", "x"], 2, "argument --max-new-tokens: must be >= 1", id="--max-new-tokens 0"),
-    Row([*GEN, "--top-k", "100000", "x"], 2, "--top-k 100000 is larger than the model's vocabulary of 320",
+    Row([*GEN, "--top-k", "321", "x"], 2, "--top-k 321 is larger than the model's vocabulary of 320 tokens",
         id="--top-k above the vocabulary"),
+    Row(["generate", "--model", "{ckpt}", "--max-new-tokens", "64", "x"], 2,
+        "--max-new-tokens 64 leaves no room for a prompt in the model's context of 64 tokens",
+        id="--max-new-tokens fills the context"),
     Row([*GEN, "--dtype", "float64", "x"], 2, "argument --dtype: expected one of auto, float32", id="--dtype float64"),
     Row([*GEN, "--truncate", "right", "x"], 2, "argument --truncate: invalid choice", id="--truncate right"),
     # checkpoints
     Row(["generate", "--model", "{tmp}/none", "x"], 2, "model folder '{tmp}/none' does not exist",
         id="missing checkpoint"),
     Row(["generate", "--model", "{tok}", "x"], 2, "has no config.json", id="tokenizer folder as checkpoint"),
-    Row(["generate", "--model", "{badckpt}", "x"], 2, "model.safetensors", id="truncated weights"),
+    Row([*GEN[:1], "--model", "{badckpt}", "--max-new-tokens", "2", "x"], 2, "model.safetensors",
+        id="truncated weights"),
     # the context
     Row([*GEN, LONG], 2, "> the model's context of 64 tokens (shorten it, lower --max-new-tokens, or pass "
         "--truncate left", id="prompt longer than the context"),
