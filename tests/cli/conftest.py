@@ -154,7 +154,7 @@ def check(row: Row, env: Env, tmp: Path) -> subprocess.CompletedProcess:
         assert message in lines[0], f"{message!r} not in {lines[0]!r}"
     for name in row.absent:
         path = Path(env.fill(name, tmp))
-        assert not path.exists(), f"{path} was written: {sorted(p.name for p in path.iterdir()) if path.is_dir() else ''}"
+        assert not path.exists(), f"{path} was written"
     return r
 
 
