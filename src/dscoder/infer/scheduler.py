@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import UserError
-from .engine import ContextOverflow, Decode, Engine, GenOutput, StopStrings
+from .engine import Decode, Engine, GenOutput, StopStrings
 from .sampling import Sampler, check_sampling
 
 SEED_MOD = 2**64        # torch.Generator.manual_seed takes 0 ... 2**64-1; choice i of n draws with seed + i
@@ -383,9 +383,3 @@ class Scheduler:
         if not self.seqs:
             self.L = 0
 
-
-def context_error(e: ContextOverflow, max_tokens: str = "max_tokens") -> UserError:
-    """A prompt that does not fit, worded for an API whose length option is `max_tokens`."""
-    n, m = e.prompt_tokens, e.max_new_tokens
-    return UserError(f"this model's maximum context length is {e.context} tokens; the prompt has {n} tokens and "
-                     f"{max_tokens} is {m}, {n + m} in all: shorten the prompt or lower {max_tokens}")

@@ -1,0 +1,1 @@
+"""HTTP serving: the OpenAI-compatible and llama.cpp-compatible API over the continuous-batching scheduler."""

@@ -1,0 +1,552 @@
+"""`dscoder serve`: a checkpoint behind the OpenAI API (completions with DeepSeek FIM, chat) and llama.cpp's /infill.
+
+A Starlette app run by uvicorn. The model loads in the background (GET /health answers 503 until it is ready);
+one `infer.scheduler.Scheduler` thread owns it and batches every request continuously. Prompts are built by the
+one prompt builder, `infer.text` (`completion_ids`, `infill_ids`, `chat_ids`, `stop_ids`):
+* POST /v1/completions: `prompt` is BOS + code; with `suffix` it is DeepSeek's PSM fill-in-the-middle prompt
+  (v1 paper §3.1) and the text returned is only the middle. `extra_files` ([{filename, text}]) put repository
+  context ahead of the prefix, as /infill's input_extra.
+* POST /v1/chat/completions: `messages` rendered by the chat template saved with the tokenizer.
+* POST /infill: llama.cpp's request and response (llama.vim, llama.vscode); each `input_extra` chunk becomes
+  `# {filename}` + its text ahead of the current file inside the FIM prefix, the layout of DeepSeek-Coder's
+  repository-level training samples (`data.repo_order.concat_files`).
+Bad input is a 4xx in OpenAI's error envelope naming the field (`serve.schema`); a full queue is 429 with
+Retry-After; SIGTERM stops accepting connections, finishes the requests in flight, then exits 0.
+
+Run it:
+    dscoder serve --model ckpt --port 8000 [--api-key KEY | DSCODER_API_KEY=KEY]
+    curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+         -d '{"model": "ckpt", "prompt": "def fib(n):", "suffix": "\\n    return a", "max_tokens": 32}'
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+from ..args import Parser, add_device_args, int_range, positive_float, positive_int, resolve_device_dtype
+from ..errors import UserError
+from . import schema
+from .metrics import Metrics
+from .schema import ApiError, bad
+
+MAX_BODY = 16 * 2**20                 # bytes; larger bodies are refused with 413 before they are read
+
+
+class Served:
+    """The loaded model, its tokenizer and scheduler; filled in by a background thread (`load`)."""
+
+    def __init__(self, model_dir: str, name: str, device: Any = "cpu", dtype: Any = None, max_batch: int = 8,
+                 max_queue: int = 64, max_model_len: int | None = None, timeout: float | None = 600.0):
+        self.model_dir, self.name, self.device, self.dtype = model_dir, name, device, dtype
+        self.max_batch, self.max_queue, self.max_model_len, self.timeout = max_batch, max_queue, max_model_len, \
+            timeout
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.scheduler = self.tokenizer = None
+        self.created = int(time.time())
+        self.metrics = Metrics()
+
+    def load(self, on_fail: Callable[[], None] = lambda: None) -> None:
+        from ..infer.engine import Engine
+        from ..infer.scheduler import Scheduler
+        from ..infer.text import decoder, load
+        try:
+            engine, self.tokenizer = load(self.model_dir, self.device, self.dtype)
+            if self.max_model_len:
+                engine = Engine(engine.model, max_len=self.max_model_len)
+            self.decode = decoder(self.tokenizer)
+            self.scheduler = Scheduler(engine, self.max_batch, self.max_queue, self.timeout).start()
+        except Exception as e:  # noqa: BLE001 -- reported as the verb's one error line
+            self.error = str(e) if isinstance(e, UserError) else f"cannot load {self.model_dir}: {e}"
+            on_fail()
+            return
+        self.ready.set()
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+
+
+# --- running requests -----------------------------------------------------------------------------------------
+
+
+class Run:
+    """The scheduler jobs of one HTTP request (one per prompt, n choices each) and their events on this loop.
+    Choice c of the response is choice c % n of prompt c // n (OpenAI's order)."""
+
+    def __init__(self, served: Served, prompts: list[list[int]], params, n: int, length_param: str = "max_tokens"):
+        from ..infer.scheduler import Job
+        loop, self.q, self.n, self.served = asyncio.get_running_loop(), asyncio.Queue(), n, served
+        self.jobs: list = []
+        context = served.scheduler.max_len
+        for i, p in enumerate(prompts):
+            if len(p) + params.max_tokens > context:
+                which = f"prompt {i} has" if len(prompts) > 1 else "the prompt has"
+                raise bad(length_param, f"this model's context is {context} tokens; {which} {len(p)} tokens and "
+                                        f"{length_param} is {params.max_tokens}, {len(p) + params.max_tokens} in "
+                                        f"all: shorten the prompt or lower {length_param}")
+        checked = [served.scheduler.check(p, params, n) for p in prompts]    # all or nothing is queued
+        try:
+            for i, ids in enumerate(checked):
+                emit = (lambda ev, i=i: loop.call_soon_threadsafe(self.q.put_nowait, (i, ev)))
+                self.jobs.append(served.scheduler.submit(Job(ids, params, emit, n=n, decode=served.decode)))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancel()
+
+    async def events(self, watch=None) -> AsyncIterator[tuple[int, Any]]:
+        """(choice, Tokens | Finished) until every choice finished; `watch` (a Request) cancels the jobs when its
+        client disconnects. A Failed event raises ApiError 500."""
+        from ..infer.scheduler import Failed, Finished
+        left = len(self.jobs) * self.n
+        gone = asyncio.ensure_future(_disconnected(watch)) if watch is not None else None
+        try:
+            while left:
+                get = asyncio.ensure_future(self.q.get())
+                if gone is not None:
+                    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        raise ClientGone()
+                i, ev = await get
+                if isinstance(ev, Failed):
+                    raise ApiError(500, f"generation failed: {ev.message}", type_="server_error")
+                left -= isinstance(ev, Finished)
+                yield i * self.n + ev.index, ev
+        finally:
+            if gone is not None:
+                gone.cancel()
+            self.cancel()
+            for job in self.jobs:
+                if job.first_token_at is not None:
+                    self.served.metrics.first_token(job.first_token_at - job.submitted)
+
+
+class ClientGone(Exception):
+    """The client of a non-streaming request disconnected; its jobs were cancelled and nothing is sent."""
+
+
+async def _disconnected(request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Detok:
+    """Incremental text of one choice: emits only complete characters, and the final (stop-cut) text's rest."""
+
+    def __init__(self, decode):
+        self.decode, self.ids, self.sent = decode, [], ""
+
+    def add(self, ids: list[int]) -> str:
+        self.ids += ids
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def finish(self, final: str) -> str:
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _logprobs(served: Served, entries: list[dict] | None, ids: list[int], offset: int = 0) -> dict | None:
+    """OpenAI's completions logprobs object for `ids` (tokens as text, one dict of alternatives per token)."""
+    if entries is None:
+        return None
+    toks = [served.decode([t]) for t in ids]
+    offsets, at = [], offset
+    for t in toks:
+        offsets.append(at)
+        at += len(t)
+    top = [{served.decode([a]): lp for a, lp in e["top"]} for e in entries]
+    return {"tokens": toks, "token_logprobs": [e["logprob"] for e in entries], "top_logprobs": top,
+            "text_offset": offsets}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _params(s: schema.Sampling, max_tokens: int, stop_ids: list[int], logprobs: int | None = None,
+            timeout: float | None = None):
+    from ..infer.scheduler import Params
+    return Params(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
+                  stop_ids=frozenset(stop_ids), stop_strings=s.stop, logprobs=logprobs, timeout=timeout)
+
+
+def _check_model(served: Served, name: str) -> None:
+    if name != served.name:
+        raise ApiError(404, f"the model {name!r} does not exist; this server serves {served.name!r}", "model",
+                       "invalid_request_error", "model_not_found")
+
+
+# --- the routes' work ------------------------------------------------------------------------------------------
+
+
+def fim_prefix(extra: list[tuple[str, str]], prefix: str) -> str:
+    """Repository context ahead of the current file's prefix: each extra file as `# {path}` + its text."""
+    from ..data.document import FileRecord
+    from ..data.repo_order import concat_files
+    return concat_files([FileRecord("", path, body) for path, body in extra]) + prefix
+
+
+async def completions(served: Served, body: dict, request) -> Any:
+    from ..infer.text import completion_ids, infill_ids, stop_ids
+    req = schema.completion_request(body)
+    _check_model(served, req.model)
+    tok = served.tokenizer
+
+    def build() -> list[list[int]]:
+        if req.suffix is not None:
+            return [infill_ids(tok, fim_prefix(req.extra_files, p), req.suffix) for p in req.prompts]
+        return [p if isinstance(p, list) else completion_ids(tok, p) for p in req.prompts]
+    prompts = await asyncio.to_thread(build)
+    params = _params(req.sampling, req.sampling.max_tokens, stop_ids(tok, "completion"), req.logprobs)
+    run = Run(served, prompts, params, req.n)
+    echo = [(served.decode(p) if isinstance(p, list) else p) if req.echo else "" for p in req.prompts]
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": served.name}
+    n_prompt = sum(map(len, prompts))
+    if req.sampling.stream:
+        return _stream_completions(served, run, head, echo, n_prompt, req.sampling.include_usage)
+    done = {c: ev async for c, ev in run.events(request) if not hasattr(ev, "ids")}
+    choices = [{"text": echo[c // req.n] + ev.output.text, "index": c, "finish_reason": ev.output.finish_reason,
+                "logprobs": _logprobs(served, ev.logprobs, ev.output.tokens, len(echo[c // req.n]))}
+               for c, ev in sorted(done.items())]
+    return {**head, "choices": choices,
+            "usage": _usage(n_prompt, sum(len(ev.output.tokens) for ev in done.values()))}
+
+
+async def _stream_completions(served: Served, run: Run, head: dict, echo: list[str], n_prompt: int,
+                              include_usage: bool) -> AsyncIterator[str]:
+    n = run.n
+    dets = {}
+    used = 0
+    extra = {"usage": None} if include_usage else {}
+    try:
+        async for c, ev in run.events():
+            det = dets.get(c)
+            if det is None:
+                det = dets[c] = Detok(served.decode)
+                if echo[c // n]:
+                    yield sse({**head, "choices": [{"text": echo[c // n], "index": c, "logprobs": None,
+                                                    "finish_reason": None}], **extra})
+            if hasattr(ev, "ids"):
+                text, lp, reason = det.add(ev.ids), _logprobs(served, ev.logprobs, ev.ids), None
+                if not text and lp is None:
+                    continue
+            else:
+                text, reason = det.finish(ev.output.text), ev.output.finish_reason
+                rest = ev.output.tokens[len(det.ids):]
+                lp = _logprobs(served, ev.logprobs[len(det.ids):], rest) if ev.logprobs is not None else None
+                used += len(ev.output.tokens)
+            yield sse({**head, "choices": [{"text": text, "index": c, "logprobs": lp, "finish_reason": reason}],
+                       **extra})
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used)})
+        yield "data: [DONE]\n\n"
+    except ApiError as e:
+        yield sse(e.body())
+    finally:
+        run.cancel()
+
+
+async def chat_completions(served: Served, body: dict, request) -> Any:
+    from ..infer.text import chat_ids, stop_ids
+    req = schema.chat_request(body)
+    _check_model(served, req.model)
+    try:
+        ids = await asyncio.to_thread(chat_ids, served.tokenizer, req.messages)
+    except UserError as e:
+        raise bad("messages", str(e)) from None
+    room = served.scheduler.max_len - len(ids)
+    max_tokens = req.sampling.max_tokens if req.sampling.max_tokens is not None else max(room, 1)
+    params = _params(req.sampling, max_tokens, stop_ids(served.tokenizer, "chat"))
+    run = Run(served, [ids], params, req.n)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
+    if req.sampling.stream:
+        return _stream_chat(served, run, head, len(ids), req.sampling.include_usage)
+    done = {c: ev async for c, ev in run.events(request) if not hasattr(ev, "ids")}
+    choices = [{"index": c, "message": {"role": "assistant", "content": ev.output.text},
+                "logprobs": None, "finish_reason": ev.output.finish_reason} for c, ev in sorted(done.items())]
+    return {**head, "object": "chat.completion", "choices": choices,
+            "usage": _usage(len(ids), sum(len(ev.output.tokens) for ev in done.values()))}
+
+
+async def _stream_chat(served: Served, run: Run, head: dict, n_prompt: int, include_usage: bool):
+    head = {**head, "object": "chat.completion.chunk"}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(c: int, delta: dict, reason: str | None = None) -> str:
+        return sse({**head, "choices": [{"index": c, "delta": delta, "logprobs": None, "finish_reason": reason}],
+                    **extra})
+    dets, used = {}, 0
+    try:
+        for c in range(run.n):
+            dets[c] = Detok(served.decode)
+            yield chunk(c, {"role": "assistant", "content": ""})
+        async for c, ev in run.events():
+            if hasattr(ev, "ids"):
+                text = dets[c].add(ev.ids)
+                if text:
+                    yield chunk(c, {"content": text})
+                continue
+            text = dets[c].finish(ev.output.text)
+            if text:
+                yield chunk(c, {"content": text})
+            used += len(ev.output.tokens)
+            yield chunk(c, {}, ev.output.finish_reason)
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used)})
+        yield "data: [DONE]\n\n"
+    except ApiError as e:
+        yield sse(e.body())
+    finally:
+        run.cancel()
+
+
+async def infill(served: Served, body: dict, request) -> Any:
+    """llama.cpp's /infill: {content, stop, tokens_predicted, tokens_evaluated, stop_type, timings}."""
+    from ..infer.text import infill_ids, stop_ids
+    req = schema.infill_request(body)
+    t0 = time.monotonic()
+    ids = await asyncio.to_thread(infill_ids, served.tokenizer, fim_prefix(req.extra, req.prefix + req.prompt),
+                                  req.suffix)
+    head = {"model": served.name, "tokens_evaluated": len(ids)}
+    if req.n_predict == 0:                       # llama.vim warms llama.cpp's prompt cache this way
+        return {**head, "content": "", "stop": True, "tokens_predicted": 0, "stop_type": "limit",
+                "timings": _timings(len(ids), 0, t0, t0)}
+    max_tokens = req.n_predict if req.n_predict > 0 else max(served.scheduler.max_len - len(ids), 1)
+    params = _params(req.sampling, max_tokens, stop_ids(served.tokenizer, "fim"), timeout=req.time_limit)
+    run = Run(served, [ids], params, 1, "n_predict")
+    if req.sampling.stream:
+        return _stream_infill(served, run, head, len(ids), t0)
+    [(_, ev)] = [(c, ev) async for c, ev in run.events(request) if not hasattr(ev, "ids")]
+    return {**head, "content": ev.output.text, "stop": True, "tokens_predicted": len(ev.output.tokens),
+            "stop_type": _stop_type(ev.output.finish_reason, params),
+            "timings": _timings(len(ids), len(ev.output.tokens), t0, run.jobs[0].first_token_at)}
+
+
+def _stop_type(reason: str, params) -> str:
+    return "limit" if reason == "length" else "word" if params.stop_strings else "eos"
+
+
+def _timings(n_prompt: int, n_new: int, t0: float, t_first: float | None) -> dict:
+    t1, t_first = time.monotonic(), t_first or t0
+    prompt_ms, predicted_ms = (t_first - t0) * 1000, (t1 - t_first) * 1000
+    return {"prompt_n": n_prompt, "prompt_ms": prompt_ms, "predicted_n": n_new, "predicted_ms": predicted_ms,
+            "predicted_per_second": n_new / (predicted_ms / 1000) if predicted_ms > 0 else 0.0}
+
+
+async def _stream_infill(served: Served, run: Run, head: dict, n_prompt: int, t0: float):
+    det = Detok(served.decode)
+    try:
+        async for _, ev in run.events():
+            if hasattr(ev, "ids"):
+                text = det.add(ev.ids)
+                if text:
+                    yield sse({"content": text, "stop": False})
+                continue
+            out = ev.output
+            yield sse({**head, "content": det.finish(out.text), "stop": True, "tokens_predicted": len(out.tokens),
+                       "stop_type": _stop_type(out.finish_reason, run.jobs[0].params),
+                       "timings": _timings(n_prompt, len(out.tokens), t0, run.jobs[0].first_token_at)})
+    except ApiError as e:
+        yield sse(e.body())
+    finally:
+        run.cancel()
+
+
+# --- the app -----------------------------------------------------------------------------------------------------
+
+
+def _error_response(e: ApiError):
+    from starlette.responses import JSONResponse
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _read_body(request) -> bytes:
+    """The body, at most MAX_BODY bytes: 413 from Content-Length alone, or as soon as the stream passes it."""
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+        raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes", None, code="request_too_large")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes", None, code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _authorize(request, api_key: str | None) -> None:
+    if not api_key:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(token.encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'", None,
+                       "authentication_error", "invalid_api_key")
+
+
+def _check_ready(served: Served) -> None:
+    if not served.ready.is_set():
+        raise ApiError(503, "the model is still loading; retry shortly", None, "service_unavailable",
+                       "model_loading", {"Retry-After": "5"})
+
+
+def endpoint(served: Served, api_key: str | None, work: Callable | None = None, get: Callable | None = None):
+    """A route: API key, readiness, body limit and JSON checks, then `work(served, body, request)`; every failure
+    becomes an OpenAI error envelope, and an exception we did not foresee a 500 that names it (never a crash)."""
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+
+    from ..infer.scheduler import QueueFull
+
+    async def route(request):
+        response = await answer(request)
+        served.metrics.request(request.url.path, response.status_code)
+        return response
+
+    async def answer(request):
+        try:
+            _authorize(request, api_key)
+            _check_ready(served)
+            if get is not None:
+                return JSONResponse(get(served))
+            body = schema.parse_body(await _read_body(request))
+            result = await work(served, body, request)
+            if isinstance(result, dict):
+                return JSONResponse(result)
+            return StreamingResponse(result, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        except ApiError as e:
+            return _error_response(e)
+        except UserError as e:
+            return _error_response(bad(None, str(e)))
+        except QueueFull as e:
+            return _error_response(ApiError(429, str(e), None, "rate_limit_error", "queue_full",
+                                            {"Retry-After": str(e.retry_after)}))
+        except ClientGone:
+            return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 -- a bug must not take the server down
+            print(f"dscoder serve: internal error on {request.url.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            return _error_response(ApiError(500, f"internal error: {type(e).__name__}", None, "server_error"))
+    return route
+
+
+def _models(served: Served) -> dict:
+    return {"object": "list", "data": [{"id": served.name, "object": "model", "created": served.created,
+                                        "owned_by": "dscoder", "max_model_len": served.scheduler.max_len}]}
+
+
+def create_app(served: Served, api_key: str | None = None, on_fail: Callable[[], None] = lambda: None):
+    """The Starlette app over `served`; its lifespan starts the loader thread and stops the scheduler."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    async def health(request):
+        if served.ready.is_set():
+            return JSONResponse({"status": "ok"})
+        return _error_response(ApiError(503, "the model is still loading", None, "service_unavailable",
+                                        "model_loading", {"Retry-After": "5"}))
+
+    async def http_error(request, exc: HTTPException):
+        what = "no such route" if exc.status_code == 404 else exc.detail
+        return _error_response(ApiError(exc.status_code, f"{what}: {request.method} {request.url.path}", None,
+                                        "invalid_request_error", "not_found" if exc.status_code == 404 else None))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=served.load, args=(on_fail,), name="dscoder-load", daemon=True).start()
+        yield
+        await asyncio.to_thread(served.close)
+
+    async def metrics(request):
+        text = served.metrics.render(served.scheduler.stats() if served.ready.is_set() else None)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    routes = [Route("/health", health), Route("/metrics", metrics),
+              Route("/v1/models", endpoint(served, api_key, get=_models)),
+              Route("/v1/completions", endpoint(served, api_key, completions), methods=["POST"]),
+              Route("/v1/chat/completions", endpoint(served, api_key, chat_completions), methods=["POST"]),
+              Route("/infill", endpoint(served, api_key, infill), methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+
+
+def main(argv: list[str]) -> int:
+    """Serve a checkpoint over HTTP: the OpenAI API (/v1/completions with FIM `suffix`, /v1/chat/completions,
+    /v1/models), llama.cpp's /infill for editor plugins, /health and /metrics (Prometheus). SIGTERM finishes in-flight requests.
+
+    dscoder serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--served-model-name NAME]
+                  [--max-batch N] [--max-queue N] [--max-model-len N] [--timeout S] [--device D] [--dtype T]
+    (the API key can also come from DSCODER_API_KEY)"""
+    p = Parser("dscoder serve", main.__doc__)
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="Hugging Face model folder (config.json, weights, tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int_range(0, 65535), default=8000, help="TCP port")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1 and /infill (or set DSCODER_API_KEY)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model name clients send (default: the model folder's name)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="sequences decoded together at most")
+    p.add_argument("--max-queue", type=int_range(0), default=64,
+                   help="requests waiting at most; more are refused with 429")
+    p.add_argument("--max-model-len", type=positive_int, default=None, metavar="N",
+                   help="context length (prompt + new tokens) at most; default: the model's")
+    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
+                   help="seconds a request may take from arrival; then it ends as if at max_tokens")
+    add_device_args(p)
+    args = p.parse_args(argv)
+    from ..infer.text import _model_folder
+    folder = _model_folder(args.model)
+    api_key = args.api_key or os.environ.get("DSCODER_API_KEY") or None
+    device, dtype = resolve_device_dtype(args)
+    name = args.served_model_name or folder.resolve().name
+    served = Served(args.model, name, device, dtype, args.max_batch, args.max_queue, args.max_model_len,
+                    args.timeout)
+    return _run(served, api_key, args.host, args.port)
+
+
+def _run(served: Served, api_key: str | None, host: str, port: int) -> int:
+    import uvicorn
+    server: uvicorn.Server | None = None
+
+    def on_fail() -> None:
+        if server is not None:
+            server.should_exit = True
+    config = uvicorn.Config(create_app(served, api_key, on_fail), host=host, port=port, log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=None)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; a no-op SIGTERM handler
+    # makes that a normal exit (status 0) after the requests in flight have finished
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    print(f"dscoder serve: loading {served.model_dir}; listening on http://{host}:{port} "
+          f"(GET /health is 200 once the model is loaded)", file=sys.stderr, flush=True)
+    server.run()
+    if served.error:
+        raise UserError(served.error)
+    if not server.started:
+        raise UserError(f"could not listen on {host}:{port}")
+    return 0
