@@ -39,6 +39,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("dscoder.infer.text:main_chat", "chat with an instruct checkpoint (v1 or V2 template)"),
     "eval": ("dscoder.eval.harness:main", "run HumanEval / MBPP / MultiPL-E / FIM / CRUXEval in a sandbox"),
     "export gguf": ("dscoder.export.gguf:main", "write a checkpoint as one GGUF file for llama.cpp / Ollama"),
+    "serve": ("dscoder.serve.openai_api:main", "OpenAI-compatible HTTP server (completions + FIM, chat, /infill)"),
 }
 
 
