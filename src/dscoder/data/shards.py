@@ -90,11 +90,16 @@ def _shard_table(samples: list, texts: list[bytes]):
 def write_shard(out: Path, index: int, samples: list, texts: list[bytes]) -> bool:
     """Write shard `index` unless its done marker matches these rows and the file on disk; True if written.
     `samples[i]` has repo, id, paths and languages; `texts[i]` is its text in UTF-8."""
+    return write_table_shard(out, index, _rows_digest(samples, texts), lambda: _shard_table(samples, texts))
+
+
+def write_table_shard(out: Path, index: int, digest: str, make_table) -> bool:
+    """The protocol of `write_shard` for any Arrow table: `digest` identifies the rows, `make_table()` builds the
+    table only when the shard must be (re)written; True if written."""
     import pyarrow.parquet as pq
 
     name = f"part-{index:05d}.parquet"
     final, marker = out / name, out / "_done" / f"part-{index:05d}.json"
-    digest = _rows_digest(samples, texts)
     if marker.is_file() and final.is_file():
         try:
             done = json.loads(marker.read_text())
@@ -104,10 +109,11 @@ def write_shard(out: Path, index: int, samples: list, texts: list[bytes]) -> boo
             pass                                 # unreadable marker: rewrite the shard
     marker.unlink(missing_ok=True)               # a stale marker must never vouch for a new file
     tmp = out / f".{name}.tmp"
-    pq.write_table(_shard_table(samples, texts), tmp, compression="zstd")
+    table = make_table()
+    pq.write_table(table, tmp, compression="zstd")
     replace_durably(tmp, final)
     tmp_marker = marker.with_suffix(".json.tmp")
-    tmp_marker.write_text(json.dumps({"rows": len(samples), "rows_sha256": digest,
+    tmp_marker.write_text(json.dumps({"rows": table.num_rows, "rows_sha256": digest,
                                       "file_sha256": sha256_file(final)}) + "\n")
     replace_durably(tmp_marker, marker)
     return True
