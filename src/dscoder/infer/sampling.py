@@ -29,7 +29,17 @@ def top_p_mask(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     A token is kept while the mass of the tokens *before* it is below top_p, so the most likely token
     is always kept and the kept set is the smallest prefix whose mass reaches top_p."""
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # (B, K)
-    return mass_before >= top_p
+    outside = mass_before >= top_p
+    outside[..., 0] = False     # cumsum rounding can leave a tiny "mass before" the first token: keep it anyway
+    return outside
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature, shifted so the largest is 0 first: a tiny temperature gives -inf for the others
+    (probability 0) instead of inf - inf = nan in the softmax. The softmax is unchanged by the shift; a temperature
+    below float32's smallest normal number (it would round to 0) is raised to it."""
+    x = logits.float()
+    return (x - x.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -41,7 +51,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, 
     (1 = all), and one token is drawn with `generator`."""
     if temperature == 0.0 or top_k == 1:
         return torch.argmax(logits, dim=-1)
-    scaled = logits.float() / temperature  # (B, V)
+    scaled = _scaled(logits, temperature)  # (B, V)
     k = scaled.shape[-1] if top_k <= 0 else min(top_k, scaled.shape[-1])
     if k < scaled.shape[-1]:
         values, index = torch.topk(scaled, k, dim=-1)  # (B, k), sorted descending
@@ -61,7 +71,7 @@ def next_token_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, t
     """The distribution `sample_next` draws from, over the whole vocabulary: logits (..., V) -> probs (..., V) fp32,
     zero outside the top-k / nucleus. Same cuts as `sample_next` (temperature > 0); speculative verification needs
     the probabilities themselves, not a draw."""
-    scaled = logits.float() / temperature  # (..., V)
+    scaled = _scaled(logits, temperature)  # (..., V)
     k = scaled.shape[-1] if top_k <= 0 else min(top_k, scaled.shape[-1])
     if k < scaled.shape[-1]:
         values, index = torch.topk(scaled, k, dim=-1)  # (..., k), sorted descending
