@@ -51,8 +51,9 @@ ROWS = [
     # the context
     Row([*GEN, LONG], 2, "> the model's context of 64 tokens (shorten it, lower --max-new-tokens, or pass "
         "--truncate left", id="prompt longer than the context"),
-    Row([*GEN, "--truncate", "left", "--seed", str(2**64 - 1), "--temperature", "0.7", "--device", "cpu",
-         "--dtype", "float32", LONG], 0, id="--truncate left, largest seed"),
+    # extreme but valid values: the largest seed, a temperature that underflows float32, a nucleus of one token
+    Row([*GEN, "--truncate", "left", "--seed", str(2**64 - 1), "--temperature", "1e-300", "--top-p", "1e-300",
+         "--device", "cpu", "--dtype", "float32", LONG], 0, id="--truncate left, extreme sampling values"),
 ]
 
 
