@@ -69,7 +69,9 @@ def test_ngram_drafter_prefers_the_longest_most_recent_match():
     assert d.draft(2) == [9, 2]                     # now the 3-gram "1 2 3" matches: it was followed by 9
     assert d.draft(0) == []
     assert NgramDrafter([4, 5, 6]).draft(4) == []   # no earlier occurrence; the suffix never matches itself
-    assert NgramDrafter([4, 4]).draft(4) == [4]     # a draft may run up to the newest token
+    assert NgramDrafter([7, 1, 2, 7]).draft(3) == []                    # one-token matches do not draft ...
+    assert NgramDrafter([7, 1, 2, 7], min_ngram=1).draft(3) == [1, 2, 7]  # ... unless asked
+    assert NgramDrafter([4, 4, 4], min_ngram=1).draft(4) == [4]         # a draft may run up to the newest token
 
 
 def test_accept_greedy_keeps_the_draft_up_to_the_first_mismatch():

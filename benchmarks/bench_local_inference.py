@@ -1,0 +1,165 @@
+"""Local decode speed, one table: transformers fp32 greedy, dscoder fp32, dscoder int8, dscoder int8 + n-gram
+speculation (and llama.cpp F32 / Q8_0 when `llama_cpp` imports), same weights, same prompts, same threads,
+batch 1, every new token forced (no EOS stop).
+
+Two prompts: "code" (a plain completion) and "edit" (a file, then the instruction to write it again with one
+change, then the file's first lines: the continuation is mostly in the prompt, where prompt-lookup drafts pay).
+
+    .venv/bin/python benchmarks/bench_local_inference.py                  # random weights, bench_decode's shape
+    .venv/bin/python benchmarks/bench_local_inference.py --model DIR      # a trained checkpoint + its tokenizer
+
+With random weights the prompts are token ids and the model does not copy the file, so the n-gram row only
+shows the cost of drafting and verifying; `--model` with a trained checkpoint gives the representative figures.
+Per row: tokens/s (best of --repeats, prefill included), forward passes per new token, how many greedy tokens
+equal transformers', and the fraction of the memory roofline: bytes one decode pass reads (the Linear weights in
+their stored dtype, norms, one embedding row, the mean KV cache) x passes / seconds, against the best 1 GB read
+measured in the same run. The int8 quality line compares int8 with fp32 logits on the prompts (top-1 agreement,
+mean cross-entropy of the prompt's next tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+
+EDIT_INSTRUCTION = "\n# The same module with `total` renamed to `result`:\n"
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint folder with tokenizer (default: random weights)")
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--intermediate", type=int, default=2816)
+    p.add_argument("--vocab", type=int, default=32256)
+    p.add_argument("--new", type=int, default=128, help="new tokens per run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per row (best is reported)")
+    return p.parse_args()
+
+
+def prompts(tokenizer, vocab: int) -> dict[str, list[int]]:
+    """{"code": ids, "edit": ids}. With a tokenizer: source text from this repository; without: random ids, the
+    edit prompt holding a 200-token "file" twice (its copy cut after 30 tokens)."""
+    if tokenizer is not None:
+        from dscoder.infer.text import completion_ids
+        src = (Path(__file__).resolve().parents[1] / "src" / "dscoder" / "infer" / "sampling.py").read_text()
+        file = src[:1500].replace("result", "total")
+        return {"code": completion_ids(tokenizer, src[:600]),
+                "edit": completion_ids(tokenizer, file + EDIT_INSTRUCTION + file.replace("total", "result")[:200])}
+    g = torch.Generator().manual_seed(0)
+    file = torch.randint(0, vocab, (200,), generator=g).tolist()
+    return {"code": torch.randint(0, vocab, (128,), generator=g).tolist(), "edit": file + [13, 13] + file[:30]}
+
+
+def read_bandwidth(n_bytes: int = 2**30) -> float:
+    """Bytes/s of the best of three full reads of a 1 GB fp32 tensor (the access pattern of a GEMV)."""
+    x = torch.ones(n_bytes // 4)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return n_bytes / best
+
+
+def bytes_per_pass(model: torch.nn.Module, prompt_len: int, new: int) -> float:
+    """Weights one batch-1 forward reads (every buffer and parameter but the embedding table, plus one row of it)
+    and the mean K/V cache attended."""
+    emb = model.model.embed_tokens.weight
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    total += -emb.numel() * emb.element_size() + emb.shape[1] * emb.element_size()
+    c = model.config
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * (prompt_len + (new + 1) / 2)
+    return total + kv
+
+
+def int8_quality(ref, q, ids: list[int]) -> str:
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        a, b = ref(x)[0, :-1], q(x)[0, :-1]
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    ce = [torch.nn.functional.cross_entropy(z, x[0, 1:]).item() for z in (a, b)]
+    return (f"top-1 agreement {agree:.1%} over {len(ids) - 1} positions; prompt next-token loss fp32 {ce[0]:.4f}, "
+            f"int8 {ce[1]:.4f} ({(ce[1] - ce[0]) / ce[0]:+.2%})")
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from dscoder.infer.engine import Engine
+    from dscoder.models.quant import quantize_int8
+
+    tokenizer = None
+    if args.model:
+        import dscoder
+        from transformers import LlamaForCausalLM
+        ours, tokenizer = dscoder.load_model(args.model), dscoder.load_tokenizer(args.model)
+        hf = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    else:
+        ours, hf = llama_pair(args)
+    ours, hf = ours.eval(), hf.eval()
+    q8 = quantize_int8(copy.deepcopy(ours))
+    calls = {"n": 0}
+    for m in (ours, q8):
+        m.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    engines = {"dscoder fp32": Engine(ours), "dscoder int8": Engine(q8),
+               "dscoder int8 + ngram": Engine(q8, speculate="ngram")}
+    bw = read_bandwidth()
+    n_params = sum(p.numel() for p in ours.parameters())
+    print(f"batch 1, {args.new} new tokens (forced), {args.threads} thread(s), {n_params / 1e6:.0f}M params "
+          f"({'checkpoint ' + args.model if args.model else 'random weights'}); read bandwidth {bw / 1e9:.2f} GB/s")
+    for pname, ids in prompts(tokenizer, ours.config.vocab_size).items():
+        x = torch.tensor([ids])
+
+        @torch.inference_mode()
+        def run_hf():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.new,
+                              min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
+            return out[0, len(ids):].tolist()
+
+        rows = {"transformers fp32 greedy": (run_hf, ours)}
+        for name, eng in engines.items():
+            rows[name] = ((lambda e=eng: e.generate([ids], args.new)[0].tokens), eng.model)
+        best, outs, passes = {}, {}, {}
+        for name, (fn, _) in rows.items():           # one untimed warm-up each
+            outs[name] = fn()
+        for _ in range(args.repeats):                # interleaved, so drifting load hits every row alike
+            for name, (fn, _) in rows.items():
+                calls["n"] = 0
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+                passes[name] = calls["n"] or args.new    # transformers' forwards are not hooked: one per token
+        ref = outs["transformers fp32 greedy"]
+        print(f"\n{pname} prompt ({len(ids)} tokens)")
+        print(f"| engine | tokens/s | passes/token | same tokens as transformers | roofline |")
+        print("|---|---|---|---|---|")
+        for name, (_, model) in rows.items():
+            t = best[name]
+            roof = bytes_per_pass(model, len(ids), args.new) * passes[name] / t / bw
+            same = sum(a == b for a, b in zip(outs[name], ref))
+            print(f"| {name} | {args.new / t:.1f} | {passes[name] / args.new:.2f} | {same}/{args.new} | {roof:.0%} |")
+        print("| llama.cpp F32 / Q8_0 | not run: `llama_cpp` is not installed | | | |"
+              if not _has_llama_cpp() else "| llama.cpp | installed, not wired into this script yet | | | |")
+        print(f"int8 quality on this prompt: {int8_quality(ours, q8, ids)}")
+
+
+def _has_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
