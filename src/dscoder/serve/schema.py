@@ -156,7 +156,7 @@ class Fields:
                 raise bad(name, f"{name} is not supported by this server (only {ok[0]!r} or null)")
 
     def done(self) -> None:
-        extra = [k for k, v in self.body.items() if k not in self.seen and v is not None]
+        extra = [self.p(k) for k, v in self.body.items() if k not in self.seen and v is not None]
         if extra:
             raise bad(extra[0], f"{', '.join(extra)}: not supported by this server")
 
