@@ -44,7 +44,7 @@ def extra_pool(tmp_path_factory, web_corpus) -> tuple[Path, Path]:
 
 
 def _args(web_corpus, extra_pool, out) -> list:
-    return ["--seed", web_corpus["seed"], "--pool", web_corpus["pool"], extra_pool[0], "--out", out,
+    return [web_corpus["pool"], extra_pool[0], "--seed-pages", web_corpus["seed"], "--out", out,
             "--decontaminate", extra_pool[1], *FAST]
 
 
@@ -133,14 +133,16 @@ def _bad_inputs(tmp: Path, corpus: dict) -> list[tuple[list, str]]:
     (tmp / "pooldir" / "p.warc.gz").write_bytes((Path(corpus["pool"])).read_bytes())
     seed, pool = corpus["seed"], corpus["pool"]
     return [
-        (["--seed", tmp / "fake.warc.gz", "--pool", pool], "--seed: no usable page"),
-        (["--seed", seed, "--pool", tmp / "fake.warc.gz"], "--pool: no usable page"),
-        (["--seed", seed, "--pool", tmp / "missing.warc"], "does not exist"),
-        (["--seed", seed, "--pool", tmp / "notes.txt"], "not a crawl file"),
-        (["--seed", seed, "--pool", pool, "--domain-threshold", "2"], "--domain-threshold"),
-        (["--seed", seed, "--pool", pool, "--epoch", "nan"], "--epoch"),
-        (["--seed", seed, "--pool", pool, "--decontaminate", tmp / "nobench.jsonl"], "benchmark file not found"),
-        (["--seed", seed, "--pool", pool, "--tokenizer", tmp / "notok"], "tokenizer folder"),
+        ([pool, "--seed-pages", tmp / "fake.warc.gz"], "--seed-pages: no usable page"),
+        ([tmp / "fake.warc.gz", "--seed-pages", seed], "SRC: no usable page"),
+        ([tmp / "missing.warc", "--seed-pages", seed], "does not exist"),
+        (["--pool", tmp / "notes.txt", "--seed-pages", seed], "not a crawl file"),
+        ([pool, "--seed-pages", seed, "--domain-threshold", "2"], "--domain-threshold"),
+        ([pool, "--seed-pages", seed, "--epoch", "nan"], "--epoch"),
+        ([pool, "--seed-pages", seed, "--seed", "-1"], "--seed"),
+        ([pool, "--seed-pages", seed, "--decontaminate", tmp / "nobench.jsonl"], "benchmark file not found"),
+        ([pool, "--seed-pages", seed, "--tokenizer", tmp / "notok"], "tokenizer folder"),
+        (["--seed-pages", seed], "required: SRC"),
     ]
 
 
@@ -151,7 +153,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, web_corpus):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and msg in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not out.exists(), args
-    proc = _cli("--seed", web_corpus["seed"], "--pool", tmp_path / "pooldir", "--out", tmp_path / "pooldir" / "o")
+    proc = _cli(tmp_path / "pooldir", "--seed-pages", web_corpus["seed"], "--out", tmp_path / "pooldir" / "o")
     assert proc.returncode == 2 and "inside the input folder" in proc.stderr
 
 
@@ -161,7 +163,7 @@ def test_a_locked_output_folder_is_refused(tmp_path, web_corpus):
     out = tmp_path / "out"
     lock = lock_run_folder(out)
     try:
-        proc = _cli("--seed", web_corpus["seed"], "--pool", web_corpus["pool"], "--out", out, *FAST)
+        proc = _cli(web_corpus["pool"], "--seed-pages", web_corpus["seed"], "--out", out, *FAST)
     finally:
         lock.release()
     assert proc.returncode == 2 and f"in use by pid {os.getpid()}" in proc.stderr

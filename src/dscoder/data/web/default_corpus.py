@@ -2,7 +2,7 @@
 and `benchmarks/bench_web_recall.py`.
 
     corpus = write_default_corpus("crawl/")        # crawl/seed.warc.gz, crawl/pool.warc.gz, crawl/labels.json
-    dscoder data web --seed crawl/seed.warc.gz --pool crawl/pool.warc.gz --out web/
+    dscoder data web crawl/pool.warc.gz --seed-pages crawl/seed.warc.gz --out web/ --buckets 200000
 
 No page is fetched: pages are assembled from templates by a seeded generator, so the same `seed` gives the same
 bytes. Domains (reserved `.test` names) and what the recall iterations should do with them:

@@ -8,8 +8,8 @@ done marker) with columns url, domain, text, score, iteration -> stats.json, dro
 Every stage keeps the pool's order (files in the order given, records in file order) and fastText trains on one
 thread with a fixed seed, so a rerun after a crash computes the same rows and skips the shards already done.
 
-    dscoder data web --seed seed.warc.gz --pool crawl/ --out web/ --workers 8
-    dscoder data web --seed stackoverflow.parquet --pool cc/*.warc.gz --out web/ --tokenizer tok/ --label code
+    dscoder data web crawl/ --seed-pages seed.warc.gz --out web/ --workers 8
+    dscoder data web cc/*.warc.gz --seed-pages stackoverflow.parquet --out web/ --tokenizer tok/ --label code
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...args import Parser, finite_float, int_range, out_dir, positive_int
+from ...args import Parser, finite_float, int_range, out_dir, positive_int, seed
 from ...durable import lock_run_folder, replace_durably
 from ...errors import UserError
 from ..decontam import build_index, default_benchmarks
@@ -181,15 +181,15 @@ def _check_out(inputs: list, out: Path) -> None:
                             f"pages; put --out elsewhere")
 
 
-def build_web(seed: list, pool: list, out: Path, cfg: WebConfig, executor: str = "local",
+def build_web(seed_pages: list, pool: list, out: Path, cfg: WebConfig, executor: str = "local",
               workers: int | None = None, log=None) -> dict:
     """Run every stage into `out` and return the stats (also out/stats.json). UserError, with nothing written,
     for a bad input, benchmark or tokenizer, a seed or pool without pages, or `out` inside an input folder."""
     log = log or (lambda msg: print(f"data web: {msg}", file=sys.stderr, flush=True))
-    seed_units, pool_units = plan_inputs(seed, "--seed"), plan_inputs(pool, "--pool")
+    seed_units, pool_units = plan_inputs(seed_pages, "--seed-pages"), plan_inputs(pool, "SRC")
     index = build_index(cfg.benchmarks)
     tokenize = bpe_tokenizer(cfg.tokenizer) if cfg.tokenizer else word_tokenize
-    _check_out(list(seed) + list(pool), out)
+    _check_out(list(seed_pages) + list(pool), out)
     created = not out.exists()
     lock = lock_run_folder(out)
     work = out / ".work"
@@ -202,9 +202,9 @@ def build_web(seed: list, pool: list, out: Path, cfg: WebConfig, executor: str =
             pool_pages, pool_counts = _merge(results[len(seed_units):])
             read_s = time.monotonic() - t0
             if not seed_pages:
-                raise _no_pages("--seed", seed, seed_counts)
+                raise _no_pages("--seed-pages", seed_pages, seed_counts)
             if not pool_pages:
-                raise _no_pages("--pool", pool, pool_counts)
+                raise _no_pages("SRC", pool, pool_counts)
             pool_pages, url_dups = _unique_urls(pool_pages, drops_file)
             log(f"read {len(seed_pages)} seed and {len(pool_pages)} pool pages in {read_s:.1f}s")
             seed_urls = {p.url for p in seed_pages}
@@ -257,10 +257,10 @@ def _write(path: Path, data: str | bytes) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = Parser("dscoder data web", main.__doc__)
-    ap.add_argument("--seed", nargs="+", action="extend", required=True, metavar="FILE",
+    ap.add_inputs("pool", "SRC", "the crawl to recall from: .warc/.warc.gz/.parquet/.jsonl files or folders",
+                  alias="--pool")
+    ap.add_argument("--seed-pages", nargs="+", action="extend", required=True, metavar="FILE",
                     help="pages known to be code- or math-related: .warc/.warc.gz/.parquet/.jsonl files or folders")
-    ap.add_argument("--pool", nargs="+", action="extend", required=True, metavar="SRC",
-                    help="the crawl to recall from: .warc/.warc.gz/.parquet/.jsonl files or folders")
     ap.add_argument("--out", required=True, type=out_dir, help="output folder for shards, stats and report")
     ap.add_argument("--label", choices=("code", "math"), default="code", help="what the seed pages are")
     ap.add_argument("--iterations", type=int_range(1, 100), default=3, help="recall iterations (paper: 3)")
@@ -277,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--epoch", type=positive_int, default=3, help="fastText training epochs")
     ap.add_argument("--buckets", type=positive_int, default=2_000_000,
                     help="fastText hash buckets for word n-grams (memory: buckets x dim x 4 bytes)")
-    ap.add_argument("--random-seed", type=int_range(0, 2**31 - 1), default=0, help="seed of negative sampling and fastText")
+    ap.add_argument("--seed", type=seed, default=0, help="random seed of negative sampling and fastText")
     ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
     ap.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="local: a process pool on this machine; ray: a Ray cluster")
@@ -296,7 +296,7 @@ def _config(args: argparse.Namespace) -> WebConfig:
     else:
         bench = [str(p) for p in default_benchmarks()]
     ft = FastTextParams(dim=args.dim, lr=args.lr, word_ngrams=args.word_ngrams, min_count=args.min_count,
-                        epoch=args.epoch, buckets=args.buckets, seed=args.random_seed)
+                        epoch=args.epoch, buckets=args.buckets, seed=args.seed % 2**31)   # fastText's seed is a C int
     rc = RecallConfig(iterations=args.iterations, domain_threshold=args.domain_threshold, min_score=args.min_score,
                       fasttext=ft)
     return WebConfig(rc, args.label, tuple(bench), args.tokenizer, MinHashParams(), args.shard_size)
@@ -311,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     are DeepSeekMath's (dim 256, lr 0.1, word n-grams 3, min count 3, 3 epochs). Rerunning after a crash skips the
     shards already done.
 
-      dscoder data web --seed seed.warc.gz --pool crawl/ --out web/ --workers 8
-      dscoder data web --seed so.parquet --pool cc/ --out web/ --tokenizer tok/ --decontaminate HumanEval.jsonl.gz
+      dscoder data web crawl/ --seed-pages seed.warc.gz --out web/ --workers 8
+      dscoder data web cc/ --seed-pages so.parquet --out web/ --tokenizer tok/ --decontaminate HumanEval.jsonl.gz
     """
     args = _parser().parse_args(argv)
     cfg = _config(args)
     t0 = time.monotonic()
-    stats = build_web(args.seed, args.pool, args.out, cfg, args.executor, args.workers)
+    stats = build_web(args.seed_pages, args.pool, args.out, cfg, args.executor, args.workers)
     out = stats["output"]
     print(f"data web: {stats['read']['pool']['pages']} pool pages -> {out['pages']} {cfg.label} pages "
           f"({out['bytes'] / 1e6:.1f} MB) in {out['shards']} shard(s) under {args.out} in "
