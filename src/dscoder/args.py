@@ -282,6 +282,24 @@ def out_dir(text: str) -> Path:
 out_dir.metavar = "DIR"  # type: ignore[attr-defined]
 
 
+def out_file(text: str) -> Path:
+    """argparse type for `--out FILE` (a verb that writes one file): not a folder, and its folder can be made."""
+    p = Path(text)
+    if not text:
+        problem = "is empty"
+    elif p.is_dir():
+        problem = "is a folder"
+    else:
+        problem = _folder_problem(p.parent)
+        problem = problem and f"cannot be written: its folder {str(p.parent)!r} {problem}"
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+    return p
+
+
+out_file.metavar = "FILE"  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------------------------ --set FIELD=VALUE
 
 def typed_overrides(items: list[str], base: Any, flag: str = "--set") -> dict[str, Any]:

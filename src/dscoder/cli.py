@@ -7,11 +7,12 @@ exception is printed as one `internal error` line, exit status 1; DSCODER_DEBUG=
 Command-line conventions (every verb follows them; the shared pieces are in `dscoder.args`):
 * Parser: `args.Parser(prog, doc)`. Its errors (unknown option, bad value) are one line too, exit status 2.
 * Inputs a verb consumes are positional: `data build SRC...`, `tokenizer train PATH...`, `pretrain DATA...`.
-  Its output folder is `--out DIR`, checked (`args.output_folder`) and locked (`durable.lock_run_folder`) before
-  anything is written. A checkpoint to run is `--model DIR`; every other path is a named option
-  (`--tokenizer DIR`, `--init-from DIR`, `--samples FILE`, `--prefix-file FILE`, eval's `--data PATH`).
+  Its output is `--out DIR` (a verb that writes one file: `--out FILE`), checked at parse time (`args.out_dir`,
+  `args.out_file`); a run folder is also locked (`durable.lock_run_folder`) before anything is written.
+  A checkpoint to run is `--model DIR`; every other path is a named option (`--tokenizer DIR`, `--init-from DIR`,
+  `--samples FILE`, `--prefix-file FILE`, eval's `--data PATH`).
 * Parallelism is `--workers N` (processes or CPU threads, whichever the verb uses).
-* Lists are comma-separated and the option may repeat: `--languages python,java --languages go`.
+* Lists are comma-separated and the option may repeat: `--languages python,java --languages go` (`args.comma_list`).
 * Every verb that runs a model takes `--device auto|cpu|cuda|cuda:N` and `--dtype auto|float32|bfloat16|float16`
   (`args.add_device_args`); auto means CUDA when present, bfloat16 on CUDA and float32 on CPU.
 * Numbers are range-checked at parse time through `args` types (`finite_float`, `int_range`, `positive_int`,

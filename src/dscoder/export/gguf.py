@@ -224,12 +224,12 @@ def main(argv: list[str]) -> int:
     """Export a checkpoint folder to one GGUF file for llama.cpp / Ollama (architecture llama; DeepSeek-V2 not yet).
 
     dscoder export gguf --model DIR --out FILE.gguf [--type f32|f16|q8_0]"""
-    from ..args import Parser
+    from ..args import Parser, out_file
 
     p = Parser("dscoder export gguf", main.__doc__)
     p.add_argument("--model", required=True, metavar="DIR",
                    help="Hugging Face model folder (config.json, weights, tokenizer)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the GGUF file to write (replaced if it exists)")
+    p.add_argument("--out", required=True, type=out_file, help="the GGUF file to write (replaced if it exists)")
     p.add_argument("--type", choices=TYPES, default="f16",
                    help="weight matrices: f32, f16, or q8_0 (8-bit blocks of 32); norms stay f32")
     args = p.parse_args(argv)
