@@ -94,6 +94,11 @@ def test_output_folder(tmp_path):
         A.output_folder(tmp_path / "f" / "sub")
     with pytest.raises(argparse.ArgumentTypeError, match="is empty"):
         A.out_dir("")
+    assert A.out_file(str(tmp_path / "new" / "m.gguf")) == tmp_path / "new" / "m.gguf"
+    with pytest.raises(argparse.ArgumentTypeError, match="is a folder"):
+        A.out_file(str(tmp_path))
+    with pytest.raises(argparse.ArgumentTypeError, match=r"cannot be written: its folder '.*/f' exists and is not"):
+        A.out_file(str(tmp_path / "f" / "m.gguf"))
 
 
 def test_typed_overrides():

@@ -10,8 +10,8 @@ from dscoder import cli
 
 MODEL_VERBS = ("pretrain", "generate", "infill", "chat", "eval")
 # a concept -> the one option that spells it and the one argparse type that parses it
-SHARED = {"--seed": A.seed, "--workers": A.positive_int, "--out": A.out_dir, "--languages": A.comma_list,
-          "--max-new-tokens": A.positive_int}
+SHARED = {"--seed": (A.seed,), "--workers": (A.positive_int,), "--out": (A.out_dir, A.out_file),
+          "--languages": (A.comma_list,), "--max-new-tokens": (A.positive_int,), "--timeout": (A.positive_float,)}
 
 
 # renamed options: the old spelling still parses, hidden from --help (None: the input became positional)
@@ -62,9 +62,9 @@ def test_every_verb_uses_the_shared_parser_and_every_argument_has_help(parsers):
 def test_one_concept_one_option_one_type(parsers):
     for verb, p in parsers.items():
         opts = _options(p)
-        for flag, kind in SHARED.items():
+        for flag, kinds in SHARED.items():
             if flag in opts:
-                assert opts[flag].type is kind, f"{verb} {flag} is parsed by {opts[flag].type}"
+                assert opts[flag].type in kinds, f"{verb} {flag} is parsed by {opts[flag].type}"
         if verb in MODEL_VERBS:
             assert {"--device", "--dtype"} <= set(opts), f"{verb} has no --device/--dtype"
             assert opts["--device"].type is A.device_name and opts["--dtype"].type is A.dtype_name
