@@ -130,8 +130,8 @@ POOL_SIZES = {"python": 80, "rust-book": 40, "rust-std": 40, "rust-blog": 20, "n
 SEED_SIZE = 120
 
 
-def generate(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(seed pages [(url, html)], pool pages [(url, html, group)]), shuffled by `seed`."""
+def generate(seed: int = 0, scale: int = 1) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(seed pages [(url, html)], pool pages [(url, html, group)] `scale` times `POOL_SIZES`), shuffled by `seed`."""
     rng = random.Random(seed)
     seed_pages = [_python_page(rng, k) for k in range(SEED_SIZE)]
     makers = {"python": lambda k: _python_page(rng, SEED_SIZE + k), "rust-book": lambda k: _rust_book_page(rng, k),
@@ -139,7 +139,7 @@ def generate(seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str,
     pool = []
     for group, n in POOL_SIZES.items():
         make = makers.get(group, lambda k, g=group: _prose_page(rng, g, k))
-        pool += [(*make(k), group) for k in range(n)]
+        pool += [(*make(k), group) for k in range(n * scale)]
     rng.shuffle(pool)
     return seed_pages, pool
 
@@ -158,11 +158,11 @@ def _write_warc(path: Path, records: list[tuple[str, bytes, str, str]]) -> None:
             w.write_record(rec)
 
 
-def write_default_corpus(folder: str | Path, seed: int = 0) -> dict:
+def write_default_corpus(folder: str | Path, seed: int = 0, scale: int = 1) -> dict:
     """Write seed.warc.gz, pool.warc.gz and labels.json under `folder`; returns {"seed", "pool", "labels"}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    seed_pages, pool = generate(seed)
+    seed_pages, pool = generate(seed, scale)
     html = "text/html; charset=utf-8"
     _write_warc(folder / "seed.warc.gz", [(u, h.encode(), "200 OK", html) for u, h in seed_pages])
     extra = [("https://news.test/missing.html", b"<html>gone</html>", "404 Not Found", html),
