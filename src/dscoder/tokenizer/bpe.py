@@ -16,7 +16,6 @@ DeepSeek's `add_bos_token: true`, `add_eos_token: false`). The folder written is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
