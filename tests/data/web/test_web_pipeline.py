@@ -33,10 +33,10 @@ def extra_pool(tmp_path_factory, web_corpus) -> tuple[Path, Path]:
     py = [p for p in read_pages(unit)[0] if web_corpus["labels"][p.url] == "python"]
     words = py[1].text.split(" ")
     words[len(words) // 2] = "changed"
+    half_and_half = py[2].text[: len(py[2].text) // 2] + "\n" + BENCH_WORDS + "\n" + py[3].text[len(py[3].text) // 2:]
     rows = [{"url": "https://docs.pylib.test/library/copy-of-0.html", "text": py[0].text},
             {"url": "https://docs.pylib.test/library/near-copy-of-1.html", "text": " ".join(words)},
-            {"url": "https://docs.pylib.test/library/leak.html",      # half of two pages: no near copy of either
-             "text": py[2].text[: len(py[2].text) // 2] + "\n" + BENCH_WORDS + "\n" + py[3].text[len(py[3].text) // 2:]}]
+            {"url": "https://docs.pylib.test/library/leak.html", "text": half_and_half}]   # near copy of neither
     d = tmp_path_factory.mktemp("extra")
     (d / "extra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "bench.jsonl").write_text(json.dumps({"task_id": "Leak/0", "prompt": BENCH_WORDS}) + "\n")
@@ -81,8 +81,9 @@ def test_end_to_end_recovers_the_missed_code_domain_in_iteration_two(run, web_co
     assert stats["stages"]["decontam"]["dropped"] == {"benchmark:bench": 1}
     assert stats["output"]["pages"] == len(rows) == 160 and stats["settings"]["recall"]["fasttext"]["dim"] == 256
     drops = [json.loads(line) for line in (out / "drops.jsonl").read_text().splitlines()]
-    assert {(d["stage"], d["reason"]) for d in drops} >= {("read", "http_status"), ("dedup", "exact_duplicate"),
-                                                          ("near_dedup", "near_duplicate"), ("decontam", "benchmark:bench")}
+    assert {(d["stage"], d["reason"]) for d in drops} >= {
+        ("read", "http_status"), ("dedup", "exact_duplicate"), ("near_dedup", "near_duplicate"),
+        ("decontam", "benchmark:bench")}
     leak = [d for d in drops if d["stage"] == "decontam"]
     assert leak[0]["path"].endswith("/leak.html") and leak[0]["detail"] == "bench Leak/0"
     report = (out / "report.md").read_text()
@@ -151,7 +152,8 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, web_corpus):
         out = tmp_path / "out"
         proc = _cli(*args, "--out", out, *FAST)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and msg in lines[0], (args, proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and msg in lines[0], \
+            (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not out.exists(), args
     proc = _cli(tmp_path / "pooldir", "--seed-pages", web_corpus["seed"], "--out", tmp_path / "pooldir" / "o")
     assert proc.returncode == 2 and "inside the input folder" in proc.stderr
@@ -168,3 +170,18 @@ def test_a_locked_output_folder_is_refused(tmp_path, web_corpus):
         lock.release()
     assert proc.returncode == 2 and f"in use by pid {os.getpid()}" in proc.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_pool_with_nothing_to_recall_gives_one_empty_shard(tmp_path, web_corpus):
+    from dscoder.data.web.classify import FastTextParams
+    from dscoder.data.web.pipeline import WebConfig, build_web
+    from dscoder.data.web.recall import RecallConfig
+
+    prose = tmp_path / "prose.jsonl"
+    words = "the council voted on the budget and the market closed higher after the storm passed the coast " * 6
+    prose.write_text("".join(json.dumps({"url": f"https://news.test/{i}", "text": f"{i} {words}"}) + "\n"
+                             for i in range(40)))
+    cfg = WebConfig(RecallConfig(fasttext=FastTextParams(buckets=100_000)))
+    stats = build_web([web_corpus["seed"]], [prose], tmp_path / "out", cfg, workers=1, log=lambda m: None)
+    assert stats["output"]["pages"] == 0 and len(stats["iterations"]) == 1
+    assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 0

@@ -88,8 +88,8 @@ def train(path: Path, params: FastTextParams):
     import fasttext
 
     return fasttext.train_supervised(str(path), dim=params.dim, lr=params.lr, wordNgrams=params.word_ngrams,
-                                     minCount=params.min_count, epoch=params.epoch, bucket=params.buckets, seed=params.seed, thread=1,
-                                     verbose=0)
+                                     minCount=params.min_count, epoch=params.epoch, bucket=params.buckets,
+                                     seed=params.seed, thread=1, verbose=0)
 
 
 def scores(model, lines: Sequence[str], batch: int = 4096) -> np.ndarray:

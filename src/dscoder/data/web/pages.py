@@ -124,8 +124,8 @@ def _record_page(rec) -> tuple[Page | None, str] | None:
     return page_from_body(url, body, ctype, mime != "text/plain")
 
 
-def _failure_reason(exc: BaseException, offset: int, size: int, any_record: bool) -> str:
-    if not any_record and offset == 0:
+def _failure_reason(exc: BaseException, offset: int, size: int) -> str:
+    if offset == 0:                         # not even the first record parses
         return "not_warc"
     import zlib
     if isinstance(exc, (EOFError, zlib.error)) or offset >= size:
@@ -182,7 +182,7 @@ def read_warc(unit: PageUnit) -> tuple[list[Page], list[Drop], int]:
                     in_damage = False            # a record was read since the last damage: this is new damage
                 if not in_damage:
                     seen += 1
-                    drops.append(Drop(unit.name, f"@{at}", STAGE, _failure_reason(err, at, size, bool(seen > 1)),
+                    drops.append(Drop(unit.name, f"@{at}", STAGE, _failure_reason(err, at, size),
                                       " ".join(f"{type(err).__name__}: {err}".split())[:300]))
                     in_damage = True
                 pos = raw.find(magic, max(at, pos) + 1)
