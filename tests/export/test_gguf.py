@@ -1,6 +1,7 @@
 """GGUF export (`export/gguf.py`): read the file back with `gguf.GGUFReader` and check every tensor (q/k permutation
-undone; Q8_0 dequantised within its rounding bound) and the tokenizer metadata against the source folder; the
-permutation matches GGML's RoPE; bad input writes nothing."""
+undone for llama; experts unstacked and kv_b re-joined for deepseek2; Q8_0 dequantised within its rounding bound)
+and the tokenizer metadata against the source folder; the permutation matches GGML's RoPE; bad input writes
+nothing."""
 import json
 import shutil
 from pathlib import Path
@@ -48,7 +49,11 @@ def fields(reader: gguf.GGUFReader) -> dict:
 
 GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              # DeepSeek-V2
+              "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa", "self_attn.kv_a_layernorm": "attn_kv_a_norm",
+              "mlp.gate": "ffn_gate_inp", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
+              "mlp.shared_experts.up_proj": "ffn_up_shexp", "mlp.shared_experts.down_proj": "ffn_down_shexp"}
 
 
 def gguf_name(hf: str) -> str:
@@ -57,6 +62,21 @@ def gguf_name(hf: str) -> str:
         return f"blk.{i}.{GGUF_NAMES[rest.removesuffix('.weight')]}.weight"
     return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
             "lm_head.weight": "output.weight"}[hf]
+
+
+def check_close(got: np.ndarray, w: np.ndarray, kind: str, what: str) -> None:
+    if kind == "f32":
+        assert np.array_equal(got, w), what
+    elif kind == "f16":
+        assert np.array_equal(got, w.astype(np.float16).astype(np.float32)), what
+    else:   # Q8_0: blocks of 32 with scale d = max|block| / 127 in f16; error <= d/2 plus d's f16 rounding
+        bound = np.abs(w).max(axis=-1, keepdims=True) * (0.5 / 127 + 2 ** -10)
+        assert np.all(np.abs(got - w) <= bound), what
+        assert np.abs(got - w).max() > 0, what   # it really was quantised
+
+
+def read(t) -> np.ndarray:
+    return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
@@ -76,19 +96,60 @@ def test_every_tensor_reads_back(tok_dir, tmp_path, kind):
             assert t.tensor_type.name == "F32" and np.array_equal(t.data, w), hf
             continue
         assert t.tensor_type.name == want_type, (hf, t.tensor_type.name)
-        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape).astype(np.float32)
+        got = read(t).reshape(w.shape)
         if hf.endswith("q_proj.weight"):
             got = unpermute_qk(got, HEADS)
         elif hf.endswith("k_proj.weight"):
             got = unpermute_qk(got, KV_HEADS)
-        if kind == "f32":
-            assert np.array_equal(got, w), hf
-        elif kind == "f16":
-            assert np.array_equal(got, w.astype(np.float16).astype(np.float32)), hf
-        else:   # Q8_0: blocks of 32 with scale d = max|block| / 127 in f16; error <= d/2 plus d's f16 rounding
-            bound = np.abs(w).max(axis=1, keepdims=True) * (0.5 / 127 + 2 ** -10)
-            assert np.all(np.abs(got - w) <= bound), hf
-            assert np.abs(got - w).max() > 0, hf   # it really was quantised
+        check_close(got, w, kind, hf)
+
+
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_deepseek_v2_every_tensor_reads_back(tok_dir, tmp_path, kind):
+    ckpt = tmp_path / "v2"
+    shutil.copytree(tok_dir, ckpt)
+    torch.manual_seed(0)
+    cfg = get_preset("tiny-moe", vocab_size=320)
+    save_pretrained(build_model(cfg), ckpt)
+    reader = gguf.GGUFReader(export_gguf(ckpt, tmp_path / "v2.gguf", kind))
+    tensors = {t.name: t for t in reader.tensors}
+    sd = {k: v.float().numpy() for k, v in load_state_dict_from_folder(ckpt).items()}
+    h, d_nope, d_v, d_c = 4, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    seen = set()
+    for hf, w in sd.items():
+        parts = hf.split(".")
+        if ".mlp.experts." in hf:                                # routed expert e: slice e of the stacked tensor
+            name = f"blk.{parts[2]}.ffn_{parts[6].removesuffix('_proj')}_exps.weight"
+            got = read(tensors[name]).reshape(cfg.n_routed_experts, *w.shape)[int(parts[5])]
+        elif hf.endswith("kv_b_proj.weight"):                    # k_b (H, d_c, d_nope) and v_b (H, d_v, d_c)
+            kv_b = w.reshape(h, d_nope + d_v, d_c)
+            for part, want in (("k_b", kv_b[:, :d_nope].transpose(0, 2, 1)), ("v_b", kv_b[:, d_nope:])):
+                name = f"blk.{parts[2]}.attn_{part}.weight"
+                check_close(read(tensors[name]).reshape(want.shape), want, kind, name)
+                seen.add(name)
+            continue
+        else:
+            name = gguf_name(hf)
+            got = read(tensors[name]).reshape(w.shape)
+        seen.add(name)
+        if w.ndim == 1 or name.endswith("ffn_gate_inp.weight"):
+            assert tensors[name].tensor_type.name == "F32" and np.array_equal(got, w), hf
+        else:
+            check_close(got, w, kind, hf)
+    assert seen == set(tensors)
+    f = fields(reader)
+    assert f["general.architecture"] == "deepseek2" and f["tokenizer.ggml.pre"] == "deepseek-coder"
+    a = "deepseek2."
+    assert (f[a + "block_count"], f[a + "attention.head_count"], f[a + "attention.head_count_kv"],
+            f[a + "leading_dense_block_count"], f[a + "attention.kv_lora_rank"], f[a + "attention.key_length"],
+            f[a + "attention.value_length"], f[a + "attention.key_length_mla"], f[a + "attention.value_length_mla"],
+            f[a + "expert_count"], f[a + "expert_used_count"], f[a + "expert_shared_count"],
+            f[a + "expert_feed_forward_length"], f[a + "feed_forward_length"], f[a + "rope.dimension_count"]) == \
+        (4, 4, 1, 1, 64, 80, 64, 48, 32, 8, 2, 1, 128, 512, 16)
+    assert f[a + "rope.scaling.type"] == "yarn" and f[a + "rope.scaling.factor"] == 4.0
+    assert f[a + "rope.scaling.original_context_length"] == 1024
+    assert abs(f[a + "rope.scaling.yarn_log_multiplier"] - 0.0707) < 1e-6
+    assert f[a + "expert_gating_func"] == gguf.ExpertGatingFuncType.SOFTMAX
 
 
 def test_tokenizer_and_hyperparameters(tok_dir, tmp_path):
@@ -150,12 +211,11 @@ def test_tied_embeddings_have_no_output_tensor(tok_dir, tmp_path):
 
 
 def test_bad_input_writes_nothing(tok_dir, tmp_path):
-    v2 = tmp_path / "v2"
-    shutil.copytree(tok_dir, v2)
-    torch.manual_seed(0)
-    save_pretrained(build_model(get_preset("tiny-moe", vocab_size=320)), v2)
-    with pytest.raises(UserError, match="GGUF export of 'deepseek_v2' models .* is not supported yet"):
-        export_gguf(v2, tmp_path / "v2.gguf")
+    other = checkpoint(tok_dir, tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
+    with pytest.raises(UserError, match="unsupported model_type 'mistral'"):
+        export_gguf(other, tmp_path / "other.gguf")
     ckpt = checkpoint(tok_dir, tmp_path / "ckpt")
     with pytest.raises(UserError, match="unknown GGUF type 'q4_0'"):
         export_gguf(ckpt, tmp_path / "m.gguf", "q4_0")
@@ -167,4 +227,4 @@ def test_bad_input_writes_nothing(tok_dir, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     with pytest.raises(UserError, match="tokenizer"):
         export_gguf(ckpt, tmp_path / "m.gguf", "f16")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "v2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "other"]

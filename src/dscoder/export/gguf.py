@@ -17,22 +17,32 @@ Written with the `gguf` package (the writer llama.cpp ships in gguf-py), followi
   `tokenizer/bpe.py`, reference §1.2), every token with its type (added special tokens CONTROL, other added tokens
   USER_DEFINED, ids past the tokenizer `[PAD{i}]` UNUSED), the merges, BOS / EOS / EOT and the FIM prefix /
   suffix / middle ids from `tokenizer/special.py` (PSM: fim▁begin, fim▁hole, fim▁end), add-BOS, the chat template.
-DeepSeek-V2 folders (llama.cpp's `deepseek2` architecture) are refused with a UserError for now.
+
+DeepSeek-V2 folders follow the converter's `DeepseekV2Model` (architecture `deepseek2`): MLA written as
+multi-query attention (head_count_kv 1, key length d_c + d_r, value length d_c, plus the per-head MLA lengths);
+`kv_b_proj` split into `attn_k_b` (heads, d_c, d_nope) and `attn_v_b` (heads, d_v, d_c) for the absorbed decode;
+each layer's routed experts stacked into one (experts, out, in) tensor per projection; the router
+(`ffn_gate_inp`) kept F32; leading dense blocks, expert counts and sizes, routed scaling, YaRN (factor, original
+context, betas, log-multiplier 0.1 x mscale_all_dim). No q/k permutation: V2 checkpoints already store RoPE
+dimensions as adjacent pairs, which is GGML's layout. The pre-tokenizer is "deepseek-coder" when tokenizer.json
+holds `tokenizer/bpe.py`'s regexes, else "deepseek-llm", the released V2 tokenizer's (reference §1.2).
 
 The file is written under a temporary name in the output's folder and renamed into place when complete, so a
 failed or interrupted export leaves nothing at the output path.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
 
 TYPES = ("f32", "f16", "q8_0")
-PRE_TOKENIZER = "deepseek-coder"        # llama.cpp's LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_CODER
+ARCHS = {"llama": "llama", "deepseek_v2": "deepseek2"}     # config.json model_type -> GGUF architecture
 
 
 def permute_qk(w, n_head: int):
@@ -57,22 +67,55 @@ def _check_out(out: str | os.PathLike) -> Path:
     return path
 
 
-def _tensors(sd: dict, config) -> Iterator[tuple[str, Any]]:
-    """(GGUF name, fp32 numpy array) for every tensor, q/k permuted, in the converter's order."""
-    import gguf
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+def _llama_tensors(sd: dict, config) -> Iterator[tuple[str, Any]]:
+    """(HF-style name, fp32 numpy array) for every tensor, q/k rows permuted."""
     for hf_name, t in sd.items():
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise UserError(f"cannot export tensor {hf_name!r}: no llama-architecture GGUF name for it")
         data = t.detach().float().cpu().numpy()
         if hf_name.endswith("q_proj.weight"):
             data = permute_qk(data, config.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
             data = permute_qk(data, config.num_key_value_heads)
+        yield hf_name, data
+
+
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
+def _v2_tensors(sd: dict, config) -> Iterator[tuple[str, Any]]:
+    """(HF-style name, fp32 numpy array): kv_b_proj split into k_b_proj (H, d_c, d_nope) and v_b_proj
+    (H, d_v, d_c); each layer's routed experts stacked per projection as `mlp.experts.{proj}.weight` (E, out, in)."""
+    import numpy as np
+
+    experts: dict[tuple[int, str], dict[int, Any]] = {}
+    h, d_nope, d_v = config.num_attention_heads, config.qk_nope_head_dim, config.v_head_dim
+    for hf_name, t in sd.items():
+        data = t.detach().float().cpu().numpy()
+        m = _EXPERT.fullmatch(hf_name)
+        if m:
+            experts.setdefault((int(m[1]), m[3]), {})[int(m[2])] = data
+        elif hf_name.endswith("kv_b_proj.weight"):
+            kv_b = data.reshape(h, d_nope + d_v, data.shape[-1])                  # (H, d_nope + d_v, d_c)
+            yield hf_name.replace("kv_b_proj", "k_b_proj"), np.ascontiguousarray(kv_b[:, :d_nope].transpose(0, 2, 1))
+            yield hf_name.replace("kv_b_proj", "v_b_proj"), np.ascontiguousarray(kv_b[:, d_nope:])
+        else:
+            yield hf_name, data
+    for (layer, proj), per in sorted(experts.items()):
+        if sorted(per) != list(range(config.n_routed_experts)):
+            raise UserError(f"layer {layer} has {proj} weights for {len(per)} of {config.n_routed_experts} experts")
+        yield f"model.layers.{layer}.mlp.experts.{proj}.weight", np.stack([per[e] for e in range(len(per))])
+
+
+def _tensors(sd: dict, config) -> Iterator[tuple[str, Any]]:
+    """(GGUF name, fp32 numpy array) for every tensor of the checkpoint."""
+    import gguf
+
+    arch = gguf.MODEL_ARCH.LLAMA if config.model_type == "llama" else gguf.MODEL_ARCH.DEEPSEEK2
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    for hf_name, data in (_llama_tensors if config.model_type == "llama" else _v2_tensors)(sd, config):
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"cannot export tensor {hf_name!r}: no {ARCHS[config.model_type]} GGUF name for it")
         yield name, data
 
 
@@ -81,7 +124,9 @@ def _add_tensor(writer, name: str, data, kind: str) -> None:
     import numpy as np
 
     Q = gguf.GGMLQuantizationType
-    qtype = Q.F32 if data.ndim <= 1 or name.endswith("_norm.weight") or kind == "f32" else \
+    # the converter keeps 1-D tensors, norms and the MoE router in F32
+    f32 = data.ndim <= 1 or name.endswith(("_norm.weight", "ffn_gate_inp.weight")) or kind == "f32"
+    qtype = Q.F32 if f32 else \
         Q.F16 if kind == "f16" else Q.Q8_0
     try:
         raw = gguf.quants.quantize(data.astype(np.float32), qtype)
@@ -103,18 +148,79 @@ def _hparams(writer, config, folder: Path, kind: str) -> None:
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_file_type(file_type)
     writer.add_vocab_size(config.vocab_size)
+    (_llama_hparams if config.model_type == "llama" else _v2_hparams)(writer, config)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _llama_hparams(writer, config) -> None:
+    import gguf
+
+    writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_key_length(config.head_dim)      # config.json carries head_dim, so the converter writes both
     writer.add_value_length(config.head_dim)
     if config.rope_scaling_factor != 1.0:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(config.rope_scaling_factor)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _v2_hparams(writer, config) -> None:
+    import gguf
+
+    if config.moe_layer_freq != 1:
+        raise UserError(f"moe_layer_freq {config.moe_layer_freq}: llama.cpp's deepseek2 needs every layer after the "
+                        "leading dense ones to be MoE (moe_layer_freq 1)")
+    d_c, d_r = config.kv_lora_rank, config.qk_rope_head_dim
+    writer.add_head_count_kv(1)                 # MLA runs as multi-query attention over the latent
+    writer.add_leading_dense_block_count(config.first_k_dense_replace)
+    if config.q_lora_rank:
+        writer.add_q_lora_rank(config.q_lora_rank)
+    writer.add_kv_lora_rank(d_c)
+    writer.add_key_length(d_c + d_r)
+    writer.add_value_length(d_c)
+    writer.add_key_length_mla(config.qk_nope_head_dim + d_r)
+    writer.add_value_length_mla(config.v_head_dim)
+    writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+    writer.add_expert_count(config.n_routed_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_expert_shared_count(config.n_shared_experts)
+    writer.add_expert_weights_scale(config.routed_scaling_factor)
+    if config.norm_topk_prob:
+        writer.add_expert_weights_norm(True)
+    writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
+    if config.topk_method == "group_limited_greedy":
+        writer.add_expert_group_count(config.n_group)
+        writer.add_expert_group_used_count(config.topk_group)
+    writer.add_rope_dimension_count(d_r)
+    rs = config.rope_scaling
+    if rs:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rs["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rs["original_max_position_embeddings"]))
+        writer.add_rope_scaling_yarn_beta_fast(float(rs["beta_fast"]))
+        writer.add_rope_scaling_yarn_beta_slow(float(rs["beta_slow"]))
+        if rs.get("mscale_all_dim"):
+            writer.add_rope_scaling_yarn_log_mul(0.1 * float(rs["mscale_all_dim"]))
+
+
+def pre_tokenizer(folder: Path, model_type: str) -> str:
+    """llama.cpp's pre-tokenizer name for the folder's tokenizer.json (see the module docstring)."""
+    from ..tokenizer.bpe import SPLIT_PATTERNS
+
+    try:
+        pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {folder / 'tokenizer.json'}: {e}") from None
+    steps = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else []
+    patterns = tuple(st["pattern"]["Regex"] for st in steps
+                     if isinstance(st, dict) and st.get("type") == "Split" and "Regex" in st.get("pattern", {}))
+    if patterns == SPLIT_PATTERNS or model_type == "llama":
+        return "deepseek-coder"     # ours, or a released DeepSeek-Coder v1 folder (LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_CODER)
+    return "deepseek-llm"
 
 
 def _looks_special(token: str) -> bool:
@@ -161,7 +267,7 @@ def _vocab(writer, folder: Path, config) -> None:
     sp = special_ids(tokenizer)
     tokens, types = vocab_entries(tokenizer, config.vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER)
+    writer.add_tokenizer_pre(pre_tokenizer(folder, config.model_type))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     # merges, add_bos_token and the chat template as the converter reads them; the special ids come from our table
@@ -195,16 +301,16 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str 
 
     folder = Path(model_dir)
     config = read_config(folder)
-    if config.model_type != "llama":
-        raise UserError(f"GGUF export of {config.model_type!r} models (llama.cpp's deepseek2 architecture) is not "
-                        "supported yet; only DeepSeek-Coder v1 (llama) checkpoints can be exported")
+    if config.model_type not in ARCHS:
+        raise UserError(f"GGUF export of {config.model_type!r} models is not supported; supported: "
+                        f"{', '.join(ARCHS)}")
     path = _check_out(out)
     sd = load_state_dict_from_folder(folder)
     import gguf
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        writer = gguf.GGUFWriter(str(tmp), arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        writer = gguf.GGUFWriter(str(tmp), arch=ARCHS[config.model_type])
         _hparams(writer, config, folder, kind)
         _vocab(writer, folder, config)
         for name, data in _tensors(sd, config):
@@ -221,7 +327,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str 
 
 
 def main(argv: list[str]) -> int:
-    """Export a checkpoint folder to one GGUF file for llama.cpp / Ollama (architecture llama; DeepSeek-V2 not yet).
+    """Export a checkpoint folder to one GGUF file for llama.cpp / Ollama (architectures llama and deepseek2).
 
     dscoder export gguf --model DIR --out FILE.gguf [--type f32|f16|q8_0]"""
     from ..args import Parser, out_file
