@@ -8,6 +8,10 @@ process (per core; process CPU time, so other load on the machine does not infla
 + Resiliparse main text), tokenizing, fastText training per iteration, fastText scoring.
 
     .venv/bin/python benchmarks/bench_web_recall.py [--scale 1] [--tokens words|bpe] [--buckets 200000]
+    .venv/bin/python benchmarks/bench_web_recall.py --html-dir DIR   # also: read speed on real HTML pages
+
+`--html-dir` packs up to 1000 `*.html` files found under DIR (e.g. a rustup toolchain's share/doc/rust/html) into a
+WARC.gz with warcio and times reading it back (warcio + charset + Resiliparse), in pages and MB per CPU-second.
 """
 from __future__ import annotations
 
@@ -35,6 +39,27 @@ def _read(path: Path):
     return read_pages(unit)[0]
 
 
+def real_html_speed(folder: Path, limit: int = 1000) -> None:
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    files = sorted(folder.rglob("*.html"))[:limit]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "real.warc.gz"
+        with open(path, "wb") as f:
+            w = WARCWriter(f, gzip=True)
+            for k, p in enumerate(files):
+                http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+                w.write_record(w.create_warc_record(f"https://docs.test/{k}/{p.name}", "response",
+                                                    payload=io.BytesIO(p.read_bytes()), http_headers=http))
+        pages, cpu = _cpu(_read, path)
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    print(f"real HTML: {len(files)} pages ({mb:.1f} MB) from {folder} -> {len(pages)} pages kept; read+extract "
+          f"{len(files) / cpu:.0f} pages and {mb / cpu:.1f} MB per CPU-second")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=1, help="pool pages = scale x the default corpus's 1080")
@@ -42,7 +67,10 @@ def main() -> None:
     ap.add_argument("--buckets", type=int, default=200_000, help="fastText n-gram buckets (default of the verb: 2M)")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--min-score", type=float, default=0.5)
+    ap.add_argument("--html-dir", type=Path, default=None, help="also time reading real HTML pages from here")
     args = ap.parse_args()
+    if args.html_dir:
+        real_html_speed(args.html_dir)
     with tempfile.TemporaryDirectory() as tmp:
         train_c = write_default_corpus(Path(tmp) / "train", seed=0, scale=args.scale)
         held_c = write_default_corpus(Path(tmp) / "held", seed=1, scale=args.scale)

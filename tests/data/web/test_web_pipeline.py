@@ -185,3 +185,14 @@ def test_a_pool_with_nothing_to_recall_gives_one_empty_shard(tmp_path, web_corpu
     stats = build_web([web_corpus["seed"]], [prose], tmp_path / "out", cfg, workers=1, log=lambda m: None)
     assert stats["output"]["pages"] == 0 and len(stats["iterations"]) == 1
     assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 0
+
+
+def test_one_worker_in_process_writes_the_bytes_of_two_workers(tmp_path, run, web_corpus, extra_pool):
+    from dscoder.data.web.classify import FastTextParams
+    from dscoder.data.web.pipeline import WebConfig, build_web
+    from dscoder.data.web.recall import RecallConfig
+
+    cfg = WebConfig(RecallConfig(fasttext=FastTextParams(buckets=200_000)), benchmarks=(str(extra_pool[1]),))
+    build_web([web_corpus["seed"]], [web_corpus["pool"], extra_pool[0]], tmp_path / "out", cfg, workers=1,
+              log=lambda m: None)
+    assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == (run[0] / "part-00000.parquet").read_bytes()
