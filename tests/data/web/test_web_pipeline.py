@@ -134,7 +134,7 @@ def _bad_inputs(tmp: Path, corpus: dict) -> list[tuple[list, str]]:
     (tmp / "pooldir" / "p.warc.gz").write_bytes((Path(corpus["pool"])).read_bytes())
     seed, pool = corpus["seed"], corpus["pool"]
     return [
-        ([pool, "--seed-pages", tmp / "fake.warc.gz"], "--seed-pages: no usable page"),
+        ([pool, "--seed-pages", tmp / "fake.warc.gz"], f"--seed-pages: no usable page in {tmp / 'fake.warc.gz'}"),
         ([tmp / "fake.warc.gz", "--seed-pages", seed], "SRC: no usable page"),
         ([tmp / "missing.warc", "--seed-pages", seed], "does not exist"),
         (["--pool", tmp / "notes.txt", "--seed-pages", seed], "not a crawl file"),
@@ -196,3 +196,15 @@ def test_one_worker_in_process_writes_the_bytes_of_two_workers(tmp_path, run, we
     build_web([web_corpus["seed"]], [web_corpus["pool"], extra_pool[0]], tmp_path / "out", cfg, workers=1,
               log=lambda m: None)
     assert (tmp_path / "out" / "part-00000.parquet").read_bytes() == (run[0] / "part-00000.parquet").read_bytes()
+
+
+def test_text_spool_reads_back_by_index_and_slice(tmp_path):
+    from dscoder.data.web.pipeline import TextSpool
+
+    spool = TextSpool(tmp_path / "s")
+    texts = ["héllo", "", "wörld\n", "\U0001f600 x"]
+    for t in texts:
+        spool.append(t)
+    assert len(spool) == 4 and list(spool) == texts and spool[1:3] == texts[1:3] and spool[-1] == texts[-1]
+    with pytest.raises(IndexError):
+        spool[4]

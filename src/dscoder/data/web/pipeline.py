@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,29 +55,92 @@ class WebConfig:
 
 # ------------------------------------------------------------------------------------------------ reading
 
-def _read_all(units: list[PageUnit], executor: str, workers: int | None, drops_file
-              ) -> list[tuple[list[Page], dict]]:
-    """Per unit: (pages, {"records", "pages", "dropped"}), drops written to `drops_file` as they come."""
-    out = []
+class TextSpool(Sequence):
+    """Strings appended to a file and read back by index or slice: memory holds only their offsets."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "w+b")
+        self.offsets = [0]
+        self._dirty = False
+
+    def append(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        self.f.write(data)
+        self.offsets.append(self.offsets[-1] + len(data))
+        self._dirty = True
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _get(self, i: int) -> str:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return os.pread(self.f.fileno(), b - a, a).decode("utf-8", "surrogatepass")
+
+    def __getitem__(self, i):
+        if self._dirty:
+            self.f.flush()
+            self._dirty = False
+        if isinstance(i, slice):
+            return [self._get(k) for k in range(*i.indices(len(self)))]
+        return self._get(range(len(self))[i])
+
+
+@dataclass
+class _Pages:
+    """Pages read from one side (seed or pool), in input order: text and token lines spooled to disk."""
+    texts: TextSpool
+    lines: TextSpool
+    urls: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    records: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    duplicate_urls: int = 0
+
+    def counts(self) -> dict:
+        return {"records": self.records, "pages": len(self.urls), "dropped": dict(sorted(self.dropped.items()))}
+
+
+_TOKENIZERS: dict[str | None, object] = {}
+
+
+def read_tokenized(task: tuple[PageUnit, str | None]) -> tuple[list[Page], list[str], list[Drop], int]:
+    """A worker's job: one input file's pages, their fastText lines (BPE ids with a tokenizer folder, else words),
+    its drops and the page-like records seen."""
+    unit, tokenizer = task
+    if tokenizer not in _TOKENIZERS:
+        _TOKENIZERS[tokenizer] = bpe_tokenizer(tokenizer) if tokenizer else word_tokenize
+    pages, drops, seen = read_pages(unit)
+    return pages, _TOKENIZERS[tokenizer]([p.text for p in pages]), drops, seen
+
+
+def _read_all(units: list[PageUnit], owners: list[_Pages], pool: _Pages, cfg: WebConfig, executor: str,
+              workers: int | None, drops_file) -> None:
+    """Read every unit into its owner (seed or pool); a pool URL seen before is dropped (first one kept)."""
+    def write(d: Drop) -> None:
+        drops_file.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
+
+    seen_urls: set[str] = set()
     with make_executor(executor, workers) as ex:
-        for pages, drops, seen in ex.imap(read_pages, units):
+        results = ex.imap(read_tokenized, ((u, cfg.tokenizer) for u in units))
+        for side, (pages, lines, drops, n) in zip(owners, results):
             for d in drops:
-                drops_file.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
-            out.append((pages, {"records": seen, "pages": len(pages),
-                                "dropped": Counter(d.reason for d in drops)}))
-    return out
-
-
-def _merge(results: list[tuple[list[Page], dict]]) -> tuple[list[Page], dict]:
-    pages: list[Page] = []
-    total = {"records": 0, "pages": 0, "dropped": Counter()}
-    for p, c in results:
-        pages += p
-        total["records"] += c["records"]
-        total["pages"] += c["pages"]
-        total["dropped"].update(c["dropped"])
-    total["dropped"] = dict(sorted(total["dropped"].items()))
-    return pages, total
+                write(d)
+            side.records += n
+            side.dropped.update(d.reason for d in drops)
+            for p, line in zip(pages, lines):
+                if side is pool:
+                    if p.url in seen_urls:
+                        write(Drop(p.domain, p.url, "dedup", "duplicate_url"))
+                        side.duplicate_urls += 1
+                        continue
+                    seen_urls.add(p.url)
+                side.texts.append(p.text)
+                side.lines.append(line)
+                side.urls.append(p.url)
+                side.domains.append(p.domain)
 
 
 def _no_pages(what: str, paths: list, counts: dict) -> UserError:
@@ -85,54 +149,43 @@ def _no_pages(what: str, paths: list, counts: dict) -> UserError:
                      f"{reasons}); nothing written")
 
 
-def _unique_urls(pages: list[Page], drops_file) -> tuple[list[Page], int]:
-    seen: set[str] = set()
-    kept = []
-    for p in pages:
-        if p.url in seen:
-            drops_file.write(json.dumps(asdict(Drop(p.domain, p.url, "dedup", "duplicate_url")),
-                                        ensure_ascii=False) + "\n")
-            continue
-        seen.add(p.url)
-        kept.append(p)
-    return kept, len(pages) - len(kept)
-
-
 # ------------------------------------------------------------------------------------------------ after recall
 
-def _screen(pages: list[Page], idx: np.ndarray, cfg: WebConfig, index, drops_file) -> tuple[list[int], dict]:
+def _screen(pool: _Pages, idx: np.ndarray, cfg: WebConfig, index, drops_file) -> tuple[list[int], dict]:
     """Exact dedup, near-dedup, decontamination over the selected pages (pool order); kept indices and counts."""
     stages = {}
+    texts = {i: pool.texts[i] for i in idx.tolist()}
 
-    def drop(p: Page, stage: str, reason: str, detail: str = "") -> None:
-        drops_file.write(json.dumps(asdict(Drop(p.domain, p.url, stage, reason, detail)), ensure_ascii=False) + "\n")
+    def drop(i: int, stage: str, reason: str, detail: str = "") -> None:
+        d = Drop(pool.domains[i], pool.urls[i], stage, reason, detail)
+        drops_file.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
 
-    kept, seen, dropped = [], {}, 0
+    kept, seen = [], {}
     for i in idx.tolist():
-        h = content_hash(pages[i].text)
+        h = content_hash(texts[i])
         if h in seen:
-            drop(pages[i], "dedup", "exact_duplicate", pages[seen[h]].url)
-            dropped += 1
+            drop(i, "dedup", "exact_duplicate", pool.urls[seen[h]])
         else:
             seen[h] = i
             kept.append(i)
-    stages["dedup"] = {"in": len(idx), "kept": len(kept), "dropped": {"exact_duplicate": dropped} if dropped else {}}
-    sigs = signature_matrix([pages[i].text for i in kept], cfg.minhash)
+    n_dup = len(idx) - len(kept)
+    stages["dedup"] = {"in": len(idx), "kept": len(kept), "dropped": {"exact_duplicate": n_dup} if n_dup else {}}
+    sigs = signature_matrix([texts[i] for i in kept], cfg.minhash)
     keys = [(f"{k:012d}", "") for k in range(len(kept))]            # the first page of a cluster is kept
     dup = near_duplicates(keys, sigs, cfg.minhash)
-    after = [i for k, i in enumerate(kept) if keys[k] not in dup]
     for k, i in enumerate(kept):
         if keys[k] in dup:
-            drop(pages[i], "near_dedup", "near_duplicate", pages[kept[int(dup[keys[k]][0])]].url)
+            drop(i, "near_dedup", "near_duplicate", pool.urls[kept[int(dup[keys[k]][0])]])
+    after = [i for k, i in enumerate(kept) if keys[k] not in dup]
     stages["near_dedup"] = {"in": len(kept), "kept": len(after),
                             "dropped": {"near_duplicate": len(dup)} if dup else {}}
     final, reasons = [], Counter()
     for i in after:
-        hit = index.match(pages[i].text) if len(index) else None
+        hit = index.match(texts[i]) if len(index) else None
         if hit is None:
             final.append(i)
         else:
-            drop(pages[i], "decontam", f"benchmark:{hit[0]}", f"{hit[0]} {hit[1]}")
+            drop(i, "decontam", f"benchmark:{hit[0]}", f"{hit[0]} {hit[1]}")
             reasons[f"benchmark:{hit[0]}"] += 1
     stages["decontam"] = {"in": len(after), "kept": len(final), "dropped": dict(sorted(reasons.items()))}
     return final, stages
@@ -188,33 +241,36 @@ def build_web(seed_pages: list, pool: list, out: Path, cfg: WebConfig, executor:
     log = log or (lambda msg: print(f"data web: {msg}", file=sys.stderr, flush=True))
     seed_units, pool_units = plan_inputs(seed_pages, "--seed-pages"), plan_inputs(pool, "SRC")
     index = build_index(cfg.benchmarks)
-    tokenize = bpe_tokenizer(cfg.tokenizer) if cfg.tokenizer else word_tokenize
+    if cfg.tokenizer:
+        bpe_tokenizer(cfg.tokenizer)                  # UserError for a bad folder before anything is written
     _check_out(list(seed_pages) + list(pool), out)
     created = not out.exists()
     lock = lock_run_folder(out)
     work = out / ".work"
     try:
         work.mkdir(exist_ok=True)
+        seed = _Pages(TextSpool(work / "seed.text"), TextSpool(work / "seed.tokens"))
+        pages = _Pages(TextSpool(work / "pool.text"), TextSpool(work / "pool.tokens"))
         with open(work / "drops.jsonl", "w", encoding="utf-8") as drops_file:
             t0 = time.monotonic()
-            results = _read_all(seed_units + pool_units, executor, workers, drops_file)
-            seed_pages, seed_counts = _merge(results[:len(seed_units)])
-            pool_pages, pool_counts = _merge(results[len(seed_units):])
+            _read_all(seed_units + pool_units, [seed] * len(seed_units) + [pages] * len(pool_units), pages, cfg,
+                      executor, workers, drops_file)
             read_s = time.monotonic() - t0
-            if not seed_pages:
-                raise _no_pages("--seed-pages", seed_pages, seed_counts)
-            if not pool_pages:
-                raise _no_pages("SRC", pool, pool_counts)
-            pool_pages, url_dups = _unique_urls(pool_pages, drops_file)
-            log(f"read {len(seed_pages)} seed and {len(pool_pages)} pool pages in {read_s:.1f}s")
-            seed_urls = {p.url for p in seed_pages}
-            res = run_recall(tokenize([p.text for p in seed_pages]), tokenize([p.text for p in pool_pages]),
-                             [p.url for p in pool_pages], [p.domain for p in pool_pages], cfg.recall,
-                             np.array([p.url in seed_urls for p in pool_pages], bool), log=log)
-            keep, stages = _screen(pool_pages, np.flatnonzero(res.selected), cfg, index, drops_file)
-        rows = [(pool_pages[i].url, pool_pages[i].domain, pool_pages[i].text, float(res.scores[i]),
-                 int(res.iteration[i])) for i in keep]
-        stats = _stats(cfg, seed_counts, pool_counts, url_dups, res, stages, rows, read_s, len(index))
+            if not len(seed.urls):
+                raise _no_pages("--seed-pages", seed_pages, seed.counts())
+            if not len(pages.urls):
+                raise _no_pages("SRC", pool, pages.counts())
+            log(f"read {len(seed.urls)} seed and {len(pages.urls)} pool pages in {read_s:.1f}s")
+            seed_urls = set(seed.urls)
+            res = run_recall(seed.lines, pages.lines, pages.urls, pages.domains, cfg.recall,
+                             np.array([u in seed_urls for u in pages.urls], bool), log=log)
+            keep, stages = _screen(pages, np.flatnonzero(res.selected), cfg, index, drops_file)
+        rows = [(pages.urls[i], pages.domains[i], pages.texts[i], float(res.scores[i]), int(res.iteration[i]))
+                for i in keep]
+        for spool in (seed.texts, seed.lines, pages.texts, pages.lines):
+            spool.close()
+        stats = _stats(cfg, seed.counts(), pages.counts(), pages.duplicate_urls, res, stages, rows, read_s,
+                       len(index))
         write_web_shards(out, rows, cfg.shard_size)
     except UserError:
         shutil.rmtree(out if created else work, ignore_errors=True)
