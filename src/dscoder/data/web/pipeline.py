@@ -1,8 +1,9 @@
 """`dscoder data web`: a crawl -> code- (or math-) related web pages, recalled by fastText in iterations
 (DeepSeekMath §2.1, as DeepSeek-Coder-V2 §2 used it for its 70B code-web and 221B math-web tokens).
 
-Stages: read seed and pool (`web.pages`, in worker processes) -> URL dedup of the pool -> tokenize (`--tokenizer`
-BPE ids, else words) -> recall iterations (`web.recall`) -> exact dedup of page texts -> MinHash near-dedup
+Stages: read and tokenize seed and pool in worker processes (`web.pages`; `--tokenizer` BPE ids, else words), page
+texts and token lines spooled to disk -> URL dedup of the pool -> recall iterations (`web.recall`; the driver
+keeps URLs, offsets and scores) -> exact dedup of the recalled page texts -> MinHash near-dedup
 (`data.minhash`) -> 10-gram decontamination (`data.decontam`) -> Parquet shards (`data.shards`: tmp, fsync, rename,
 done marker) with columns url, domain, text, score, iteration -> stats.json, drops.jsonl, report.md, report.png.
 Every stage keeps the pool's order (files in the order given, records in file order) and fastText trains on one

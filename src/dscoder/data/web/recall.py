@@ -4,7 +4,8 @@ Each iteration:
 1. train fastText on the seed (positives) against a sample of the pool (negatives): as many pool pages as seed
    pages (the paper's first iteration: 500K and 500K), drawn with a fixed seed from pool pages that are neither
    in the seed nor recalled by the previous iteration (so that pages already found are not taught as negatives);
-2. score every pool page; a page scoring at least `min_score` is recalled;
+2. score every pool page; a page scoring at least `min_score` (P(positive), default 0.5) is recalled (the paper
+   ranks pages by score and keeps the top ones; a probability threshold needs no corpus-wide ranking);
 3. group the pool by domain: a domain where more than `domain_threshold` (10%) of its pages were recalled is a
    code- (or math-) related domain;
 4. annotate URLs automatically where the paper did it by hand (e.g. `mathoverflow.net/questions`): inside a
