@@ -309,3 +309,17 @@ def test_git_listing_failure_falls_back_to_the_walk_and_says_so(tmp_path):
     assert [f.path for f in files.files] == ["a.py"]
     git = next(d for d in drops if d.path == ".git/")
     assert git.reason == "git_internal" and "walked the folder without .gitignore" in git.detail
+
+
+def test_without_git_a_working_tree_is_walked_and_a_bare_repo_fails(tmp_path, monkeypatch):
+    repo = tmp_path / "proj"
+    _write(repo, "a.py", GOOD_PY)
+    _git("init", "-q", "-b", "main", cwd=repo)
+    bare = tmp_path / "hub" / "b.git"
+    _git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    files, drops = _one([repo])
+    assert [f.path for f in files.files] == ["a.py"]
+    assert "walked the folder without .gitignore" in next(d for d in drops if d.path == ".git/").detail
+    files, drops = _one([bare])
+    assert files.files == [] and [d.reason for d in drops] == ["git_error"]

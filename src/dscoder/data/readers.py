@@ -297,8 +297,11 @@ def _git_listed(root_real: str, repo: _Repo) -> list["FileRef"] | str:
     """The files git would commit (`git ls-files -co --exclude-standard`: tracked plus untracked not ignored by
     .gitignore), checked like the walk's; the error text when git cannot list the tree."""
     # core.fsmonitor=false: a repository's own config could otherwise name a program for git to run
-    ls = subprocess.run(["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-C", root_real,
-                         "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, env=_git_env())
+    try:
+        ls = subprocess.run(["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-C", root_real,
+                             "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, env=_git_env())
+    except OSError as e:             # no git on this machine
+        return str(e)
     if ls.returncode != 0:
         return ls.stderr.decode("utf-8", "replace").strip()[:300] or f"exit status {ls.returncode}"
     refs: list[FileRef] = []
@@ -357,7 +360,12 @@ def _git(gitdir: Path, *args: str) -> list[str]:
 
 def _scan_bare_git(gitdir: Path, repo: _Repo) -> list["FileRef"]:
     """HEAD's tree through `git ls-tree -r --long`: sizes and blob ids before anything is read."""
-    ls = subprocess.run(_git(gitdir, "ls-tree", "-r", "-z", "--long", "HEAD"), capture_output=True, env=_git_env())
+    try:
+        ls = subprocess.run(_git(gitdir, "ls-tree", "-r", "-z", "--long", "HEAD"), capture_output=True,
+                            env=_git_env())
+    except OSError as e:             # no git on this machine
+        repo.fail("git_error", str(e)[:500])
+        return []
     if ls.returncode != 0:
         repo.fail("git_error", ls.stderr.decode("utf-8", "replace").strip()[:500])
         return []
@@ -377,9 +385,16 @@ def _scan_bare_git(gitdir: Path, repo: _Repo) -> list["FileRef"]:
 
 def _cat_blobs(gitdir: Path, refs: Iterable["FileRef"], repo: _Repo) -> None:
     """Blobs through `git cat-file --batch`; a bad object fails the whole repository."""
+    refs = list(refs)
+    if not refs:
+        return
     # One request at a time: writing all ids first could deadlock once git's stdout pipe fills.
-    proc = subprocess.Popen(_git(gitdir, "cat-file", "--batch"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=_git_env())
+    try:
+        proc = subprocess.Popen(_git(gitdir, "cat-file", "--batch"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_git_env())
+    except OSError as e:             # no git on this machine
+        repo.fail("git_error", str(e)[:500])
+        return
     try:
         for sha, path, lang in ((r.blob, r.path, r.language) for r in refs):
             proc.stdin.write(sha.encode() + b"\n")
@@ -409,7 +424,6 @@ def _archive_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or name
     return name
-
 
 
 @dataclass(frozen=True)
