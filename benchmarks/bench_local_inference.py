@@ -11,7 +11,7 @@ change, then the file's first lines: the continuation is mostly in the prompt, w
 With random weights the prompts are token ids and the model does not copy the file, so the n-gram row only
 shows the cost of drafting and verifying; `--model` with a trained checkpoint gives the representative figures.
 Per row: tokens/s (best of --repeats, prefill included), forward passes per new token, how many greedy tokens
-equal transformers', and the fraction of the memory roofline: bytes one decode pass reads (the Linear weights in
+equal transformers' (position by position), and the fraction of the memory roofline: bytes one decode pass reads (the Linear weights in
 their stored dtype, norms, one embedding row, the mean KV cache) x passes / seconds, against the best 1 GB read
 measured in the same run. The int8 quality line compares int8 with fp32 logits on the prompts (top-1 agreement,
 mean cross-entropy of the prompt's next tokens).
@@ -150,6 +150,9 @@ def main() -> None:
             print(f"| {name} | {args.new / t:.1f} | {passes[name] / args.new:.2f} | {same}/{args.new} | {roof:.0%} |")
         print("| llama.cpp F32 / Q8_0 | not run: `llama_cpp` is not installed | | | |"
               if not _has_llama_cpp() else "| llama.cpp | installed, not wired into this script yet | | | |")
+        spec, plain = outs["dscoder int8 + ngram"], outs["dscoder int8"]
+        first = next((i for i, (a, b) in enumerate(zip(spec, plain)) if a != b), None)
+        print(f"int8 + ngram vs int8 greedy: {'identical' if first is None else f'first differs at token {first}'}")
         print(f"int8 quality on this prompt: {int8_quality(ours, q8, ids)}")
 
 
