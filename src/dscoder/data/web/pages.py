@@ -17,9 +17,11 @@ A file with no readable record at all is one `not_warc` Drop.
 """
 from __future__ import annotations
 
+import io
 import mmap
 import os
 from collections.abc import Iterable
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +173,8 @@ def read_warc(unit: PageUnit) -> tuple[list[Page], list[Drop], int]:
         if size == 0:
             return [], [Drop(unit.name, "@0", STAGE, "not_warc", "empty file")], 1
         magic = _GZIP_MAGIC if f.read(2) == _GZIP_MAGIC[:2] else _WARC_MAGIC
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+        # warcio writes a warning per badly terminated record to stderr; the Drop already reports it
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as raw, redirect_stderr(io.StringIO()):
             while True:
                 f.seek(pos)
                 n, at, err = _warc_pass(f, unit, pages, drops)
