@@ -87,8 +87,11 @@ class RopeTable:
         cached = self._tables.get(key)
         if cached is None or cached[0].shape[0] < n:
             size = max(n, 2 * cached[0].shape[0] if cached is not None else n)
-            pos = torch.arange(size, device=device, dtype=torch.int64)[None]  # (1, n)
-            cos, sin = rope_cos_sin(pos, self.inv_freq, self.scaling, dtype)
+            # a table first built while generating under torch.inference_mode is reused by training (GRPO
+            # samples, then back-propagates); inference tensors cannot be saved for backward, so build a normal one
+            with torch.inference_mode(False):
+                pos = torch.arange(size, device=device, dtype=torch.int64)[None]  # (1, n)
+                cos, sin = rope_cos_sin(pos, self.inv_freq, self.scaling, dtype)
             cached = self._tables[key] = (cos[0], sin[0])
         return cached
 
