@@ -55,16 +55,16 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | dict | None = None, key: str | None = KEY,
                 headers: dict | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
-        """(status, headers, body) of one HTTP request; error statuses are returned, not raised."""
+        """(status, headers with lower-case names, body) of one HTTP request; error statuses are returned."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {}),
              **(headers or {})}
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, dict(r.headers), r.read()
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     def healthy(self) -> bool:
         return self.request("GET", "/health", key=None, timeout=5)[0] == 200
@@ -101,6 +101,12 @@ def start_server(ckpt: Path, log: Path, *extra: str, wait: bool = True) -> Serve
         server.stop()
         raise AssertionError(f"dscoder serve did not become healthy in 90 s:\n{log.read_text()}")
     return server
+
+
+@pytest.fixture(scope="session")
+def launch():
+    """`start_server` for tests that need a server of their own."""
+    return start_server
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any, AsyncIterator, Callable
 
 from ..args import Parser, add_device_args, int_range, positive_float, positive_int, resolve_device_dtype
@@ -43,7 +44,7 @@ MAX_BODY = 16 * 2**20                 # bytes; larger bodies are refused with 41
 class Served:
     """The loaded model, its tokenizer and scheduler; filled in by a background thread (`load`)."""
 
-    def __init__(self, model_dir: str, name: str, device: Any = "cpu", dtype: Any = None, max_batch: int = 8,
+    def __init__(self, model_dir: str, name: str, device: str = "auto", dtype: str = "auto", max_batch: int = 8,
                  max_queue: int = 64, max_model_len: int | None = None, timeout: float | None = 600.0):
         self.model_dir, self.name, self.device, self.dtype = model_dir, name, device, dtype
         self.max_batch, self.max_queue, self.max_model_len, self.timeout = max_batch, max_queue, max_model_len, \
@@ -59,7 +60,8 @@ class Served:
         from ..infer.scheduler import Scheduler
         from ..infer.text import decoder, load
         try:
-            engine, self.tokenizer = load(self.model_dir, self.device, self.dtype)
+            device, dtype = resolve_device_dtype(SimpleNamespace(device=self.device, dtype=self.dtype))
+            engine, self.tokenizer = load(self.model_dir, device, dtype)
             if self.max_model_len:
                 engine = Engine(engine.model, max_len=self.max_model_len)
             self.decode = decoder(self.tokenizer)
@@ -522,9 +524,8 @@ def main(argv: list[str]) -> int:
     from ..infer.text import _model_folder
     folder = _model_folder(args.model)
     api_key = args.api_key or os.environ.get("DSCODER_API_KEY") or None
-    device, dtype = resolve_device_dtype(args)
     name = args.served_model_name or folder.resolve().name
-    served = Served(args.model, name, device, dtype, args.max_batch, args.max_queue, args.max_model_len,
+    served = Served(args.model, name, args.device, args.dtype, args.max_batch, args.max_queue, args.max_model_len,
                     args.timeout)
     return _run(served, api_key, args.host, args.port)
 
