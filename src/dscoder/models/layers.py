@@ -146,7 +146,12 @@ def sdpa_mask(B: int, T: int, L: int, key_mask: torch.Tensor | None,
     """(mask, is_causal) for T new tokens after L cached slots; `key_mask` (B, L+T) is False on padding slots.
 
     mask None keeps SDPA's fast kernels for the common cases: is_causal for a fresh sequence, nothing at all for
-    one new token that sees every earlier slot."""
+    one new token that sees every earlier slot. A 4-D `key_mask` (B, 1, T, L+T) is a whole boolean mask (True: may
+    attend), used as given: e.g. the block-diagonal mask of packed fine-tuning rows."""
+    if key_mask is not None and key_mask.dim() == 4:
+        if tuple(key_mask.shape) != (B, 1, T, L + T):
+            raise ValueError(f"attn_mask has shape {tuple(key_mask.shape)}, expected {(B, 1, T, L + T)}")
+        return key_mask.to(device=device, dtype=torch.bool), False
     if key_mask is not None:
         if tuple(key_mask.shape) != (B, L + T):
             raise ValueError(f"attn_mask has shape {tuple(key_mask.shape)}, expected {(B, L + T)} "

@@ -222,10 +222,13 @@ def load_tokenizer(path: str | os.PathLike):
     if cfg.get("add_bos_token", True) and backend.token_to_id(bos) is not None:
         _ensure_bos(backend, bos)
     kwargs = {k: _token_str(cfg[k]) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if cfg.get(k)}
+    # transformers >= 4.47 saves the template as chat_template.jinja beside tokenizer_config.json
+    jinja = folder / "chat_template.jinja"
+    template = cfg.get("chat_template") or (jinja.read_text(encoding="utf-8") if jinja.is_file() else None)
     from transformers import PreTrainedTokenizerFast
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=cfg.get("model_max_length", MODEL_MAX_LENGTH),
-        chat_template=cfg.get("chat_template"), clean_up_tokenization_spaces=False, **kwargs)
+        chat_template=template, clean_up_tokenization_spaces=False, **kwargs)
 
 
 def _ensure_bos(backend, bos: str) -> None:

@@ -32,7 +32,7 @@ from ..errors import UserError
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state.pt"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
-_LEFTOVER_RE = re.compile(r"^(\.trash-.+|(step-\d{8}|final)(\.old)?\.tmp)$")
+_LEFTOVER_RE = re.compile(r"^(\.trash-.+|(step-\d{8}|final|adapter)(\.old)?\.tmp)$")
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -115,17 +115,26 @@ def save_hf_folder(final: Path, model: nn.Module, tokenizer=None, extra: dict[st
     `extra` maps file names to objects saved with torch.save. Used for checkpoints and for OUT/final/."""
     from ..models.hf import save_pretrained
 
+    def write(tmp: Path) -> None:
+        save_pretrained(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
+
+    return save_folder(final, write, meta)
+
+
+def save_folder(final: Path, write, meta: dict[str, Any] | None = None) -> Path:
+    """Atomically create folder `final` with what `write(tmp_folder)` puts there, plus a manifest (a PEFT adapter
+    folder, an HF folder): written into `final.tmp/`, fsynced, renamed into place."""
     final = Path(final)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        save_pretrained(model, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        for name, obj in (extra or {}).items():
-            torch.save(obj, tmp / name)
+        write(tmp)
         write_manifest(tmp, meta)
         fsync_dir(tmp)
         _commit(tmp, final)

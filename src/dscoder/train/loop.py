@@ -36,8 +36,27 @@ from .optim import lr_at, set_lr
 IGNORE_INDEX = -100
 
 
+@dataclass
+class Batch:
+    """Rows that carry their own targets (fine-tuning): `inputs` and `targets` (B, T), target -100 where nothing
+    is scored (prompts, padding); for packed rows also `positions` (B, T), restarting at each sample, and a boolean
+    `attn_mask` (B, 1, T, T), True where a query may attend (block-diagonal causal). `n_tokens`: the real (not
+    padding) input tokens of all rows. A plain (B, T+1) tensor of windows is inputs = [:, :-1], targets = [:, 1:]."""
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    positions: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+    n_tokens: int | None = None
+
+    def rows(self, rank: int, world: int, device: torch.device) -> "Batch":
+        """This rank's rows (`parallel.shard_rows`), on `device`."""
+        def part(t):
+            return None if t is None else parallel.shard_rows(t, rank, world).to(device)
+        return Batch(part(self.inputs), part(self.targets), part(self.positions), part(self.attn_mask))
+
+
 class BatchSource(Protocol):
-    def next_windows(self, n: int) -> torch.Tensor | None: ...      # (n, T+1)
+    def next_windows(self, n: int) -> torch.Tensor | Batch | None: ...      # (n, T+1) windows, or a Batch of n rows
     def state_dict(self) -> dict: ...
     def load_state_dict(self, st: dict) -> None: ...
 
@@ -125,10 +144,12 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- loss / eval
-def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None,
+            attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
     """(mean token CE, the model's `LMOutput`: its aux_loss (MoE, training) and expert_load (MoE) or None).
-    inputs, targets: (B, T); target -100 is not scored."""
-    out = model(inputs, return_aux=True)                                     # logits (B, T, V)
+    inputs, targets: (B, T); target -100 is not scored. positions / attn_mask: see `Batch`."""
+    extra = {k: v for k, v in (("positions", positions), ("attn_mask", attn_mask)) if v is not None}
+    out = model(inputs, return_aux=True, **extra)                            # logits (B, T, V)
     loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     return loss, out
 
@@ -161,7 +182,7 @@ def evaluate(model: nn.Module, batches: list[torch.Tensor], dtype: str = "fp32")
 
 
 # ------------------------------------------------------------------------------------------- one step
-def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor]:
+def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor | Batch]:
     rows = cfg.batch_size // cfg.grad_accum
     out = []
     for _ in range(cfg.grad_accum):
@@ -172,18 +193,26 @@ def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor]:
     return out
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[torch.Tensor], cfg: LoopConfig,
-               dist: parallel.Dist) -> dict[str, Any]:
-    """Forward/backward over this rank's rows of each micro-batch, clip, AdamW update. Returns local figures."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[torch.Tensor | Batch],
+               cfg: LoopConfig, dist: parallel.Dist) -> dict[str, Any]:
+    """Forward/backward over this rank's rows of each micro-batch, clip, AdamW update. Returns local figures, and
+    for `Batch` micro-batches the global counts of real input tokens ("tokens") and scored targets ("scored")."""
     # running sums stay on the device: no host sync inside the step
     loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
     aux_sum, has_aux, load = torch.zeros((), dtype=torch.float64, device=dist.device), False, None
+    counts: dict[str, int] = {}
     for i, global_rows in enumerate(micro):
-        rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
+        if isinstance(global_rows, Batch):
+            b = global_rows.rows(dist.rank, dist.world, dist.device)
+            counts["tokens"] = counts.get("tokens", 0) + int(global_rows.n_tokens or global_rows.inputs.numel())
+            counts["scored"] = counts.get("scored", 0) + int((global_rows.targets != IGNORE_INDEX).sum())
+        else:
+            rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
+            b = Batch(rows[:, :-1], rows[:, 1:])
         last = i == len(micro) - 1
         with parallel.grad_sync(model, last):
             with _autocast(dist.device, cfg.dtype):
-                loss, out = lm_loss(model, rows[:, :-1], rows[:, 1:])
+                loss, out = lm_loss(model, b.inputs, b.targets, b.positions, b.attn_mask)
             aux, picks = out.aux_loss, out.expert_load
             del out                                          # the logits: not kept alive into the next micro-batch
             total = loss if aux is None else loss + aux
@@ -200,7 +229,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[t
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_sum.item() / len(micro), "grad_norm": float(grad_norm),
             "aux_loss": aux_sum.item() / len(micro) if has_aux else None,
-            "expert_load": None if load is None else load.cpu()}
+            "expert_load": None if load is None else load.cpu(), **counts}
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -242,11 +271,14 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             state.step += 1
-            state.tokens += tokens_per_step
+            step_tokens = res.get("tokens", tokens_per_step)
+            state.tokens += step_tokens
             state.elapsed_s += dt
             row = {"step": state.step, "loss": parallel.all_reduce_mean(res["loss"], dist), "lr": lr,
-                   "grad_norm": res["grad_norm"], "tokens_per_s": round(tokens_per_step / dt, 1),
+                   "grad_norm": res["grad_norm"], "tokens_per_s": round(step_tokens / dt, 1),
                    "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 3)}
+            if "scored" in res:
+                row["response_tokens"] = res["scored"]
             if res["aux_loss"] is not None:
                 row["aux_loss"] = parallel.all_reduce_mean(res["aux_loss"], dist)
             if res["expert_load"] is not None:

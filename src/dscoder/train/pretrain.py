@@ -150,7 +150,7 @@ def _config_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _check_resume(saved: dict, cfg, run_args: dict) -> None:
+def _check_resume(saved: dict, cfg, run_args: dict, fixed: tuple[str, ...] = _RESUME_FIXED) -> None:
     """Refuse to resume into a different model or data stream: never a silent load (reliability §4 item 8)."""
     new = _config_dict(cfg)
     diff = sorted(k for k in set(saved["config"]) | set(new) if saved["config"].get(k) != new.get(k))
@@ -158,7 +158,7 @@ def _check_resume(saved: dict, cfg, run_args: dict) -> None:
         detail = ", ".join(f"{k}: {saved['config'].get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise UserError(f"--resume: model config differs from the checkpoint ({detail}); use a new --out, or "
                         "--init-from CHECKPOINT to start a new run from its weights")
-    bad = [k for k in _RESUME_FIXED if saved["args"].get(k) != run_args.get(k)]
+    bad = [k for k in fixed if saved["args"].get(k) != run_args.get(k)]
     if bad:
         detail = ", ".join(f"{k}: {saved['args'].get(k)!r} -> {run_args.get(k)!r}" for k in bad)
         raise UserError(f"--resume: {detail} differ from the checkpoint; they fix the data stream, keep them")
@@ -314,8 +314,10 @@ class _Start:
     done: bool = False                       # OUT/final already holds --steps: nothing to do
 
 
-def _plan_start(args, cfg, out: Path) -> _Start:
-    """Where the run starts, read from OUT (rank 0, under the lock). Refusals are UserErrors and touch nothing."""
+def _plan_start(args, cfg, out: Path, run_args: dict | None = None, fixed: tuple[str, ...] = _RESUME_FIXED,
+                prog: str = "dscoder pretrain") -> _Start:
+    """Where the run starts, read from OUT (rank 0, under the lock). Refusals are UserErrors and touch nothing.
+    Also `dscoder sft`'s, with its own `run_args` (default: pretraining's) and settings a resume must keep."""
     ck_dir, final = out / "checkpoints", out / "final"
     if not args.resume:
         found = [n for n in ("checkpoints", "final", "metrics.jsonl") if (out / n).exists()]
@@ -329,7 +331,7 @@ def _plan_start(args, cfg, out: Path) -> _Start:
         raise UserError(f"--resume: no usable checkpoint under {ck_dir}; every one was rejected:{why}\n"
                         "start over with a new --out (or --init-from a good HF folder)")
     for p, reason in rejected:
-        print(f"dscoder pretrain: skipping damaged checkpoint {p.name}: {reason}", file=sys.stderr)
+        print(f"{prog}: skipping damaged checkpoint {p.name}: {reason}", file=sys.stderr)
     final_step = ckpt.checkpoint_step(final) if final.exists() else None
     reached = [(s, where) for s, where in ((final_step, final),
                                            (_step_of(resume_from), resume_from)) if s is not None]
@@ -338,18 +340,18 @@ def _plan_start(args, cfg, out: Path) -> _Start:
             raise UserError(f"--resume --steps {args.steps}: {where} already holds step {step}; resuming would "
                             f"move the run backward (pass --steps >= {step}, or use a new --out)")
     if resume_from is not None:
-        _check_resume(ckpt.load_train_state(resume_from), cfg, _run_args(args))
+        _check_resume(ckpt.load_train_state(resume_from), cfg, run_args or _run_args(args), fixed)
     if final_step == args.steps:
-        print(f"dscoder pretrain: {final} already holds step {args.steps}; nothing to do", file=sys.stderr)
+        print(f"{prog}: {final} already holds step {args.steps}; nothing to do", file=sys.stderr)
         return _Start(resume_from, done=True)
     if resume_from is None and final_step is not None:
         raise UserError(f"--resume: {final} holds step {final_step} but {ck_dir} has no checkpoint to continue "
                         f"from (--save-every 0); start a new run with --init-from {final}")
     if resume_from is None:
-        print(f"dscoder pretrain: no checkpoint under {ck_dir}; starting at step 0", file=sys.stderr)
+        print(f"{prog}: no checkpoint under {ck_dir}; starting at step 0", file=sys.stderr)
     gone = ckpt.clean_leftovers(out) + ckpt.clean_leftovers(ck_dir)
     if gone:
-        print(f"dscoder pretrain: removed leftovers of an interrupted save: {', '.join(gone)}", file=sys.stderr)
+        print(f"{prog}: removed leftovers of an interrupted save: {', '.join(gone)}", file=sys.stderr)
     return _Start(resume_from)
 
 
@@ -403,12 +405,13 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     return 0
 
 
-def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist) -> int:
+def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist,
+             prog: str = "dscoder pretrain") -> int:
     """The message and exit status (143 = 128 + SIGTERM: not finished) of a run stopped by a signal."""
     if dist.is_main:
         where = ck_dir / f"step-{step:08d}"
         saved = f"checkpoint {where}" if (where / ckpt.MANIFEST).is_file() else "no checkpoint (no step ran)"
-        print(f"dscoder pretrain: stopped by {signal_name} at step {step}/{steps}; {saved}; continue with the same "
+        print(f"{prog}: stopped by {signal_name} at step {step}/{steps}; {saved}; continue with the same "
               "command + --resume", file=sys.stderr)
     return 143
 
@@ -444,14 +447,17 @@ def _gathered_model(model, cfg, dist):
     return plain
 
 
-def _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last):
+def _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last,
+                     export: Callable | None = None):
+    """`export(plain) -> (model to write, extra train_state entries)`: how a wrapped model (LoRA) is written."""
     # every rank's RNG: identical today (nothing draws per rank), cheap insurance for dropout-like features
     rngs = parallel.all_gather_objects(rng_state(), dist)
     plain = _gathered_model(model, cfg, dist)
     opt_state = parallel.full_optimizer_state(model, optimizer, dist)
     if dist.is_main:
+        plain, extra = export(plain) if export is not None else (plain, {})
         train_state = {"tokens": st.tokens, "elapsed_s": st.elapsed_s, "initial_eval_loss": st.initial_eval_loss,
                        "data": stream.state_dict(), "rng": rngs, "config": _config_dict(cfg), "args": run_args,
-                       "world_size": dist.world}
+                       "world_size": dist.world, **extra}
         ckpt.save_checkpoint(ck_dir, st.step, plain, opt_state, train_state, tokenizer, keep_last=keep_last)
     parallel.barrier(dist)
