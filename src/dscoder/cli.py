@@ -36,6 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data web": ("dscoder.data.web.pipeline:main", "recall code- or math-related web pages with fastText iterations"),
     "tokenizer train": ("dscoder.tokenizer.bpe:main", "train a byte-level BPE tokenizer with DeepSeek's special tokens"),
     "pretrain": ("dscoder.train.pretrain:main", "next-token + FIM pretraining (also long-context extension)"),
+    "sft": ("dscoder.train.sft:main", "instruction-tune a checkpoint with its chat template (full or LoRA)"),
     "grpo": ("dscoder.train.grpo:main", "reinforcement learning against sandboxed unit tests (GRPO)"),
     "generate": ("dscoder.infer.text:main_generate", "complete a prompt with a checkpoint"),
     "infill": ("dscoder.infer.text:main_infill", "fill in the middle between --prefix and --suffix"),
