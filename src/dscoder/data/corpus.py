@@ -3,7 +3,8 @@ its sources with (data.readers, data.languages): one walker, one decoder, one JS
 
 - A folder with a `.jsonl`, `.jsonl.gz` or `.parquet` file at its top level is a shard folder (what `data build`
   writes): every shard under it is read, in sorted order, and nothing else (its stats.json and report.md never
-  become training text). Shard rows need a string `text`.
+  become training text). In a `data build` output (it has `_done/`) only its `part-*.parquet` shards are read:
+  drops.jsonl lists what was dropped, not training text. Shard rows need a string `text`.
 - Any other folder is read as `data build` reads a source: repositories (git working trees through
   `git ls-files`, so .gitignore'd files stay out; bare repositories at HEAD), vendored folders and minified files
   skipped, UTF-8 or BOM-marked UTF-16/32 decoded, binary, LFS-pointer, blank and over-cap files skipped, files of
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .packed import corrupt_table_errors, iter_table_rows
+from .shards import SHARD_GLOB
 from .readers import DEFAULT_MAX_FILE_BYTES, SourceUnit, file_kind, iter_repos, read_file, read_unit
 
 MAX_FILE_BYTES = DEFAULT_MAX_FILE_BYTES
@@ -72,6 +74,8 @@ def _is_shard(path: Path) -> bool:
 
 
 def _shards_under(root: Path) -> list[Path]:
+    if (root / "_done").is_dir():     # a `data build` output: its shards only, never drops.jsonl or the report
+        return sorted(p for p in root.glob(SHARD_GLOB) if p.is_file() and not p.is_symlink())
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
