@@ -95,7 +95,7 @@ def test_output_is_a_corpus_pretraining_reads(run):
     from dscoder.data.corpus import iter_documents
 
     out, _ = run
-    texts = list(iter_documents(sorted(out.glob("part-*.parquet"))))
+    texts = list(iter_documents([out]))             # the folder, as `dscoder pretrain web/` reads it
     assert len(texts) == 160 and all(t.strip() for t in texts)
 
 
