@@ -172,3 +172,28 @@ def test_read_pages_is_picklable_for_worker_processes(web_corpus):
     unit = PageUnit(str(web_corpus["seed"]), "warc", "seed")
     assert pickle.loads(pickle.dumps(unit)) == unit
     assert pickle.loads(pickle.dumps(read_pages)) is read_pages
+
+
+def test_common_crawl_layout_request_metadata_and_warcinfo_are_not_pages(tmp_path):
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    path = tmp_path / "cc.warc.gz"
+    url = "https://site.test/docs/a.html"
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        w.write_record(w.create_warcinfo_record("cc.warc.gz", {"software": "test"}))
+        req = StatusAndHeaders("GET /docs/a.html HTTP/1.1", [("Host", "site.test")], is_http_request=True)
+        w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=req))
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html"), ("Content-Encoding", "gzip")],
+                                protocol="HTTP/1.1")
+        body = gzip.compress(f"<html><body><p>{WORDS}</p></body></html>".encode())
+        w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http))
+        w.write_record(w.create_warc_record(url, "metadata", payload=io.BytesIO(b"fetchTimeMs: 12\r\n"),
+                                            warc_content_type="application/warc-fields"))
+        txt = StatusAndHeaders("200 OK", [("Content-Type", "text/plain; charset=utf-8")], protocol="HTTP/1.1")
+        w.write_record(w.create_warc_record("https://site.test/robots.txt", "response",
+                                            payload=io.BytesIO(WORDS.encode()), http_headers=txt))
+    pages, drops, seen = _read(path)
+    assert [(p.url, p.text) for p in pages] == [(url, WORDS), ("https://site.test/robots.txt", WORDS)]
+    assert drops == [] and seen == 2          # HTTP gzip content-encoding undone by warcio
