@@ -1,6 +1,7 @@
 """A server's life on a small batch (1 row, 1 queue place): 503 while the model loads, 429 with Retry-After when
 the queue is full, a request cancelled while still queued never runs, and SIGTERM finishes the stream in flight,
-refuses new connections and exits 0. Also: a folder that is not a checkpoint is one error line, exit 2."""
+refuses new connections and exits 0. Also: a folder that is not a checkpoint, or a port already taken, is one error
+line and exit status 2."""
 from __future__ import annotations
 
 import json
@@ -120,8 +121,14 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(small):
         socket.create_connection(("127.0.0.1", int(small.url.rsplit(":", 1)[1])), timeout=2).close()
 
 
-def test_not_a_checkpoint_is_one_error_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dscoder.cli", "serve", "--model", str(tmp_path), "--port", "0"],
-                       capture_output=True, timeout=60)
+@pytest.mark.parametrize("case", ["not a checkpoint", "port taken"])
+def test_cannot_start_is_one_error_line(tmp_path, serve_ckpt, case):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["--model", str(tmp_path), "--port", "0"] if case == "not a checkpoint" else \
+            ["--model", str(serve_ckpt), "--port", str(taken.getsockname()[1])]
+        r = subprocess.run([sys.executable, "-m", "dscoder.cli", "serve", *argv], capture_output=True, timeout=60)
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("dscoder serve: error: "), err
+    assert ("config.json" if case == "not a checkpoint" else "cannot listen") in err[0]

@@ -540,14 +540,28 @@ def _run(served: Served, api_key: str | None, host: str, port: int) -> int:
     config = uvicorn.Config(create_app(served, api_key, on_fail), host=host, port=port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
+    sock = _listen(host, port)
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; a no-op SIGTERM handler
     # makes that a normal exit (status 0) after the requests in flight have finished
     signal.signal(signal.SIGTERM, lambda *_: None)
-    print(f"dscoder serve: loading {served.model_dir}; listening on http://{host}:{port} "
+    print(f"dscoder serve: loading {served.model_dir}; listening on http://{host}:{sock.getsockname()[1]} "
           f"(GET /health is 200 once the model is loaded)", file=sys.stderr, flush=True)
-    server.run()
+    server.run(sockets=[sock])
     if served.error:
         raise UserError(served.error)
-    if not server.started:
-        raise UserError(f"could not listen on {host}:{port}")
     return 0
+
+
+def _listen(host: str, port: int):
+    """The listening socket, bound here so that a taken port or a bad host is one error line."""
+    import socket
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
