@@ -78,7 +78,7 @@ def test_export_gguf_writes_a_readable_file(cli_env, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--out", "{tmp}/m.gguf", "--type", "q4_0"], "argument --type: invalid choice: 'q4_0'"),
-    (["--out", "{tmp}"], "is a folder; give a file name"),
+    (["--out", "{tmp}"], "argument --out: '{tmp}' is a folder"),
     (["--out", "{tmp}/no/m.gguf"], "folder '{tmp}/no' does not exist"),
 ], ids=["q4_0", "out is a folder", "out folder missing"])
 def test_export_gguf_bad_input_is_one_line_and_writes_nothing(cli_env, tmp_path, args, message):
