@@ -33,6 +33,7 @@ from .errors import UserError
 # verb (or "verb sub") -> "module:function"
 VERBS: dict[str, tuple[str, str]] = {
     "data build": ("dscoder.data.pipeline:main", "turn repositories into dependency-ordered, deduplicated samples"),
+    "data instruct": ("dscoder.data.instruct:main", "instruction pairs from code docstrings + MBPP's train split"),
     "data web": ("dscoder.data.web.pipeline:main", "recall code- or math-related web pages with fastText iterations"),
     "tokenizer train": ("dscoder.tokenizer.bpe:main", "train a byte-level BPE tokenizer with DeepSeek's special tokens"),
     "pretrain": ("dscoder.train.pretrain:main", "next-token + FIM pretraining (also long-context extension)"),
