@@ -112,7 +112,8 @@ def test_v2_template_scores_reply_and_eos(base):
     eos = tok.convert_tokens_to_ids(tok.eos_token)
     ids, labels = encode_conversation(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                       [eos])
-    assert [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX] == tok.encode(" yo", add_special_tokens=False) + [eos]
+    scored = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert scored == tok.encode(" yo", add_special_tokens=False) + [eos]
 
 
 def test_packed_rows_give_each_sample_its_unpacked_loss(base):
@@ -121,8 +122,8 @@ def test_packed_rows_give_each_sample_its_unpacked_loss(base):
 
     tok = _tokenizer(base)
     eot = tok.convert_tokens_to_ids("<|EOT|>")
-    samples = [encode_conversation(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a * k}], [eot])
-               for k, (q, a) in enumerate(PAIRS, 1)]
+    samples = [encode_conversation(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a * k}],
+                                   [eot]) for k, (q, a) in enumerate(PAIRS, 1)]
     model = load_model(base).eval()
     packed = collate([samples[:3], samples[3:]], pad_id=0, pack=True)
     with torch.no_grad():

@@ -9,11 +9,20 @@ Reading (`read_conversations`): the layouts `dscoder sft` takes, each as JSONL (
 A bad record (not JSON, not an object, a missing field, a wrong type, an empty output, a conversation that does not
 end with the assistant) is skipped and counted by reason, with its FILE:LINE (JSONL) or FILE:row N (Parquet).
 
-Making (`main`, `dscoder data instruct`): see `mine.py`'s neighbour functions below and the verb's docstring.
+Making (`main`, `dscoder data instruct`), with no hub: pairs mined from code (`mine_python`: every top-level
+Python function and class with a docstring; the instruction is built from its signature and docstring, the output
+is its code in a fenced block), plus MBPP's train split (task_ids 601–974, read through the eval package's
+benchmark lookup) with its asserts in a `tests` field, so the same file feeds GRPO. Every pair then passes the data
+pipeline's decontamination (`decontam.py`, v1 paper §2.4) against the evaluation problems of HumanEval, MBPP
+(task_ids 1–510: prompt, few-shot and test splits) and CRUXEval.
 """
 from __future__ import annotations
 
+import ast
 import json
+import os
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +47,8 @@ class ReadStats:
             self.examples.append(f"{where} ({reason})")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "used": self.used, "truncated": self.truncated, "bad": dict(self.bad), "bad_examples": self.examples}
+        return {"records": self.records, "used": self.used, "truncated": self.truncated, "bad": dict(self.bad),
+                "bad_examples": self.examples}
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -110,3 +120,154 @@ def read_conversations(paths: list[str | Path]) -> tuple[list[tuple[str, list[di
                 out.append((where, msgs))
     stats.used = len(out)
     return out, stats
+
+
+# ------------------------------------------------------------------------------------------- making pairs
+MBPP_TRAIN = range(601, 975)          # MBPP's train split (Austin et al. 2021 §2.1: 601–974)
+MBPP_EVAL = range(1, 511)             # prompt (1–10), test (11–510): what `dscoder eval` reads
+DECONTAM_BENCHMARKS = ("humaneval", "mbpp", "cruxeval-o")
+
+
+def _pair(kind: str, header: str, doc: str, code: str) -> dict[str, str]:
+    signature = " ".join(header.split())
+    return {"instruction": f"Write a Python {kind} with the signature `{signature}`.\n\n{doc}",
+            "output": f"```python\n{code}\n```"}
+
+
+def mine_python(source: str, max_lines: int = 100) -> list[dict[str, Any]]:
+    """Instruction pairs from the top-level functions and classes of a Python file that have a docstring of 3+
+    words and at most `max_lines` lines (decorators included); `line` is where each starts. Unparsable: []."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    lines = source.splitlines()
+    out = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        doc = ast.get_docstring(node)
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        if not doc or len(doc.split()) < 3 or node.end_lineno - start + 1 > max_lines:
+            continue
+        header = "\n".join(lines[node.lineno - 1:node.body[0].lineno - 1])    # the def/class line(s)
+        code = "\n".join(lines[start - 1:node.end_lineno])
+        kind = "class" if isinstance(node, ast.ClassDef) else "function"
+        out.append(dict(_pair(kind, header, doc, code), line=start))
+    return out
+
+
+def mbpp_train_pairs(data: str | None) -> list[dict[str, Any]]:
+    """MBPP train rows (task_ids 601–974) as pairs with `tests`; the rows come from eval's lookup (`--data`,
+    $DSCODER_BENCHMARKS, the hub)."""
+    from ..eval.tasks.mbpp import FIELDS, MBPP, clean_code
+
+    out = []
+    for r in sorted(MBPP().rows(data, FIELDS), key=lambda r: int(r["task_id"])):
+        if int(r["task_id"]) not in MBPP_TRAIN:
+            continue
+        tests = "\n".join(r["test_list"])
+        setup = (r.get("test_setup_code") or "").strip()
+        out.append({"instruction": f"{r['text']}\nYour code should pass these tests:\n\n{tests}",
+                    "output": f"```python\n{clean_code(r['code'])}\n```",
+                    "tests": f"{setup}\n{tests}" if setup else tests, "task_id": f"MBPP/{r['task_id']}"})
+    return out
+
+
+def benchmark_index(data: str | None):
+    """The decontamination index of the evaluation problems (`DECONTAM_BENCHMARKS`, MBPP task_ids 1–510)."""
+    from ..eval.tasks import get_task
+    from ..eval.tasks.mbpp import FIELDS, MBPP
+    from .decontam import build_index
+
+    with tempfile.TemporaryDirectory(prefix="dscoder-decontam-") as tmp:
+        paths = []
+        for name in DECONTAM_BENCHMARKS:
+            rows = ([r for r in MBPP().rows(data, FIELDS) if int(r["task_id"]) in MBPP_EVAL] if name == "mbpp"
+                    else get_task(name).load(data))
+            p = Path(tmp) / f"{name}.jsonl"
+            p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            paths.append(p)
+        return build_index(paths)
+
+
+def _mine_sources(sources: list[str], max_lines: int, stats: dict) -> list[dict[str, Any]]:
+    from .readers import iter_repos
+
+    pairs = []
+    for repo, _drops in iter_repos(sources, languages=["python"]):
+        for f in repo.files:
+            stats["files"] += 1
+            found = mine_python(f.content, max_lines)
+            stats["unparsable_or_empty_files"] += not found
+            pairs += [{"instruction": p["instruction"], "output": p["output"], "source": "mined",
+                       "origin": f"{repo.repo}/{f.path}:{p['line']}"} for p in found]
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make instruction data with no hub: pairs mined from Python code, plus MBPP's train split; decontaminated.
+
+    dscoder data instruct SRC... --out pairs.jsonl [--data BENCHMARKS] [--no-mbpp] [--max-lines N]
+Then:    dscoder sft --model BASE pairs.jsonl --out runs/sft
+
+SRC: repositories, folders, archives, JSONL/Parquet corpora (what `dscoder data build` reads); every top-level
+Python function or class with a docstring becomes {"instruction": "Write a Python function with the signature
+`def f(x):`.\n\n<docstring>", "output": "```python\n<its code>\n```"}. MBPP task_ids 601–974 are added with
+their asserts in "tests" (task_id "MBPP/N"), from --data (a benchmarks root or mbpp.jsonl, as `dscoder eval`),
+else $DSCODER_BENCHMARKS, else the hub. Exact duplicates are written once. Every pair is checked against the
+evaluation problems of HumanEval, MBPP (1–510) and CRUXEval (10-grams and test lines, as `dscoder data build`);
+a match is dropped. Counts per source go to FILE.stats.json beside --out."""
+    from ..args import Parser, out_file, positive_int
+
+    p = Parser("dscoder data instruct", main.__doc__)
+    p.add_inputs("sources", "SRC", "code to mine: folders, repositories, archives, corpora", required=False)
+    p.add_argument("--out", required=True, type=out_file, metavar="FILE", help="the pairs, JSONL")
+    p.add_argument("--data", metavar="PATH", default=None, help="benchmarks root or mbpp.jsonl (as dscoder eval)")
+    p.add_argument("--no-mbpp", action="store_true", help="leave out MBPP's train split")
+    p.add_argument("--max-lines", type=positive_int, default=100, help="longest function or class mined, in lines")
+    args = p.parse_args(argv)
+    if not args.sources and args.no_mbpp:
+        raise UserError("nothing to make: give SRC folders to mine, or leave out --no-mbpp")
+    stats: dict[str, Any] = {"mined": Counter(), "mbpp-train": Counter()}
+    pairs = _mine_sources(args.sources, args.max_lines, stats["mined"]) if args.sources else []
+    stats["mined"]["pairs"] = len(pairs)
+    if not args.no_mbpp:
+        mbpp = [dict(r, source="mbpp-train") for r in mbpp_train_pairs(args.data)]
+        stats["mbpp-train"]["pairs"] = len(mbpp)
+        pairs += mbpp
+    index = benchmark_index(args.data)
+    kept, seen, dropped = [], set(), []
+    for r in pairs:
+        key = (r["instruction"], r["output"])
+        if key in seen:
+            stats[r["source"]]["duplicates"] += 1
+            continue
+        seen.add(key)
+        hit = index.match(r["instruction"] + "\n" + r["output"])
+        if hit is not None:
+            stats[r["source"]]["decontaminated"] += 1
+            dropped.append({"source": r["source"], "where": r.get("origin") or r.get("task_id"), "match": hit})
+            continue
+        stats[r["source"]]["kept"] += 1
+        kept.append(r)
+    if not kept:
+        raise UserError("no pair left to write (nothing mined, or every pair was dropped)")
+    _write(Path(args.out), kept, {"total": len(kept), **{k: dict(v) for k, v in stats.items()},
+                                   "benchmarks": list(DECONTAM_BENCHMARKS), "decontaminated": dropped})
+    print(f"dscoder data instruct: {len(kept)} pairs ({stats['mined']['kept']} mined, "
+          f"{stats['mbpp-train']['kept']} MBPP train) in {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write(out: Path, rows: list[dict], stats: dict) -> None:
+    """The pairs and FILE.stats.json, each written to a temporary name and renamed into place."""
+    from ..durable import replace_durably
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats_file = out.with_name(out.name.removesuffix(".jsonl") + ".stats.json")
+    for path, text in ((out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
+                       (stats_file, json.dumps(stats, indent=2) + "\n")):
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        replace_durably(tmp, path)

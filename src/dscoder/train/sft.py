@@ -32,16 +32,15 @@ from typing import Any
 
 import torch
 
-from ..args import Parser, add_device_args, int_range, non_negative_int, out_dir, positive_float, positive_int, \
-    resolve_device_dtype
+from ..args import (Parser, add_device_args, non_negative_int, out_dir, positive_float, positive_int,
+                    resolve_device_dtype)
 from ..args import seed as seed_int
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import parallel
 from .loop import IGNORE_INDEX, Batch, GracefulStop, LoopConfig, TrainState, run, set_rng_state
 from .optim import build_optimizer
-from .pretrain import (_LOOP_DTYPES, _config_dict, _gathered_model, _plan_start, _RunFolder, _save_checkpoint,
-                       _seed_all, _stopped)
+from .pretrain import _LOOP_DTYPES, _gathered_model, _plan_start, _RunFolder, _save_checkpoint, _seed_all, _stopped
 
 PROG = "dscoder sft"
 TEMPLATES = ("v1", "v2", "v1-finetune-script")
@@ -92,7 +91,8 @@ def _render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return [int(t) for t in ids]
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], stops: list[int]) -> tuple[list[int], list[int]] | str:
+def encode_conversation(tokenizer, messages: list[dict[str, str]],
+                        stops: list[int]) -> tuple[list[int], list[int]] | str:
     """(ids, labels) of a conversation under `tokenizer.chat_template`, or the reason it cannot be trained on.
 
     labels[k] = ids[k] on the tokens of every assistant turn (from the end of its generation prompt, which is
@@ -272,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue from the newest complete checkpoint under OUT/checkpoints")
     a("--seed", type=seed_int, default=0, help="seeds the LoRA init and the data order (0 ... 2**64-1)")
     add_device_args(p)
-    a("--workers", dest="threads", type=int_range(1), default=None, metavar="N", help="torch CPU threads")
+    a("--workers", dest="threads", type=positive_int, default=None, metavar="N", help="torch CPU threads")
     return p
 
 
