@@ -39,6 +39,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("dscoder.train.pretrain:main", "next-token + FIM pretraining (also long-context extension)"),
     "sft": ("dscoder.train.sft:main", "instruction-tune a checkpoint with its chat template (full or LoRA)"),
     "grpo": ("dscoder.train.grpo:main", "reinforcement learning against sandboxed unit tests (GRPO)"),
+    "rm train": ("dscoder.train.reward_model:main", "train a reward model on test-labelled GRPO rollouts"),
     "generate": ("dscoder.infer.text:main_generate", "complete a prompt with a checkpoint"),
     "infill": ("dscoder.infer.text:main_infill", "fill in the middle between --prefix and --suffix"),
     "chat": ("dscoder.infer.text:main_chat", "chat with an instruct checkpoint (v1 or V2 template)"),

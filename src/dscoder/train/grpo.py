@@ -273,6 +273,10 @@ class _Run:
         self.tokenizer, self.model, self.ref, self.optimizer = tokenizer, model, ref, optimizer
         self.engine = Engine(model)
         self.cache: dict = {}
+        self.rm = None
+        if args.reward.startswith("rm:"):
+            from .reward_model import load_reward_model
+            self.rm = load_reward_model(args.reward[3:], device=next(model.parameters()).device)
 
     def step(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One GRPO step (0-based `step`): rollouts, rewards, μ updates. Returns (metrics row, rollout rows)."""
@@ -289,6 +293,10 @@ class _Run:
                                        a.max_new_tokens, a.temperature, step_seed(a.seed, step))
         scored = score_all(tasks, texts, a.timeout, a.workers, self.cache)
         rewards = torch.tensor([r for r, _ in scored], dtype=torch.float32)
+        if self.rm is not None:       # the tests still run: pass_rate and `passed` say what the RM-driven policy does
+            from .reward_model import rm_rewards
+            ends = [c[:-1] if r == "stop" else c for c, r in zip(comp, reasons)]   # as rollout_ids encodes the text
+            rewards = torch.tensor(rm_rewards(self.rm, [p + e for p, e in zip(prompts, ends)]), dtype=torch.float32)
         adv, zero_std = group_advantages(rewards, G, a.scale_rewards)
         t1 = time.perf_counter()
         keep = [b for b in range(len(rows)) if not (a.skip_zero_std and zero_std[b // G])]
@@ -305,9 +313,9 @@ class _Run:
                int(zero_std.sum()) if a.skip_zero_std else 0, "rollout_s": round(t1 - t0, 3),
                "learn_s": round(t2 - t1, 3), "completion_tokens_per_s": round(sum(n_tok) / max(t1 - t0, 1e-9), 1)}
         rollouts = [{"step": step + 1, "task_id": t.task_id, "prompt": t.prompt if t.prompt is not None
-                     else t.instruction, "kind": self.kinds[i], "completion": text, "reward": r, "passed": r == 1.0,
-                     "status": s, "finish_reason": fr}
-                    for i, t, text, (r, s), fr in zip(rows, tasks, texts, scored, reasons)]
+                     else t.instruction, "kind": self.kinds[i], "completion": text, "reward": None if math.isnan(rw) else rw,
+                     "passed": r == 1.0, "status": s, "finish_reason": fr}
+                    for i, t, text, (r, s), fr, rw in zip(rows, tasks, texts, scored, reasons, rewards.tolist())]
         return row, rollouts
 
     def _learn(self, prompts, comp, adv, keep: list[int]) -> dict[str, Any]:
@@ -378,7 +386,8 @@ def _parser() -> Parser:
     a("--skip-zero-std", action="store_true", help="leave groups whose rewards are all equal out of the update")
     a("--temperature", type=positive_float, default=1.0, help="sampling temperature of the rollouts")
     a("--max-new-tokens", type=positive_int, default=512, help="completion length cap, end token included")
-    a("--reward", type=_reward_spec, default="tests", help="tests: the sandboxed test verdict (1 pass, 0 fail)")
+    a("--reward", type=_reward_spec, default="tests",
+      help="tests: the sandboxed test verdict (1 pass, 0 fail); rm:DIR: a reward model's sigmoid score")
     a("--lr", type=positive_float, default=1e-6, help="AdamW learning rate (constant; TRL's default)")
     a("--clip", type=positive_float, default=1.0, help="gradient-norm clip")
     a("--steps", type=positive_int, required=True, help="optimizer steps in total")
@@ -422,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dscoder grpo --model DIR [--tasks FILE] --out DIR --steps N [--group-size G] [--prompts-per-step P]
                  [--beta F] [--epsilon F] [--epsilon-high F] [--mu N] [--loss-type grpo|dapo|dr_grpo]
-                 [--scale-rewards group|batch|none] [--temperature T] [--max-new-tokens N] [--reward tests]
+                 [--scale-rewards group|batch|none] [--temperature T] [--max-new-tokens N] [--reward tests|rm:DIR]
                  [--lr F] [--save-every N] [--resume] [--seed N]
 
 Tasks JSONL, one per line: {"prompt": CODE, "tests": PY} (the program is prompt + completion) or
@@ -439,8 +448,10 @@ Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy
     python scripts/grpo_toy.py --out runs/grpo-toy --steps 40"""
     args = _parser().parse_args(argv)
     args.epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
-    if args.reward != "tests":
-        raise UserError(f"--reward {args.reward}: only 'tests' is available")
+    if args.reward.startswith("rm:"):
+        from .reward_model import INFO_FILE
+        if not (Path(args.reward[3:]) / INFO_FILE).is_file():
+            raise UserError(f"--reward {args.reward}: not a reward model folder (train one with dscoder rm train)")
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"--model {args.model}: not a Hugging Face model folder (no config.json)")
