@@ -113,7 +113,7 @@ def test_cli_generate_and_infill(ckpt, loaded, tmp_path):
     full = complete(engine, tok, code, max_new_tokens=NEW)
     at = next(i for i in range(1, len(full) - 1) if full[i:i + 2].isascii() and full[i:i + 2].isprintable())
     stop = full[at:at + 2]  # an ASCII pair from the greedy text: the CLI must cut just before it
-    r = cli("generate", "--model", str(ckpt), "--max-new-tokens", str(NEW), "--stop", "@@never@@", "--stop", stop, "-",
+    r = cli("generate", "--model", str(ckpt), "--max-new-tokens", str(NEW), "--stop", "@@never@@", f"--stop={stop}", "-",
             stdin=code)
     assert r.returncode == 0, r.stderr
     assert r.stdout == _printed(full[:full.index(stop)])
