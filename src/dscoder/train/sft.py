@@ -108,7 +108,7 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]],
             prompt = chat_ids(tokenizer, messages[:i])
         except UserError as e:
             return f"assistant message {i}: {e}"
-        upto = _render(tokenizer, messages[:i + 1])
+        upto = full if i == len(messages) - 1 else _render(tokenizer, messages[:i + 1])
         if upto[:len(prompt)] != prompt or full[:len(upto)] != upto:
             return f"assistant message {i}: the template does not render its prompt as a prefix of the conversation"
         ends = [k for k, t in enumerate(upto[len(prompt):]) if t in stops]
