@@ -174,7 +174,7 @@ ADD = {"task_id": "add", "prompt": "def add(a, b):\n", "tests": "assert add(2, 3
     ("    return 0\nprint('PASS')\n", 0.0),
     ("    class Eq:\n        def __eq__(self, o): return True\n    return Eq()\n", 0.0),
 ])
-def test_test_reward_cannot_be_forged(completion, reward):
+def test_reward_cannot_be_forged(completion, reward):
     assert sandbox_reward(make_task(ADD, "t:1"), completion, timeout=10)[0] == reward
 
 
@@ -294,3 +294,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(toy, tmp_path, extra, t
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and msg in err, err
     assert not out.exists()
+
+
+def test_mbpp_train_split_is_the_default_task_set(benchmarks_dir):
+    """Task ids 601-974 only; the reference solutions of a sample pass through the reward, wrong ones do not."""
+    from dscoder.train.rewards import mbpp_train_tasks, score_all
+
+    tasks = mbpp_train_tasks(benchmarks_dir / "mbpp" / "mbpp.jsonl")
+    ids = [int(t.task_id.split("/")[1]) for t in tasks]
+    assert len(tasks) == 372 and min(ids) >= 601 and max(ids) == 974 and 601 not in ids
+    refs = {r["task_id"]: r["code"] for r in map(json.loads, (benchmarks_dir / "mbpp" / "mbpp.jsonl").open())}
+    sample = tasks[::37]
+    answers = [f"```python\n{refs[int(t.task_id.split('/')[1])]}\n```" for t in sample]
+    assert [r for r, _ in score_all(sample, answers, 10, 2)] == [1.0] * len(sample)
+    assert [r for r, _ in score_all(sample, ["```python\nx = 1\n```"] * len(sample), 10, 2)] == [0.0] * len(sample)

@@ -370,7 +370,7 @@ def _parser() -> Parser:
     p = Parser("dscoder grpo", main.__doc__)
     a = p.add_argument
     a("--model", required=True, metavar="DIR", help="the policy to start from (an HF folder with its tokenizer)")
-    a("--tasks", default=None, metavar="FILE", help="tasks JSONL (default: MBPP's train split, task_ids 601-974)")
+    a("--tasks", default=None, metavar="FILE", help="tasks JSONL (default: MBPP's train split, task_ids 601-974, from $DSCODER_BENCHMARKS/mbpp or the hub)")
     a("--out", required=True, type=out_dir, help="run folder")
     a("--group-size", type=int_range(2), default=8, help="completions per task, G")
     a("--prompts-per-step", type=positive_int, default=4, help="tasks per optimizer step, P")

@@ -130,7 +130,9 @@ def load_tasks(path: str | Path) -> list[Task]:
 
 def mbpp_train_tasks(path: str | Path | None = None) -> list[Task]:
     """MBPP's train split as chat tasks: the problem text and its asserts as the instruction (the MBPP prompt
-    shows the tests too), the asserts as tests. `path`: an mbpp.jsonl (default: the benchmarks folder)."""
+    shows the tests too), the asserts as tests. `path`: an mbpp.jsonl (default: $DSCODER_BENCHMARKS, then the hub).
+    Left out: rows with test_setup_code, and rows whose tests build the solution's own class (task 601), which
+    the two-process check cannot replay."""
     from ..eval.tasks.base import load_rows
     from ..eval.tasks.mbpp import MBPP, entry_points
 
@@ -141,13 +143,23 @@ def mbpp_train_tasks(path: str | Path | None = None) -> list[Task]:
             continue
         if (r.get("test_setup_code") or "").strip():
             continue            # setup code that builds the solution's own classes cannot run in the checker
+        names = entry_points(r["code"], r["test_list"])
+        if set(called_functions("\n".join(r["test_list"]))) & _classes(r["code"]):
+            continue            # the tests build the solution's own objects: not plain data the checker can replay
         tests = "\n".join(r["test_list"])
         instruction = f"{r['text'].strip()}\nYour code should pass these tests:\n\n{tests}"
         tasks.append(Task(task_id=f"mbpp/{r['task_id']}", tests=tests,
-                          entry_points=tuple(entry_points(r["code"], r["test_list"])), instruction=instruction))
+                          entry_points=tuple(names), instruction=instruction))
     if not tasks:
         raise UserError(f"{source}: no MBPP train-split rows (task_ids 601-974); give --tasks FILE")
     return tasks
+
+
+def _classes(code: str) -> set[str]:
+    try:
+        return {n.name for n in ast.parse(code.replace("\t", "    ")).body if isinstance(n, ast.ClassDef)}
+    except SyntaxError:
+        return set()
 
 
 def program_of(task: Task, answer: str) -> str:
