@@ -1,9 +1,11 @@
-"""A tiny checkpoint (a BPE tokenizer trained on this package's source + a random Llama) and a real `dscoder serve`
-subprocess on a free loopback port, shared by the serving tests; `start_server` starts more (SIGTERM, loading)."""
+"""A tiny checkpoint (a BPE tokenizer trained on a fixed synthetic Python corpus + a random Llama) and a real
+`dscoder serve` subprocess on a free loopback port, shared by the serving tests; `launch` starts more (SIGTERM,
+loading), and `long_prompt` is a prompt whose greedy answer runs to 200 tokens (for cancel and drain tests)."""
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "dscoder"
 KEY = "sk-dscoder-test"
 CONTEXT = 256
+LONG = 200
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +32,30 @@ def serve_ckpt(tmp_path_factory) -> Path:
     from dscoder.tokenizer.bpe import train_tokenizer
 
     out = tmp_path_factory.mktemp("serve") / "tiny-coder"
-    texts = [p.read_text() for p in sorted((SRC / "infer").glob("*.py")) + sorted((SRC / "tokenizer").glob("*.py"))]
+    texts = synthetic_python(60)
     tok = train_tokenizer(texts, vocab_size=400, out_dir=out)
     torch.manual_seed(0)
     cfg = get_preset("tiny", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
                      initializer_range=0.2)
     save_pretrained(build_model(cfg), out)
+    return out
+
+
+def synthetic_python(n: int, seed: int = 0) -> list[str]:
+    """`n` small Python modules, the same on every run (the checkpoint must not change when the package does)."""
+    rng = random.Random(seed)
+    names = ["alpha", "beta", "total", "count", "items", "value", "index", "result", "node", "path", "text", "size"]
+    out = []
+    for i in range(n):
+        lines = [f'"""Module {i}: helpers for {rng.choice(names)}."""', "import math", "import os", ""]
+        for j in range(rng.randint(2, 5)):
+            a, b = rng.sample(names, 2)
+            lines += [f"def {a}_{b}_{j}({a}, {b}):", f'    """Combine {a} and {b}."""',
+                      f"    for _ in range({rng.randint(2, 9)}):",
+                      f"        {b} = {b} {rng.choice('+-*%')} {a}", f"    return [{a}, {b}]", "", ""]
+        lines += ["class Cache:", "    def __init__(self):", "        self.items = {}", ""]
+        out.append("\n".join(lines))
     return out
 
 
@@ -115,3 +134,16 @@ def server(serve_ckpt, tmp_path_factory):
                      "--max-queue", "64")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def long_prompt(server) -> str:
+    """A prompt whose greedy completion runs to LONG tokens without meeting EOS on this checkpoint."""
+    for prompt in ("import sys\n", "def f(", "x = [", "import math\n\n", "class A:\n    ", "for i in range("):
+        status, _, raw = server.request("POST", "/v1/completions", {"model": "tiny-coder", "prompt": prompt,
+                                                                    "max_tokens": LONG, "temperature": 0})
+        assert status == 200, raw
+        if json.loads(raw)["choices"][0]["finish_reason"] == "length":
+            return prompt
+    raise AssertionError(f"no candidate prompt runs to {LONG} tokens on this checkpoint: the cancel and drain tests "
+                         "need one; add a candidate")

@@ -79,7 +79,7 @@ ROWS = [
     ("infill extra not a list", INF, {"input_prefix": "x", "input_extra": "a.py"}, 400, "input_extra", ""),
     ("infill extra unknown key", INF, {"input_prefix": "x", "input_extra": [{"filename": "a", "body": "x"}]}, 400,
      "input_extra[0].body", ""),
-    ("infill over context", INF, {"input_prefix": "x = 1\n" * 300, "n_predict": 4}, 400, "n_predict", "context"),
+    ("infill n_predict over context", INF, {"input_prefix": "x", "n_predict": 300}, 400, "n_predict", "context"),
 ]
 
 

@@ -15,7 +15,6 @@ import time
 import pytest
 
 M = "tiny-coder"
-LONG = {"model": M, "prompt": "import sys\n", "max_tokens": 200, "temperature": 0}
 
 
 def _metrics(server) -> dict[str, float]:
@@ -81,13 +80,18 @@ def test_503_while_loading_then_200(small):
     assert seen[-1] == 200 and seen[0] == 503, seen
 
 
-def test_full_queue_is_429_and_a_queued_cancel_never_runs(small):
-    running = Stream(small, LONG)
+@pytest.fixture(scope="module")
+def long(long_prompt) -> dict:
+    return {"model": M, "prompt": long_prompt, "max_tokens": 200, "temperature": 0}
+
+
+def test_full_queue_is_429_and_a_queued_cancel_never_runs(small, long):
+    running = Stream(small, long)
     running.start()
     assert running.first.wait(30)
     before = _metrics(small)
     host, port = small.url[len("http://"):].split(":")
-    payload = json.dumps({**LONG, "prompt": "x = 2\n"}).encode()
+    payload = json.dumps({**long, "prompt": "x = 2\n"}).encode()
     queued = socket.create_connection((host, int(port)), timeout=30)      # a non-streaming client that waits
     queued.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                    b"Authorization: Bearer " + small.key.encode() + b"\r\nContent-Length: " +
@@ -106,8 +110,8 @@ def test_full_queue_is_429_and_a_queued_cancel_never_runs(small):
     assert after["dscoder_prompt_tokens_total"] == before["dscoder_prompt_tokens_total"]   # never prefilled
 
 
-def test_sigterm_finishes_the_stream_in_flight_then_exits_0(small):
-    stream = Stream(small, LONG)
+def test_sigterm_finishes_the_stream_in_flight_then_exits_0(small, long):
+    stream = Stream(small, long)
     stream.start()
     assert stream.first.wait(30)
     small.proc.send_signal(signal.SIGTERM)

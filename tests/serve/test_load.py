@@ -22,8 +22,9 @@ def _requests() -> list[tuple[str, dict]]:
             out.append(("/v1/completions", {"model": M, "prompt": f"x{i} = [", "suffix": "]\n", "max_tokens": 10,
                                             "temperature": 0, "stream": True}))
         elif kind == 2:
-            out.append(("/v1/chat/completions", {"model": M, "messages": [{"role": "user", "content": f"task {i}"}],
-                                                 "max_tokens": 8 + i, "temperature": 0, "stream": i % 8 == 2}))
+            messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"task {i}"}]
+            out.append(("/v1/chat/completions", {"model": M, "messages": messages, "max_tokens": 8 + i,
+                                                 "temperature": 0, "stream": i % 8 == 2}))
         else:
             out.append(("/infill", {"input_prefix": f"class C{i}:\n    ", "input_suffix": "\n", "n_predict": 9,
                                     "temperature": 0, "stream": i % 8 == 3}))
@@ -82,11 +83,8 @@ def _metrics(server) -> dict[str, float]:
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in raw.splitlines() if not line.startswith("#"))}
 
 
-def test_disconnect_mid_stream_cancels_within_a_step(server):
-    body = {"model": M, "prompt": "import sys\n", "max_tokens": 240, "temperature": 0}
-    status, _, raw = server.request("POST", "/v1/completions", body)
-    assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] == "length", \
-        "the reference request must run to max_tokens for this test to mean anything"
+def test_disconnect_mid_stream_cancels_within_a_step(server, long_prompt):
+    body = {"model": M, "prompt": long_prompt, "max_tokens": 200, "temperature": 0}
     before = _metrics(server)
     host, port = server.url[len("http://"):].split(":")
     payload = json.dumps({**body, "stream": True}).encode()
@@ -103,6 +101,6 @@ def test_disconnect_mid_stream_cancels_within_a_step(server):
     after = _metrics(server)
     assert after["dscoder_running_sequences"] == 0 and after["dscoder_queue_depth"] == 0, (before, after)
     assert after["dscoder_cancelled_total"] == before["dscoder_cancelled_total"] + 1, (before, after)
-    assert after["dscoder_generated_tokens_total"] - before["dscoder_generated_tokens_total"] < 200, (before, after)
+    assert after["dscoder_generated_tokens_total"] - before["dscoder_generated_tokens_total"] < 150, (before, after)
     status, _, raw = server.request("POST", "/v1/completions", {**body, "max_tokens": 4})
     assert status == 200

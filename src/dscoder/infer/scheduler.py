@@ -367,12 +367,8 @@ class Scheduler:
             self._retire(gone, emit=False)
 
     def _retire(self, done: list[_Seq], emit: bool = True) -> None:
+        """Free the rows of `done`, then (emit) tell their jobs: a client that saw the end sees the row free."""
         for s in done:
-            if emit:
-                out = Engine._finish(s.out, s.reason, len(s.job.prompt), s.stops, s.job.decode)
-                lps = s.lps[:len(out.tokens)] if s.lps is not None else None
-                s.job.emit(Finished(s.index, out, lps))
-                self.counters["finished"] += 1
             row, last = self.seqs.index(s), len(self.seqs) - 1
             if row != last:                                  # keep rows packed: the last row moves into the hole
                 for name in self.fields:
@@ -382,4 +378,9 @@ class Scheduler:
             self.seqs.pop()
         if not self.seqs:
             self.L = 0
+        for s in done if emit else ():
+            out = Engine._finish(s.out, s.reason, len(s.job.prompt), s.stops, s.job.decode)
+            lps = s.lps[:len(out.tokens)] if s.lps is not None else None
+            self.counters["finished"] += 1
+            s.job.emit(Finished(s.index, out, lps))
 

@@ -9,7 +9,8 @@ one prompt builder, `infer.text` (`completion_ids`, `infill_ids`, `chat_ids`, `s
 * POST /v1/chat/completions: `messages` rendered by the chat template saved with the tokenizer.
 * POST /infill: llama.cpp's request and response (llama.vim, llama.vscode); each `input_extra` chunk becomes
   `# {filename}` + its text ahead of the current file inside the FIM prefix, the layout of DeepSeek-Coder's
-  repository-level training samples (`data.repo_order.concat_files`).
+  repository-level training samples, fitted to the context by `infer.repo_context.fit_context` (the rule
+  `dscoder complete` uses): the first-listed chunks go first, then the prefix's top and the suffix's bottom lines.
 Bad input is a 4xx in OpenAI's error envelope naming the field (`serve.schema`); a full queue is 429 with
 Retry-After; SIGTERM stops accepting connections, finishes the requests in flight, then exits 0.
 
@@ -39,6 +40,7 @@ from .metrics import Metrics
 from .schema import ApiError, bad
 
 MAX_BODY = 16 * 2**20                 # bytes; larger bodies are refused with 413 before they are read
+INFILL_RESERVE = 128                  # /infill with n_predict -1: context tokens kept free for the completion
 
 
 class Served:
@@ -202,11 +204,16 @@ def _check_model(served: Served, name: str) -> None:
 # --- the routes' work ------------------------------------------------------------------------------------------
 
 
-def fim_prefix(extra: list[tuple[str, str]], prefix: str) -> str:
-    """Repository context ahead of the current file's prefix: each extra file as `# {path}` + its text."""
-    from ..data.document import FileRecord
-    from ..data.repo_order import concat_files
-    return concat_files([FileRecord("", path, body) for path, body in extra]) + prefix
+def fim_ids(served: Served, extra: list[tuple[str, str]], prefix: str, suffix: str, budget: int) -> list[int]:
+    """The PSM prompt with repository context: each extra file as `# {path}` + its text ahead of the prefix, fitted
+    to `budget` tokens by `infer.repo_context.fit_context` (files listed first are dropped first, as the farthest;
+    then the prefix loses its top lines and the suffix its bottom lines)."""
+    from ..infer.repo_context import ContextFile, fit_context
+    from ..infer.text import encode, infill_ids
+    tok = served.tokenizer
+    files = [ContextFile(path, body, distance=len(extra) - i) for i, (path, body) in enumerate(extra)]
+    prefix, suffix = fit_context(files, prefix, suffix, lambda s: len(encode(tok, s)), budget)
+    return infill_ids(tok, prefix, suffix)
 
 
 async def completions(served: Served, body: dict, request) -> Any:
@@ -216,8 +223,12 @@ async def completions(served: Served, body: dict, request) -> Any:
     tok = served.tokenizer
 
     def build() -> list[list[int]]:
+        if req.suffix is not None and (req.extra_files or req.max_context_tokens):
+            budget = min(req.max_context_tokens or served.scheduler.max_len,
+                         served.scheduler.max_len - req.sampling.max_tokens)
+            return [fim_ids(served, req.extra_files, p, req.suffix, budget) for p in req.prompts]
         if req.suffix is not None:
-            return [infill_ids(tok, fim_prefix(req.extra_files, p), req.suffix) for p in req.prompts]
+            return [infill_ids(tok, p, req.suffix) for p in req.prompts]
         return [p if isinstance(p, list) else completion_ids(tok, p) for p in req.prompts]
     prompts = await asyncio.to_thread(build)
     params = _params(req.sampling, req.sampling.max_tokens, stop_ids(tok, "completion"), req.logprobs)
@@ -326,11 +337,16 @@ async def _stream_chat(served: Served, run: Run, head: dict, n_prompt: int, incl
 
 async def infill(served: Served, body: dict, request) -> Any:
     """llama.cpp's /infill: {content, stop, tokens_predicted, tokens_evaluated, stop_type, timings}."""
-    from ..infer.text import infill_ids, stop_ids
+    from ..infer.text import stop_ids
     req = schema.infill_request(body)
     t0 = time.monotonic()
-    ids = await asyncio.to_thread(infill_ids, served.tokenizer, fim_prefix(req.extra, req.prefix + req.prompt),
-                                  req.suffix)
+    context = served.scheduler.max_len
+    if req.n_predict >= context:
+        raise bad("n_predict", f"n_predict {req.n_predict} leaves no room for a prompt in this model's context of "
+                               f"{context} tokens")
+    reserve = req.n_predict if req.n_predict > 0 else min(INFILL_RESERVE, context // 4)
+    ids = await asyncio.to_thread(fim_ids, served, req.extra, req.prefix + req.prompt, req.suffix,
+                                  context - reserve)
     head = {"model": served.name, "tokens_evaluated": len(ids)}
     if req.n_predict == 0:                       # llama.vim warms llama.cpp's prompt cache this way
         return {**head, "content": "", "stop": True, "tokens_predicted": 0, "stop_type": "limit",

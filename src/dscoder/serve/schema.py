@@ -205,6 +205,7 @@ class CompletionRequest:
     echo: bool
     logprobs: int | None
     extra_files: list[tuple[str, str]] = field(default_factory=list)
+    max_context_tokens: int | None = None
 
 
 def model_name(f: Fields) -> str:
@@ -269,12 +270,14 @@ def completion_request(body: dict) -> CompletionRequest:
     if echo and logprobs is not None:
         raise bad("logprobs", "logprobs of the prompt (echo with logprobs) are not supported by this server")
     extra = extra_files(f.get("extra_files"), "extra_files", "filename", "text")
-    if extra and suffix is None:
-        raise bad("extra_files", "extra_files is repository context for fill-in-the-middle: give a suffix too")
+    budget = f.integer("max_context_tokens", None, 1)
+    if (extra or budget) and suffix is None:
+        raise bad("extra_files" if extra else "max_context_tokens",
+                  "extra_files and max_context_tokens shape the fill-in-the-middle prompt: give a suffix too")
     f.get("user")
     f.accept_noops(NOOPS)
     f.done()
-    return CompletionRequest(model, prompts, suffix, s, n, echo, logprobs, extra)
+    return CompletionRequest(model, prompts, suffix, s, n, echo, logprobs, extra, budget)
 
 
 @dataclass
