@@ -46,7 +46,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("dscoder.eval.harness:main", "run HumanEval / MBPP / MultiPL-E / FIM / CRUXEval in a sandbox"),
     "export gguf": ("dscoder.export.gguf:main", "write a checkpoint as one GGUF file for llama.cpp / Ollama"),
     "serve": ("dscoder.serve.openai_api:main", "OpenAI-compatible HTTP server (completions + FIM, chat, /infill)"),
-    "complete": ("dscoder.infer.repo_context:main", "complete at a cursor with the repository's dependencies as context"),
+    "complete": ("dscoder.infer.repo_context:main", "complete at a cursor, the file's repository dependencies as context"),
 }
 
 

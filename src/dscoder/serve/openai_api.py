@@ -514,7 +514,8 @@ def create_app(served: Served, api_key: str | None = None, on_fail: Callable[[],
 
 def main(argv: list[str]) -> int:
     """Serve a checkpoint over HTTP: the OpenAI API (/v1/completions with FIM `suffix`, /v1/chat/completions,
-    /v1/models), llama.cpp's /infill for editor plugins, /health and /metrics (Prometheus). SIGTERM finishes in-flight requests.
+    /v1/models), llama.cpp's /infill for editor plugins, /health and /metrics (Prometheus). SIGTERM finishes the
+    requests in flight, then exits.
 
     dscoder serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--served-model-name NAME]
                   [--max-batch N] [--max-queue N] [--max-model-len N] [--timeout S] [--device D] [--dtype T]
