@@ -308,3 +308,59 @@ def test_mbpp_train_split_is_the_default_task_set(benchmarks_dir):
     answers = [f"```python\n{refs[int(t.task_id.split('/')[1])]}\n```" for t in sample]
     assert [r for r, _ in score_all(sample, answers, 10, 2)] == [1.0] * len(sample)
     assert [r for r, _ in score_all(sample, ["```python\nx = 1\n```"] * len(sample), 10, 2)] == [0.0] * len(sample)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(toy, tmp_path):
+    import signal
+    import time
+
+    args = ["--model", str(toy / "setup" / "model"), "--tasks", str(toy / "setup" / "tasks.jsonl"),
+            "--group-size", "4", "--prompts-per-step", "2", "--max-new-tokens", "3", "--lr", "3e-3", "--mu", "2",
+            "--save-every", "1000", "--device", "cpu"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", "grpo", *args, "--out", str(killed),
+                             "--steps", "1000"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    step = len(rows(metrics))
+    assert (killed / "checkpoints" / f"step-{step:08d}" / "manifest.json").is_file() and "--resume" in err
+    assert cli("grpo", *args, "--out", str(killed), "--steps", str(step + 2), "--resume")[0] == 0
+    straight = tmp_path / "straight"
+    assert cli("grpo", *args, "--out", str(straight), "--steps", str(step + 2))[0] == 0
+    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(killed / "final" /
+                                                                                 "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "rollouts.jsonl").read_text() == (killed / "rollouts.jsonl").read_text()
+
+
+def test_chat_rollouts_end_with_the_template_end_token(toy):
+    """Chat tasks are rendered by the tokenizer's chat template and stop at <|EOT|>, which ends the completion's
+    ids (so its log-prob is trained) but not its text."""
+    from dscoder.infer.engine import Engine
+    from dscoder.infer.text import chat_ids
+    from dscoder.models.hf import build_model
+    from dscoder.models.presets import get_preset
+    from dscoder.tokenizer.bpe import load_tokenizer
+    from dscoder.tokenizer.special import special_ids
+    from dscoder.train.grpo import rollout
+
+    tok = load_tokenizer(str(toy / "setup" / "model"))
+    eot = special_ids(tok).eot
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=512))
+    with torch.no_grad():             # make <|EOT|> likely, so that some rows stop before the length cap
+        model.lm_head.weight[eot] = 0.5
+    task = make_task({"instruction": "Write f.", "tests": "assert f() == 1"}, "t:1")
+    prompt = chat_ids(tok, [{"role": "user", "content": task.instruction}])
+    ids, texts, reasons = rollout(Engine(model), tok, [task] * 8, [prompt] * 8, ["chat"] * 8, 6, 1.0, seed=1)
+    assert "stop" in reasons
+    for i, t, r in zip(ids, texts, reasons):
+        assert (i[-1] == eot) == (r == "stop") and len(i) <= 6
+        assert t == tok.decode(i[:-1] if r == "stop" else i, skip_special_tokens=True)
