@@ -116,3 +116,12 @@ def test_infill_route_speaks_llama_cpp_and_adds_repository_context(server, local
     assert "".join(e["content"] for e in events) == out["content"] and events[-1]["stop"] is True
     status, _, raw = server.request("POST", "/infill", {**body, "n_predict": 0})
     assert status == 200 and json.loads(raw)["content"] == "" and json.loads(raw)["tokens_predicted"] == 0
+
+
+def test_playground_page_is_self_contained_and_speaks_the_api(server):
+    status, headers, raw = server.request("GET", "/", key=None)
+    page = raw.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "http://" not in page and "https://" not in page and "<link" not in page and " src=" not in page
+    for route in ("/v1/chat/completions", "/v1/completions", "/v1/models", "stream: true", "suffix"):
+        assert route in page

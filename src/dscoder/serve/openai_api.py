@@ -11,8 +11,9 @@ one prompt builder, `infer.text` (`completion_ids`, `infill_ids`, `chat_ids`, `s
   `# {filename}` + its text ahead of the current file inside the FIM prefix, the layout of DeepSeek-Coder's
   repository-level training samples, fitted to the context by `infer.repo_context.fit_context` (the rule
   `dscoder complete` uses): the first-listed chunks go first, then the prefix's top and the suffix's bottom lines.
-Bad input is a 4xx in OpenAI's error envelope naming the field (`serve.schema`); a full queue is 429 with
-Retry-After; SIGTERM stops accepting connections, finishes the requests in flight, then exits 0.
+GET / is a playground page (chat and fill-in-the-middle tabs, both streaming). Bad input is a 4xx in OpenAI's error
+envelope naming the field (`serve.schema`); a full queue is 429 with Retry-After; SIGTERM stops accepting
+connections, finishes the requests in flight, then exits 0.
 
 Run it:
     dscoder serve --model ckpt --port 8000 [--api-key KEY | DSCODER_API_KEY=KEY]
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Callable
 
@@ -40,6 +42,7 @@ from .metrics import Metrics
 from .schema import ApiError, bad
 
 MAX_BODY = 16 * 2**20                 # bytes; larger bodies are refused with 413 before they are read
+PLAYGROUND = Path(__file__).with_name("playground.html")   # GET /: chat and FIM tabs, no network resources
 INFILL_RESERVE = 128                  # /infill with n_predict -1: context tokens kept free for the completion
 
 
@@ -480,7 +483,7 @@ def create_app(served: Served, api_key: str | None = None, on_fail: Callable[[],
 
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
     async def health(request):
@@ -504,7 +507,10 @@ def create_app(served: Served, api_key: str | None = None, on_fail: Callable[[],
         text = served.metrics.render(served.scheduler.stats() if served.ready.is_set() else None)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    routes = [Route("/health", health), Route("/metrics", metrics),
+    async def playground(request):
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
+
+    routes = [Route("/", playground), Route("/health", health), Route("/metrics", metrics),
               Route("/v1/models", endpoint(served, api_key, get=_models)),
               Route("/v1/completions", endpoint(served, api_key, completions), methods=["POST"]),
               Route("/v1/chat/completions", endpoint(served, api_key, chat_completions), methods=["POST"]),
