@@ -55,6 +55,7 @@ class Served:
         self.max_batch, self.max_queue, self.max_model_len, self.timeout = max_batch, max_queue, max_model_len, \
             timeout
         self.ready = threading.Event()
+        self.tokenize_lock = threading.Lock()   # a fast tokenizer's encode may reset its padding state: one at a time
         self.error: str | None = None
         self.scheduler = self.tokenizer = None
         self.created = int(time.time())
@@ -71,6 +72,10 @@ class Served:
                 engine = Engine(engine.model, max_len=self.max_model_len)
             self.decode = decoder(self.tokenizer)
             self.scheduler = Scheduler(engine, self.max_batch, self.max_queue, self.timeout).start()
+            cache = self.scheduler.cache
+            size = sum(getattr(cache, f).numel() * getattr(cache, f).element_size() for f in self.scheduler.fields)
+            print(f"dscoder serve: model loaded; batch cache {size / 2**30:.2f} GiB for {self.max_batch} rows x "
+                  f"{engine.max_len} tokens (--max-batch, --max-model-len)", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 -- reported as the verb's one error line
             self.error = str(e) if isinstance(e, UserError) else f"cannot load {self.model_dir}: {e}"
             on_fail()
@@ -80,6 +85,13 @@ class Served:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown()
+
+    async def tokenize(self, fn: Callable, *args):
+        """fn(*args) on a worker thread (long prompts must not block the event loop), one call at a time."""
+        def locked():
+            with self.tokenize_lock:
+                return fn(*args)
+        return await asyncio.to_thread(locked)
 
 
 # --- running requests -----------------------------------------------------------------------------------------
@@ -233,7 +245,7 @@ async def completions(served: Served, body: dict, request) -> Any:
         if req.suffix is not None:
             return [infill_ids(tok, p, req.suffix) for p in req.prompts]
         return [p if isinstance(p, list) else completion_ids(tok, p) for p in req.prompts]
-    prompts = await asyncio.to_thread(build)
+    prompts = await served.tokenize(build)
     params = _params(req.sampling, req.sampling.max_tokens, stop_ids(tok, "completion"), req.logprobs)
     run = Run(served, prompts, params, req.n)
     echo = [(served.decode(p) if isinstance(p, list) else p) if req.echo else "" for p in req.prompts]
@@ -289,7 +301,7 @@ async def chat_completions(served: Served, body: dict, request) -> Any:
     req = schema.chat_request(body)
     _check_model(served, req.model)
     try:
-        ids = await asyncio.to_thread(chat_ids, served.tokenizer, req.messages)
+        ids = await served.tokenize(chat_ids, served.tokenizer, req.messages)
     except UserError as e:
         raise bad("messages", str(e)) from None
     room = served.scheduler.max_len - len(ids)
@@ -348,7 +360,7 @@ async def infill(served: Served, body: dict, request) -> Any:
         raise bad("n_predict", f"n_predict {req.n_predict} leaves no room for a prompt in this model's context of "
                                f"{context} tokens")
     reserve = req.n_predict if req.n_predict > 0 else min(INFILL_RESERVE, context // 4)
-    ids = await asyncio.to_thread(fim_ids, served, req.extra, req.prefix + req.prompt, req.suffix,
+    ids = await served.tokenize(fim_ids, served, req.extra, req.prefix + req.prompt, req.suffix,
                                   context - reserve)
     head = {"model": served.name, "tokens_evaluated": len(ids)}
     if req.n_predict == 0:                       # llama.vim warms llama.cpp's prompt cache this way
