@@ -359,7 +359,7 @@ def test_chat_rollouts_end_with_the_template_end_token(toy):
         model.lm_head.weight[eot] = 0.5
     task = make_task({"instruction": "Write f.", "tests": "assert f() == 1"}, "t:1")
     prompt = chat_ids(tok, [{"role": "user", "content": task.instruction}])
-    ids, texts, reasons = rollout(Engine(model), tok, [task] * 8, [prompt] * 8, ["chat"] * 8, 6, 1.0, seed=1)
+    ids, texts, reasons = rollout(Engine(model), tok, [prompt] * 8, ["chat"] * 8, 6, 1.0, seed=1)
     assert "stop" in reasons
     for i, t, r in zip(ids, texts, reasons):
         assert (i[-1] == eot) == (r == "stop") and len(i) <= 6

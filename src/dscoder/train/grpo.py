@@ -164,7 +164,7 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.sha256(f"grpo-{seed}-{step}".encode()).digest()[:8], "big") >> 1
 
 
-def rollout(engine, tokenizer, tasks, prompt_ids: list[list[int]], kinds: list[str], max_new_tokens: int,
+def rollout(engine, tokenizer, prompt_ids: list[list[int]], kinds: list[str], max_new_tokens: int,
             temperature: float, seed: int) -> tuple[list[list[int]], list[str], list[str]]:
     """Sample one completion per row: (completion ids incl. the end token when one was produced, texts, finish
     reasons). Rows of the two kinds (completion, chat) are generated apart: each kind has its own end token."""
@@ -280,28 +280,19 @@ class _Run:
 
     def step(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One GRPO step (0-based `step`): rollouts, rewards, μ updates. Returns (metrics row, rollout rows)."""
-        from .rewards import score_all
-
         a, G = self.args, self.args.group_size
-        picked = tasks_for_step(step, len(self.tasks), a.prompts_per_step, a.seed)
-        rows = [i for i in picked for _ in range(G)]
-        tasks = [self.tasks[i] for i in rows]
+        rows = [i for i in tasks_for_step(step, len(self.tasks), a.prompts_per_step, a.seed) for _ in range(G)]
         prompts = [self.prompt_ids[i] for i in rows]
         t0 = time.perf_counter()
         self.model.eval()
-        comp, texts, reasons = rollout(self.engine, self.tokenizer, tasks, prompts, [self.kinds[i] for i in rows],
+        comp, texts, reasons = rollout(self.engine, self.tokenizer, prompts, [self.kinds[i] for i in rows],
                                        a.max_new_tokens, a.temperature, step_seed(a.seed, step))
-        scored = score_all(tasks, texts, a.timeout, a.workers, self.cache)
-        rewards = torch.tensor([r for r, _ in scored], dtype=torch.float32)
-        if self.rm is not None:       # the tests still run: pass_rate and `passed` say what the RM-driven policy does
-            from .reward_model import rm_rewards
-            ends = [c[:-1] if r == "stop" else c for c, r in zip(comp, reasons)]   # as rollout_ids encodes the text
-            rewards = torch.tensor(rm_rewards(self.rm, [p + e for p, e in zip(prompts, ends)]), dtype=torch.float32)
+        scored, rewards = self._rewards([self.tasks[i] for i in rows], prompts, comp, texts, reasons)
         adv, zero_std = group_advantages(rewards, G, a.scale_rewards)
         t1 = time.perf_counter()
         keep = [b for b in range(len(rows)) if not (a.skip_zero_std and zero_std[b // G])]
-        figures = self._learn(prompts, comp, adv, keep) if keep else {"loss": None, "kl": None, "clip_frac": None,
-                                                                       "grad_norm": None}
+        figures = self._learn(prompts, comp, adv, keep) if keep else dict.fromkeys(("loss", "kl", "clip_frac",
+                                                                                    "grad_norm"))
         t2 = time.perf_counter()
         n_tok = [len(c) for c in comp]
         row = {"step": step + 1, "reward_mean": _nanmean(rewards), "reward_std": _nanstd_value(rewards),
@@ -309,14 +300,29 @@ class _Run:
                "infra_errors": sum(s == "infra_error" for _, s in scored), **figures,
                "completion_len_mean": sum(n_tok) / len(n_tok), "completion_len_max": max(n_tok),
                "truncated_frac": sum(r == "length" for r in reasons) / len(reasons),
-               "frac_reward_zero_std": float(zero_std.float().mean()), "groups_skipped":
-               int(zero_std.sum()) if a.skip_zero_std else 0, "rollout_s": round(t1 - t0, 3),
+               "frac_reward_zero_std": float(zero_std.float().mean()),
+               "groups_skipped": int(zero_std.sum()) if a.skip_zero_std else 0, "rollout_s": round(t1 - t0, 3),
                "learn_s": round(t2 - t1, 3), "completion_tokens_per_s": round(sum(n_tok) / max(t1 - t0, 1e-9), 1)}
-        rollouts = [{"step": step + 1, "task_id": t.task_id, "prompt": t.prompt if t.prompt is not None
-                     else t.instruction, "kind": self.kinds[i], "completion": text, "reward": None if math.isnan(rw) else rw,
-                     "passed": r == 1.0, "status": s, "finish_reason": fr}
-                    for i, t, text, (r, s), fr, rw in zip(rows, tasks, texts, scored, reasons, rewards.tolist())]
-        return row, rollouts
+        logged = []
+        for i, text, (r, status), fr, rw in zip(rows, texts, scored, reasons, rewards.tolist()):
+            t = self.tasks[i]
+            logged.append({"step": step + 1, "task_id": t.task_id, "prompt": t.prompt if t.prompt is not None
+                           else t.instruction, "kind": self.kinds[i], "completion": text,
+                           "reward": None if math.isnan(rw) else rw, "passed": r == 1.0, "status": status,
+                           "finish_reason": fr})
+        return row, logged
+
+    def _rewards(self, tasks, prompts, comp, texts, reasons) -> tuple[list[tuple[float, str]], torch.Tensor]:
+        """(test verdicts, rewards (N,)): the verdicts' 0/1, or with --reward rm:DIR the reward model's scores
+        (the tests still run: pass_rate and `passed` say what the reward-model-driven policy really does)."""
+        from .rewards import score_all
+
+        scored = score_all(tasks, texts, self.args.timeout, self.args.workers, self.cache)
+        if self.rm is None:
+            return scored, torch.tensor([r for r, _ in scored], dtype=torch.float32)
+        from .reward_model import rm_rewards
+        ends = [c[:-1] if r == "stop" else c for c, r in zip(comp, reasons)]     # as rollout_ids encodes the text
+        return scored, torch.tensor(rm_rewards(self.rm, [p + e for p, e in zip(prompts, ends)]), dtype=torch.float32)
 
     def _learn(self, prompts, comp, adv, keep: list[int]) -> dict[str, Any]:
         a = self.args
@@ -370,7 +376,8 @@ def _parser() -> Parser:
     p = Parser("dscoder grpo", main.__doc__)
     a = p.add_argument
     a("--model", required=True, metavar="DIR", help="the policy to start from (an HF folder with its tokenizer)")
-    a("--tasks", default=None, metavar="FILE", help="tasks JSONL (default: MBPP's train split, task_ids 601-974, from $DSCODER_BENCHMARKS/mbpp or the hub)")
+    a("--tasks", default=None, metavar="FILE",
+      help="tasks JSONL (default: MBPP's train split, task_ids 601-974, from $DSCODER_BENCHMARKS/mbpp or the hub)")
     a("--out", required=True, type=out_dir, help="run folder")
     a("--group-size", type=int_range(2), default=8, help="completions per task, G")
     a("--prompts-per-step", type=positive_int, default=4, help="tasks per optimizer step, P")
@@ -479,10 +486,29 @@ Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy
             out.rmdir()
 
 
-def _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_from) -> int:
+def _restore(args, device, resume_from: Path | None):
+    """(policy, frozen reference or None, AdamW, first step, seconds trained so far): from --model, or from the
+    checkpoint being resumed (weights, optimizer moments, RNG states); the reference is always --model."""
     from ..models.hf import load_model
-    from .loop import GracefulStop, rng_state, set_rng_state
+    from .loop import set_rng_state
     from .optim import build_optimizer
+
+    model = load_model(str(resume_from or args.model), device=device)
+    ref = None
+    if args.beta > 0:
+        ref = load_model(args.model, device=device).eval()
+        ref.requires_grad_(False)
+    optimizer = build_optimizer(model, args.lr, weight_decay=0.0)
+    if resume_from is None:
+        return model, ref, optimizer, 0, 0.0
+    saved = ckpt.load_train_state(resume_from)
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"])
+    return model, ref, optimizer, int(saved["step"]), float(saved["elapsed_s"])
+
+
+def _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_from) -> int:
+    from .loop import GracefulStop, rng_state
     from .parallel import Dist
 
     out = Path(args.out)
@@ -491,18 +517,7 @@ def _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_f
     prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        model = load_model(str(resume_from or args.model), device=device)
-        ref = None
-        if args.beta > 0:
-            ref = load_model(args.model, device=device).eval()
-            ref.requires_grad_(False)
-        optimizer = build_optimizer(model, args.lr, weight_decay=0.0)
-        start, elapsed = 0, 0.0
-        if resume_from is not None:
-            saved = ckpt.load_train_state(resume_from)
-            optimizer.load_state_dict(saved["optimizer"])
-            set_rng_state(saved["rng"])
-            start, elapsed = int(saved["step"]), float(saved["elapsed_s"])
+        model, ref, optimizer, start, elapsed = _restore(args, device, resume_from)
         run = _Run(args, tasks, prompt_ids, kinds, tokenizer, model, ref, optimizer)
         metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume_from else None)
         rollouts = MetricsLog(out / "rollouts.jsonl", resume_step=start if resume_from else None)
@@ -524,8 +539,10 @@ def _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_f
                     for r in rows:
                         rollouts.log(r)
                     metrics.log(row)
+                    reward = row["reward_mean"]
                     progress.update(step, row["loss"] if row["loss"] is not None else float("nan"),
-                                    row["completion_tokens_per_s"], f" | reward {row['reward_mean'] if row['reward_mean'] is None else round(row['reward_mean'], 3)}")
+                                    row["completion_tokens_per_s"],
+                                    f" | reward {'n/a' if reward is None else round(reward, 3)}")
                     if (args.save_every and step % args.save_every == 0) or step == args.steps:
                         save(step)
                         saved_step = step
