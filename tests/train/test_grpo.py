@@ -364,3 +364,18 @@ def test_chat_rollouts_end_with_the_template_end_token(toy):
     for i, t, r in zip(ids, texts, reasons):
         assert (i[-1] == eot) == (r == "stop") and len(i) <= 6
         assert t == tok.decode(i[:-1] if r == "stop" else i, skip_special_tokens=True)
+
+
+def test_skip_zero_std_groups_and_other_aggregations(toy, tmp_path):
+    """With --skip-zero-std, groups whose rewards all tie are counted and left out of the update; a step where
+    every group ties makes no update (loss None). dapo aggregation and batch scaling run through the CLI."""
+    out = tmp_path / "skip"
+    code, err = small_run(toy, out, 3, "--skip-zero-std", "--loss-type", "dapo", "--scale-rewards", "batch",
+                          "--beta", "0")
+    assert code == 0, err
+    m = rows(out / "metrics.jsonl")
+    for r in m:
+        assert r["groups_skipped"] == round(r["frac_reward_zero_std"] * 2)
+        assert (r["loss"] is None) == (r["groups_skipped"] == 2)
+        assert r["kl"] is None
+    assert any(r["groups_skipped"] for r in m)
