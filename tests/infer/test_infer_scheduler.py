@@ -10,7 +10,7 @@ import torch
 
 from dscoder.errors import UserError
 from dscoder.infer.engine import Engine
-from dscoder.infer.scheduler import Failed, Finished, Job, Params, QueueFull, Scheduler, Tokens
+from dscoder.infer.scheduler import Failed, Job, Params, QueueFull, Scheduler, Tokens
 from dscoder.models.presets import get_preset
 
 MAX_LEN = 64
