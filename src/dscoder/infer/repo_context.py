@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..args import Parser, add_device_args, finite_float, non_negative_float, positive_int, resolve_device_dtype
+from ..args import (Parser, add_device_args, finite_float, non_negative_float, positive_int, read_text_arg,
+                    resolve_device_dtype)
 from ..args import seed as seed_int
 from ..errors import UserError
 
@@ -191,6 +192,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stop", action="append", default=[], metavar="S", help="stop string (repeat for several)")
     add_device_args(p)
     args = p.parse_args(argv)
+    args.stop = [read_text_arg(s, f"--stop {i + 1}") for i, s in enumerate(args.stop)]
     gen = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     cur = repo_cursor(args.repo, args.file, args.line, args.col)
     if args.endpoint:           # the server fits the same context to its own tokenizer and context length
