@@ -168,3 +168,18 @@ def test_cancel_timeout_queue_bound_and_bad_requests(engine):
         assert waiting.cancelled is False and sched.stats()["running"] == 0
     finally:
         sched.shutdown(10)
+
+
+def test_an_owner_that_cannot_take_events_is_dropped_and_others_go_on(engine):
+    def closed_loop(event):
+        raise RuntimeError("Event loop is closed")
+    sched = Scheduler(engine, max_batch=2, max_queue=4).start()
+    try:
+        c = Collector()
+        gone = sched.submit(Job([1, 2, 3], Params(20), emit=closed_loop))
+        sched.submit(c.job([4, 5], Params(6), key="ok"))
+        assert c.wait(1)["ok"][0].output.tokens == engine.generate([[4, 5]], 6)[0].tokens
+        assert gone.cancelled
+    finally:
+        sched.shutdown(10)
+    assert sched.stats()["running"] == 0 and sched.thread is not None and not sched.thread.is_alive()

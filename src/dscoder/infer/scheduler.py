@@ -125,6 +125,15 @@ class _Seq:
         return self.stops.max_bytes if self.stops is not None else 0
 
 
+def _tell(job: Job, event: Event) -> None:
+    """Hand `event` to the job's owner; an owner that cannot take it any more (its event loop closed) has gone:
+    the job is cancelled, and the scheduler carries on."""
+    try:
+        job.emit(event)
+    except Exception:  # noqa: BLE001 -- the owner's failure must not stop the thread that serves everyone
+        job.cancel()
+
+
 def _cache_fields(cache) -> tuple[str, str]:
     """The cache's per-slot tensors. Both keep layers at dim 0, the batch at dim 1 and slots at dim -2."""
     if hasattr(cache, "c_kv"):          # models.deepseek_v2.LatentCache: (layers, B, S, d)
@@ -238,7 +247,7 @@ class Scheduler:
 
     def _fail_all(self, message: str) -> None:
         for job in {s.job for s in self.seqs}:
-            job.emit(Failed(message))
+            _tell(job, Failed(message))
         self.seqs, self.L = [], 0
 
     def _fits(self, job: Job) -> bool:
@@ -258,7 +267,7 @@ class Scheduler:
                     gone = self.queue.popleft()
                     self.counters["cancelled"] += 1
                     if not gone.cancelled:
-                        gone.emit(Failed("the request timed out while waiting in the queue"))
+                        _tell(gone, Failed("the request timed out while waiting in the queue"))
                 if not self.queue or not self._fits(self.queue[0]):
                     return
                 job = self.queue.popleft()
@@ -356,7 +365,7 @@ class Scheduler:
                 s.reason = "length"
             elif len(s.out) - s.sent > s.hold:
                 k = len(s.out) - s.hold
-                s.job.emit(Tokens(s.index, s.out[s.sent:k], s.lps[s.sent:k] if s.lps is not None else None))
+                _tell(s.job, Tokens(s.index, s.out[s.sent:k], s.lps[s.sent:k] if s.lps is not None else None))
                 s.sent = k
         self._retire([s for s in seqs if s.reason is not None])
 
@@ -382,5 +391,5 @@ class Scheduler:
             out = Engine._finish(s.out, s.reason, len(s.job.prompt), s.stops, s.job.decode)
             lps = s.lps[:len(out.tokens)] if s.lps is not None else None
             self.counters["finished"] += 1
-            s.job.emit(Finished(s.index, out, lps))
+            _tell(s.job, Finished(s.index, out, lps))
 

@@ -32,6 +32,7 @@ class Run:
         checked = [served.scheduler.check(p, params, n) for p in prompts]    # all or nothing is queued
         try:
             for i, ids in enumerate(checked):
+                # called from the scheduler thread; once the loop is closed it raises and the scheduler drops the job
                 emit = (lambda ev, i=i: loop.call_soon_threadsafe(self.q.put_nowait, (i, ev)))
                 self.jobs.append(served.scheduler.submit(Job(ids, params, emit, n=n, decode=served.decode)))
         except BaseException:
