@@ -271,7 +271,11 @@ class Scheduler:
                 if not self.queue or not self._fits(self.queue[0]):
                     return
                 job = self.queue.popleft()
-            self._prefill(job)
+            try:
+                self._prefill(job)
+            except Exception as e:  # e.g. out of memory on a long prompt: this request fails, the batch goes on
+                self.seqs = [s for s in self.seqs if s.job is not job]
+                _tell(job, Failed(f"{type(e).__name__}: {e}"))
 
     def _make_room(self, P: int, need: int) -> None:
         """Move the rows so a prompt of P tokens ends at the cursor and every row's remaining tokens (at most
