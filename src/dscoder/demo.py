@@ -7,9 +7,11 @@
 2. `dscoder tokenizer train` a byte-level BPE with DeepSeek's special tokens on those shards -> OUT/tokenizer.
 3. `dscoder pretrain --preset tiny` with FIM (PSM, rate 0.5) -> OUT/metrics.jsonl, OUT/loss.png, OUT/final/.
 4. Held-out loss before and after, one completion and one infill from OUT/final.
-5. `dscoder data instruct` the same stdlib (functions and classes with docstrings, plus MBPP's train split when the
-   benchmark files are at $DSCODER_BENCHMARKS or ../shared/benchmarks; decontaminated) -> OUT/instruct.jsonl,
-   then a short `dscoder sft` of OUT/final with the v1 instruct template -> OUT/sft/final, and one chat answer.
+5. `dscoder data instruct` the same stdlib (functions and classes of up to 20 lines with docstrings, plus MBPP's
+   train split when the benchmark files are at $DSCODER_BENCHMARKS or ../shared/benchmarks; decontaminated)
+   -> OUT/instruct.jsonl.
+6. A short `dscoder sft` of OUT/final with the v1 instruct template and packed rows -> OUT/sft/final, then one
+   chat answer from it.
 
 The same verbs scale up: on a GPU, `dscoder pretrain --preset deepseek-coder-1.3b ...` with real data.
 Each step is skipped when its output is already complete, except training, which starts fresh each run.
@@ -62,11 +64,14 @@ def pretrain(out: Path, data: Path, tok: Path, steps: int, threads: int) -> dict
     for stale in ("checkpoints", "final", "metrics.jsonl", "loss.png", "summary.json"):
         p = out / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    pt.main(["--preset", "tiny", "--tokenizer", str(tok), str(data), "--out", str(out),
-             "--steps", str(steps), "--seq-len", "512", "--batch-size", "16", "--lr", "1e-3",
-             "--warmup", str(max(1, steps // 20)), "--schedule", "step", "--fim-rate", "0.5",
-             "--eval-every", str(max(1, steps // 4)), "--eval-batches", "6", "--heldout-every", "40",
-             "--save-every", str(max(1, steps // 2)), "--keep-last", "1", "--workers", str(threads), "--seed", "0"])
+    rc = pt.main(["--preset", "tiny", "--tokenizer", str(tok), str(data), "--out", str(out),
+                  "--steps", str(steps), "--seq-len", "512", "--batch-size", "16", "--lr", "1e-3",
+                  "--warmup", str(max(1, steps // 20)), "--schedule", "step", "--fim-rate", "0.5",
+                  "--eval-every", str(max(1, steps // 4)), "--eval-batches", "6", "--heldout-every", "40",
+                  "--save-every", str(max(1, steps // 2)), "--keep-last", "1", "--workers", str(threads),
+                  "--seed", "0"])
+    if rc:                                   # stopped by a signal (143): no summary, nothing more to show
+        raise SystemExit(rc)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -111,11 +116,12 @@ def instruct(out: Path, steps: int, threads: int) -> None:
 
     pairs = out / "instruct.jsonl"
     _banner(f"5/6 instruction data: docstrings of the stdlib + MBPP train -> {pairs}")
-    di.main([sysconfig.get_paths()["stdlib"], "--out", str(pairs), "--data", str(_benchmarks())])
+    di.main([sysconfig.get_paths()["stdlib"], "--out", str(pairs), "--data", str(_benchmarks()),
+             "--max-lines", "20"])
     _banner(f"6/6 sft: v1 instruct template, packed rows, {steps} steps -> {out / 'sft'}")
     shutil.rmtree(out / "sft", ignore_errors=True)
     sft.main(["--model", str(out / "final"), str(pairs), "--out", str(out / "sft"), "--template", "v1",
-              "--steps", str(steps), "--seq-len", "512", "--batch-size", "8", "--lr", "1e-3", "--pack",
+              "--steps", str(steps), "--seq-len", "256", "--batch-size", "8", "--lr", "1e-3", "--pack",
               "--workers", str(threads), "--seed", "0"])
     model_dir = out / "sft" / "final"
     engine, tok = dscoder.Engine(dscoder.load_model(model_dir)), dscoder.load_tokenizer(model_dir)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 500)), metavar="N",
                    help="pretraining steps ($DSCODER_DEMO_STEPS)")
     p.add_argument("--vocab-size", type=int_range(257), default=4096, metavar="N", help="tokenizer vocabulary")
-    p.add_argument("--sft-steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_SFT_STEPS", 60)),
+    p.add_argument("--sft-steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_SFT_STEPS", 40)),
                    metavar="N", help="instruction-tuning steps ($DSCODER_DEMO_SFT_STEPS)")
     p.add_argument("--workers", dest="threads", type=positive_int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes for the data build, torch threads for training")
