@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..args import Parser, comma_list, finite_float, out_dir, positive_int
-from ..durable import replace_durably
+from ..durable import lock_run_folder, replace_durably
 from ..errors import UserError
 from .decontam import BenchmarkIndex, default_benchmarks
 from .document import Drop
@@ -450,7 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cfg = _config(args)
     t0 = time.monotonic()
-    result = build(args.sources, args.out, cfg, args.executor, args.workers)
+    created = not args.out.exists()
+    try:
+        with lock_run_folder(args.out):     # one build per --out at a time; the kernel drops it if we are killed
+            result = build(args.sources, args.out, cfg, args.executor, args.workers)
+    except UserError:
+        if created and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()                # refused before anything was written: no empty folder left behind
+        raise
     out, dt = result["output"], time.monotonic() - t0
     read_in = result["stages"]["read"]["in"]
     print(f"data build: {read_in} files -> {out['samples']} samples ({out['bytes'] / 1e6:.1f} MB) in "
