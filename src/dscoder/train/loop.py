@@ -145,12 +145,14 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------- loss / eval
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None,
-            attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
-    """(mean token CE, the model's `LMOutput`: its aux_loss (MoE, training) and expert_load (MoE) or None).
-    inputs, targets: (B, T); target -100 is not scored. positions / attn_mask: see `Batch`."""
+            attn_mask: torch.Tensor | None = None, reduction: str = "mean") -> tuple[torch.Tensor, Any]:
+    """(mean token CE -- or the sum, with reduction="sum" --, the model's `LMOutput`: its aux_loss (MoE, training)
+    and expert_load (MoE) or None). inputs, targets: (B, T); target -100 is not scored. positions / attn_mask: see
+    `Batch`."""
     extra = {k: v for k, v in (("positions", positions), ("attn_mask", attn_mask)) if v is not None}
     out = model(inputs, return_aux=True, **extra)                            # logits (B, T, V)
-    loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction=reduction)
     return loss, out
 
 
@@ -196,27 +198,40 @@ def _micro_batches(data: BatchSource, cfg: LoopConfig) -> list[torch.Tensor | Ba
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[torch.Tensor | Batch],
                cfg: LoopConfig, dist: parallel.Dist) -> dict[str, Any]:
     """Forward/backward over this rank's rows of each micro-batch, clip, AdamW update. Returns local figures, and
-    for `Batch` micro-batches the global counts of real input tokens ("tokens") and scored targets ("scored")."""
+    for `Batch` micro-batches the global counts of real input tokens ("tokens") and scored targets ("scored").
+
+    Windows all score the same number of targets, so the loss is the mean of the micro-batch means. `Batch` rows
+    score different numbers (replies differ in length), so each rank backpropagates its CE sum x world / the scored
+    targets of the whole step: after DDP's average over ranks the gradient is that of the token mean over the
+    global batch, as one process would compute it, and the logged loss (the mean over ranks) is that mean."""
     # running sums stay on the device: no host sync inside the step
     loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
     aux_sum, has_aux, load = torch.zeros((), dtype=torch.float64, device=dist.device), False, None
     counts: dict[str, int] = {}
+    if isinstance(micro[0], Batch):
+        counts["tokens"] = sum(int(m.n_tokens or m.inputs.numel()) for m in micro)
+        counts["scored"] = sum(int((m.targets != IGNORE_INDEX).sum()) for m in micro)
     for i, global_rows in enumerate(micro):
         if isinstance(global_rows, Batch):
             b = global_rows.rows(dist.rank, dist.world, dist.device)
-            counts["tokens"] = counts.get("tokens", 0) + int(global_rows.n_tokens or global_rows.inputs.numel())
-            counts["scored"] = counts.get("scored", 0) + int((global_rows.targets != IGNORE_INDEX).sum())
         else:
             rows = parallel.shard_rows(global_rows, dist.rank, dist.world).to(dist.device)  # (b, T+1)
             b = Batch(rows[:, :-1], rows[:, 1:])
         last = i == len(micro) - 1
         with parallel.grad_sync(model, last):
             with _autocast(dist.device, cfg.dtype):
-                loss, out = lm_loss(model, b.inputs, b.targets, b.positions, b.attn_mask)
+                if counts:
+                    loss, out = lm_loss(model, b.inputs, b.targets, b.positions, b.attn_mask, reduction="sum")
+                    loss = loss * (dist.world / max(1, counts["scored"]))
+                else:
+                    loss, out = lm_loss(model, b.inputs, b.targets)
             aux, picks = out.aux_loss, out.expert_load
             del out                                          # the logits: not kept alive into the next micro-batch
-            total = loss if aux is None else loss + aux
-            (total / len(micro)).backward()
+            if counts:
+                total = loss if aux is None else loss + aux / len(micro)
+            else:
+                total = (loss if aux is None else loss + aux) / len(micro)
+            total.backward()
         loss_sum += loss.detach().double()
         if aux is not None:
             aux_sum, has_aux = aux_sum + aux.detach().double(), True
@@ -227,7 +242,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro: list[t
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_sum.item() / len(micro), "grad_norm": float(grad_norm),
+    return {"loss": loss_sum.item() / (1 if counts else len(micro)), "grad_norm": float(grad_norm),
             "aux_loss": aux_sum.item() / len(micro) if has_aux else None,
             "expert_load": None if load is None else load.cpu(), **counts}
 
