@@ -1,4 +1,8 @@
 """`dscoder eval` table: bad input is one error line and exit 2, with nothing written under --out."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from conftest import Row, check, ids
@@ -25,10 +29,25 @@ ROWS = [
         "does not exist", absent=["{tmp}/o"], id="missing checkpoint"),
     Row(["eval", "--benchmark", "humaneval", "--data", "{bench}", "--model", "{ckpt}", "--device", "cuda:99"], 2,
         "--device cuda:99", id="--device cuda:99"),
-    Row([*EVAL, "--out", "{tmp}/o"], 0, "", SAMPLES, absent=["{tmp}/o/.lock"], id="a clean run"),
 ]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
 def test_eval(row, cli_env, tmp_path):
     check(row, cli_env, tmp_path)
+
+
+def test_a_run_leaves_only_its_results(cli_env, tmp_path):
+    """Scratch space of the sandboxed samples is gone afterwards: TMPDIR keeps only the sandbox's uid lease files
+    (eval/isolation.py LOCK_DIR, shared by every run by design), --out only the results and no lock."""
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "s.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n')
+    argv = [cli_env.fill(a, tmp_path) for a in EVAL] + ["--out", str(tmp_path / "o")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
+    r = subprocess.run([sys.executable, "-m", "dscoder.cli", *argv], cwd=tmp_path, env=env, capture_output=True,
+                       timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode()
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] in ([], ["dscoder-sandbox-uids"])
+    assert all(p.is_file() for p in (tmp_path / "tmp").rglob("*") if p.parent.name == "dscoder-sandbox-uids")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == \
+        ["results.jsonl", "run.json", "summary.json", "summary.md"]
