@@ -164,6 +164,26 @@ def cleanup(dist: Dist) -> None:
         tdist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def training_process(threads: int | None, device: str):
+    """A training run's process-wide settings: torch threads, deterministic algorithms (deterministic cuBLAS for
+    exact resume) and the process group; all put back on exit, so an in-process caller (a test, a notebook) is
+    unaffected. Yields the `Dist`."""
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    dist = init_distributed(device)
+    try:
+        yield dist
+    finally:
+        cleanup(dist)
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
+
+
 # --------------------------------------------------------------------------------- state for checkpoints
 def full_model_state(model: nn.Module, dist: Dist) -> dict[str, torch.Tensor]:
     """A full, unsharded CPU state dict (every rank must call this under FSDP: it all-gathers)."""

@@ -240,15 +240,7 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
     ids = special_ids(tokenizer, require_fim=args.fim_rate > 0)
     cfg = build_config(args, tokenizer, ids)
     check_corpus(args.data, args.heldout_every)           # before anything is written under --out
-    # process-wide settings, put back afterwards so an in-process caller (tests, a notebook) is unaffected
-    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS for exact resume
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    dist = parallel.init_distributed(resolve_device_dtype(args)[0].type)
-    try:
+    with parallel.training_process(args.threads, resolve_device_dtype(args)[0].type) as dist:
         micro_rows = args.batch_size // args.grad_accum
         if micro_rows % dist.world:
             raise UserError(f"--batch-size / --grad-accum = {micro_rows} rows per micro-batch is not divisible by "
@@ -258,10 +250,6 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
             if start.done:
                 return 0
             return _train(args, cfg, tokenizer, dist, start.resume_from, stop)
-    finally:
-        parallel.cleanup(dist)
-        torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
 
 class _RunFolder:

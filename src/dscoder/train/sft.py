@@ -349,14 +349,7 @@ SIGTERM: checkpoint, exit 143 (continue with --resume)."""
     args = _parser().parse_args(argv)
     _validate(args)
     tokenizer, samples, stats = prepare(args)
-    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS for exact resume
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    dist = parallel.init_distributed(resolve_device_dtype(args)[0].type)
-    try:
+    with parallel.training_process(args.threads, resolve_device_dtype(args)[0].type) as dist:
         if args.batch_size % dist.world:
             raise UserError(f"--batch-size {args.batch_size} is not divisible by {dist.world} processes")
         stream = SFTStream(samples, args.seq_len, args.pack, _pad_id(tokenizer), args.seed)
@@ -369,10 +362,6 @@ SIGTERM: checkpoint, exit 143 (continue with --resume)."""
             if start.done:
                 return 0
             return _train(args, cfg, tokenizer, stream, stats, dist, start.resume_from, stop)
-    finally:
-        parallel.cleanup(dist)
-        torch.set_num_threads(prev[0])
-        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
 
 def _pad_id(tokenizer) -> int:
