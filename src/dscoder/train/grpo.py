@@ -36,7 +36,7 @@ from ..args import seed as seed_int
 from ..durable import lock_run_folder
 from ..errors import UserError
 from . import checkpoint as ckpt
-from .metrics import MetricsLog, Progress, read_metrics
+from .metrics import MetricsLog, Progress, read_metrics, save_figure
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -257,11 +257,7 @@ def plot_reward(metrics_path: Path, png_path: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = Path(png_path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    save_figure(fig, png_path)
 
 
 class _Run:

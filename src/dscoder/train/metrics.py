@@ -106,6 +106,13 @@ def plot_loss(metrics_path: Path, png_path: Path, initial_eval: float | None = N
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path: str | Path) -> None:
+    """Write a matplotlib figure as PNG under a temporary name, then rename: a reader never sees half a file."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = Path(png_path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -31,7 +31,7 @@ import numpy as np
 from ...args import Parser, finite_float, int_range, out_dir, positive_int, seed
 from ...durable import lock_run_folder, replace_durably
 from ...errors import UserError
-from ..decontam import build_index, default_benchmarks
+from ..decontam import benchmark_files, build_index
 from ..document import Drop
 from ..executors import make_executor
 from ..filters import content_hash
@@ -346,12 +346,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> WebConfig:
-    if args.no_decontaminate:
-        bench: list = []
-    elif args.decontaminate is not None:
-        bench = [str(Path(b).resolve()) for b in args.decontaminate]
-    else:
-        bench = [str(p) for p in default_benchmarks()]
+    bench = benchmark_files(args.decontaminate, disabled=args.no_decontaminate)
     ft = FastTextParams(dim=args.dim, lr=args.lr, word_ngrams=args.word_ngrams, min_count=args.min_count,
                         epoch=args.epoch, buckets=args.buckets, seed=args.seed % 2**31)   # fastText's seed is a C int
     rc = RecallConfig(iterations=args.iterations, domain_threshold=args.domain_threshold, min_score=args.min_score,
