@@ -82,7 +82,7 @@ class EngineGenerator:
             for (kind, stop, new), members in groups.items():
                 outs = self.engine.generate([ids[i] for i in members], max_new_tokens=new, temperature=temperature,
                                             stop_ids=stop_ids(self.tok, kind, self.chat_style),
-                                            stop_strings=list(stop), decode=decode, seed=seed + start)
+                                            stop_strings=list(stop), decode=decode, seed=(seed + start) % 2**64)
                 for i, o in zip(members, outs):
                     pending.setdefault(i, []).append(o.text or "")
             done = [(i, pending.pop(i)) for i in sorted(pending) if len(pending[i]) == n]
@@ -149,13 +149,13 @@ class EndpointGenerator:
             for c in choices:
                 text = (c.get("message") or {}).get("content") if field == "message" else c.get("text")
                 texts.append(text or "")
-            body["seed"] = seed + len(texts)
+            body["seed"] = (seed + len(texts)) % 2**64
         return texts[:n]
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0,
                  max_new_tokens: int | None = None, seed: int = 0) -> Iterator[Batch]:
         with ThreadPoolExecutor(self.workers) as ex:
-            futs = [ex.submit(self._one, p, n, temperature, max_new_tokens or p.max_new_tokens, seed + i)
+            futs = [ex.submit(self._one, p, n, temperature, max_new_tokens or p.max_new_tokens, (seed + i) % 2**64)
                     for i, p in enumerate(prompts)]
             for i, f in enumerate(futs):
                 yield [(i, f.result())]
