@@ -2,7 +2,7 @@
 
 Also prints the expert load balance (max / mean picks per expert, per MoE layer) and the KV-cache size per token
 of the latent cache (c_kv + shared rope key) against an expanded per-head K/V cache for the Lite and 236B configs
-(V2 paper §2.1.2; reference §2.4 item 7).
+(V2 paper §2.1.2; modeling_deepseek.py).
 
 Run:
     .venv/bin/python benchmarks/bench_moe.py                       # hidden 512, 4 layers, 16 experts top-4, 2 x 512

@@ -2,7 +2,7 @@
 
 At batch 1 every decode step reads every weight matrix once (plus the KV cache so far), so
 tokens/s x bytes read per token can be at most the machine's memory bandwidth. The model is
-1.3b-shaped (hidden 2048, intermediate 5504, 16 heads, vocab 32256; reference §1.1) with fewer
+1.3b-shaped (hidden 2048, intermediate 5504, 16 heads, vocab 32256: deepseek-coder-1.3b-base's config.json) with fewer
 layers, so that its weights (>= 500 MB fp32) are far larger than the CPU caches. The bandwidth is
 measured in the same run, with the same threads, interleaved with the decode runs: the best of several
 full reads (sum) of a 1 GB tensor, which is the access pattern of a matrix-vector product.

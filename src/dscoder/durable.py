@@ -1,7 +1,8 @@
 """Durable files: the fsync / rename / hash steps that shards, checkpoints and results share.
 
 A write is crash-safe when the data is fsynced under a temporary name, renamed into place, and the directory entry
-fsynced too (reliability reference §4, "Recipe"); a reader trusts a file only when its recorded sha256 matches.
+fsynced too (as torch.distributed.checkpoint's filesystem writer commits); a reader trusts a file only when its
+recorded sha256 matches.
 """
 from __future__ import annotations
 

@@ -87,7 +87,8 @@ def test_released_layout_folder_loads(tmp_path):
 
 def test_norm_topk_prob_follows_original_not_transformers(tmp_path):
     """Documented deviation: transformers 5.23's router ignores norm_topk_prob (always scales by
-    routed_scaling_factor); the original remote code normalises the top-k weights instead (reference §2.6), and so
+    routed_scaling_factor); the original remote code normalises the top-k weights instead (V2's
+    modeling_deepseek.py), and so
     do we. Both released configs set norm_topk_prob=false, where the two agree (the parity variants above)."""
     cfg = tiny(norm_topk_prob=True, routed_scaling_factor=3.0)
     model = random_model(cfg, seed=6)

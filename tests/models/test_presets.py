@@ -1,4 +1,4 @@
-"""Preset parameter counts against the released model sizes (reference §1.1), and num_params() against
+"""Preset parameter counts against the released model sizes (the released v1 config.json), and num_params() against
 a built model."""
 import pytest
 

@@ -7,7 +7,7 @@ from dscoder.tokenizer import special as sp
 
 
 def test_exact_bytes_of_the_special_tokens():
-    # fullwidth bar U+FF5C is EF BD 9C; lower one-eighth block U+2581 is E2 96 81 (reference §1.2)
+    # fullwidth bar U+FF5C is EF BD 9C; lower one-eighth block U+2581 is E2 96 81 (the released tokenizer.json)
     assert sp.BOS.encode() == b"<\xef\xbd\x9cbegin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
     assert sp.FIM_HOLE.encode() == b"<\xef\xbd\x9cfim\xe2\x96\x81hole\xef\xbd\x9c>"
     assert sp.EOT == "<|EOT|>" and sp.EOT.isascii()

@@ -1,4 +1,4 @@
-"""StarCoder-style rule filters and exact dedup (v1 paper §2.1; reference §1.5).
+"""StarCoder-style rule filters and exact dedup (v1 paper §2.1).
 
 Each rule is a pure function `rule(rec: FileRecord) -> str | None`: None keeps the file, a string is the drop
 reason. `RULE_FILTERS` lists them in the order they run; `apply_filters` runs them over one repository.

@@ -2,7 +2,8 @@
 
 Reading (`read_conversations`): the layouts `dscoder sft` takes, each as JSONL (one object a line) or Parquet
 (one row a record):
-* DeepSeek-Coder's finetune format, `{"instruction": ..., "output": ...}` (reference §1.4: the Evol-Instruct-Code
+* DeepSeek-Coder's finetune format, `{"instruction": ..., "output": ...}` (deepseek-ai/DeepSeek-Coder
+  finetune/README: the Evol-Instruct-Code
   layout its finetune script reads); the instruction is stripped as that script does, the output is kept as is;
 * chat, `{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}`, multi-turn, ending with an
   assistant turn.

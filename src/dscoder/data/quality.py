@@ -1,4 +1,4 @@
-"""Quality screening: syntax errors and readability (v1 paper §2.4; reference §1.5).
+"""Quality screening: syntax errors and readability (v1 paper §2.4).
 
 The paper drops "code with syntax errors, poor readability or low modularity" using "a compiler, a quality model
 and heuristics", without details. Here:

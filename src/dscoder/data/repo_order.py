@@ -9,7 +9,7 @@ preceded by a path comment. Files of other languages form one sample each.
 
 The path comment is `# {path}` for every language: DeepSeek's README builds repo-level prompts as `#utils.py`,
 `# model.py` ... and I#116 says to keep `#` even for C++, so `path_comment` is the one helper that both this
-module and inference prompts use (reference §1.3).
+module and inference prompts use (DeepSeek-Coder's README).
 
 Import parsing is regex-based: the paper says its dependencies come from regexes over invocation statements
 ("import", "using", "include"); a full parser buys little for resolving file names. Files of one package use each

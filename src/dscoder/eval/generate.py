@@ -1,7 +1,8 @@
 """Where `dscoder eval` gets its samples: a dscoder model (the `Engine`) or any OpenAI-compatible server.
 
 Both turn a task's `Prompt`s into raw model text, n samples each; the task's `postprocess` does the rest.
-  * `EngineGenerator(engine_or_model, tokenizer)`: DeepSeek's formats (reference §1.3, §1.7), built by the one
+  * `EngineGenerator(engine_or_model, tokenizer)`: DeepSeek's formats (DeepSeek-Coder's README and Evaluation/),
+    built by the one
     prompt builder in `infer.text` — completion = BOS + text, fim = BOS + PSM prompt (stop at EOS), chat = the
     tokenizer's chat template (stop at `<|EOT|>` or EOS). Prompts are batched (same kind, stop strings and length
     per batch). Each prompt gets `max_new_tokens` or the context left after it, whichever is smaller (as

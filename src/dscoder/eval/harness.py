@@ -1,5 +1,5 @@
 """Run a code benchmark with DeepSeek-Coder's prompts and post-processing, execute every sample in the sandbox, and
-report pass@k (2401.14196 §4, 2406.11931 §4; reference §1.7, §2.7).
+report pass@k (2401.14196 §4, 2406.11931 §4; DeepSeek-Coder's Evaluation/).
 
     dscoder eval --benchmark humaneval --model ckpt/ --out runs/he        # greedy pass@1 with a dscoder checkpoint
     dscoder eval --benchmark humaneval-instruct --endpoint http://127.0.0.1:8000 --model deepseek-coder-6.7b-instruct

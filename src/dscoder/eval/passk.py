@@ -1,4 +1,5 @@
-"""The unbiased pass@k estimator (Chen et al. 2021, used by DeepSeek-Coder 2401.14196 §4.1; reference §1.7).
+"""The unbiased pass@k estimator (Chen et al. 2021, used by DeepSeek-Coder 2401.14196 §4.1;
+deepseek-ai/DeepSeek-Coder Evaluation/).
 
 With n samples of a problem of which c pass, pass@k = 1 - C(n-c, k) / C(n, k): the chance that k samples drawn
 without replacement contain at least one correct one. The binomials overflow for n in the hundreds, so it is

@@ -4,7 +4,7 @@
     export_gguf("ckpt", "model.gguf", "q8_0")            # the same from Python
 
 Written with the `gguf` package (the writer llama.cpp ships in gguf-py), following llama.cpp's
-`convert_hf_to_gguf.py` for `LlamaForCausalLM` (DeepSeek-Coder v1 is one, reference §1.1):
+`convert_hf_to_gguf.py` for `LlamaForCausalLM` (DeepSeek-Coder v1's released config.json names it):
 * architecture `llama`; tensor names from `gguf.get_tensor_name_map` (`model.layers.0.self_attn.q_proj.weight`
   -> `blk.0.attn_q.weight`, ...); q_proj and k_proj rows permuted from the HF half-split RoPE layout to the
   interleaved pairs GGML rotates (`LlamaModel.permute`); a tied checkpoint has no `output.weight`;
@@ -14,7 +14,8 @@ Written with the `gguf` package (the writer llama.cpp ships in gguf-py), followi
   and dimension, RMSNorm epsilon, vocabulary size, and linear RoPE scaling (type + factor) when the factor is
   not 1;
 * tokenizer: `tokenizer.ggml.model` "gpt2" (byte-level BPE) with pre-tokenizer "deepseek-coder" (the regexes of
-  `tokenizer/bpe.py`, reference §1.2), every token with its type (added special tokens CONTROL, other added tokens
+  `tokenizer/bpe.py`, the released tokenizer.json), every token with its type (added special tokens CONTROL, other
+  added tokens
   USER_DEFINED, ids past the tokenizer `[PAD{i}]` UNUSED), the merges, BOS / EOS / EOT and the FIM prefix /
   suffix / middle ids from `tokenizer/special.py` (PSM: fim▁begin, fim▁hole, fim▁end), add-BOS, the chat template.
 
@@ -25,7 +26,7 @@ each layer's routed experts stacked into one (experts, out, in) tensor per proje
 (`ffn_gate_inp`) kept F32; leading dense blocks, expert counts and sizes, routed scaling, YaRN (factor, original
 context, betas, log-multiplier 0.1 x mscale_all_dim). No q/k permutation: V2 checkpoints already store RoPE
 dimensions as adjacent pairs, which is GGML's layout. The pre-tokenizer is "deepseek-coder" when tokenizer.json
-holds `tokenizer/bpe.py`'s regexes, else "deepseek-llm", the released V2 tokenizer's (reference §1.2).
+holds `tokenizer/bpe.py`'s regexes, else "deepseek-llm", the released V2 tokenizer's (the released tokenizer.json).
 
 The file is written under a temporary name in the output's folder and renamed into place when complete, so a
 failed or interrupted export leaves nothing at the output path.

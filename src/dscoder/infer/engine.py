@@ -1,6 +1,6 @@
 """Batched autoregressive generation over a KV cache: token ids in, token ids out.
 
-The inference side of both papers' evaluation and serving (v1 §4, reference §1.3 "Generation"; V2 §4):
+The inference side of both papers' evaluation and serving (v1 §4, DeepSeek-Coder's README; V2 §4):
 prompts of different lengths are left-padded into one batch, run through ONE prefill forward that fills
 the model's preallocated cache, then decoded one token per step. Text, chat templates and FIM formatting
 live one layer up (`infer.text`); this module never sees a string except through the optional `decode`

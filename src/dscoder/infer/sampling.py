@@ -1,7 +1,7 @@
 """Next-token selection from logits: greedy, temperature, top-k and nucleus (top-p) sampling.
 
 Pure functions over tensors, used by `infer.engine`. DeepSeek-Coder's own evaluations decode greedily
-(reference §1.7, §2.7); the V2 agentic runs sample with temperature 0.5, top_p 0.95 (reference §2.7).
+(DeepSeek-Coder's Evaluation/, V2 paper §4); the V2 agentic runs sample with temperature 0.5, top_p 0.95 (V2 paper §4).
 A seeded `torch.Generator` makes sampling reproducible: same generator state, same logits -> same tokens.
 """
 from __future__ import annotations

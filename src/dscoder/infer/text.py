@@ -1,6 +1,6 @@
 """Text in, text out on top of `Engine`: code completion, fill-in-the-middle, chat; and the CLI verbs for each.
 
-The prompt formats are DeepSeek-Coder's (reference §1.3, §2.2; v1 paper §3.1 FIM, §4):
+The prompt formats are DeepSeek-Coder's (the DeepSeek-Coder and -V2 READMEs; v1 paper §3.1 FIM, §4):
 * completion: BOS + raw code, stop at EOS;
 * infill (PSM): `<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>`, the model writes the middle and
   stops at EOS; only the middle is returned;
@@ -68,7 +68,8 @@ def _plain(tokenizer) -> Callable[[str], list[int]]:
 
 
 def completion_ids(tokenizer, text: str) -> list[int]:
-    """BOS + the code (reference §1.3: completion is BOS + raw code); the model continues it and stops at EOS."""
+    """BOS + the code (DeepSeek-Coder's README: completion is BOS + raw code); the model continues it and stops at
+    EOS."""
     if not text:
         raise UserError("empty prompt: give some code to complete")
     return [_special(tokenizer).bos, *encode(tokenizer, text)]
@@ -107,7 +108,7 @@ def chat_ids(tokenizer, messages: Sequence[Any], style: str | None = None) -> li
 
 def stop_ids(tokenizer, kind: str, style: str | None = None) -> list[int]:
     """Token ids that end a reply: EOS for completion and FIM; for chat `<|EOT|>` (v1 instruct) and EOS, or EOS
-    alone under the V2 template (V2 replies end with EOS, reference §2.2)."""
+    alone under the V2 template (V2 replies end with EOS, DeepSeek-Coder-V2's README)."""
     sp = _special(tokenizer)
     ids = (sp.eot, sp.eos) if kind == "chat" and style != "v2" else (sp.eos,)
     return [t for t in ids if t is not None]
@@ -133,7 +134,7 @@ def infill(engine: Engine, tokenizer, prefix: str, suffix: str, **gen) -> str:
 def chat(engine: Engine, tokenizer, messages: list[dict[str, str]], style: str | None = None, **gen) -> str:
     """The assistant's reply to `messages` ([{"role", "content"}, ...]) under the tokenizer's chat template, or
     DeepSeek-Coder's v1 / V2 template with `style`. Long conversations keep their last tokens, as DeepSeek's demo
-    does (reference §1.3)."""
+    does (DeepSeek-Coder's README)."""
     gen.setdefault("truncate", "left")
     return _run(engine, tokenizer, chat_ids(tokenizer, messages, style), stop_ids(tokenizer, "chat", style), gen)
 

@@ -3,8 +3,8 @@
 Two architectures, two dataclasses, field names as Hugging Face writes them in `config.json` so a
 checkpoint folder round-trips without a renaming table:
 
-* `ModelConfig`        -- DeepSeek-Coder v1, a Llama decoder (v1 paper §3.3; reference §1.1).
-* `DeepseekV2Config`   -- DeepSeek-Coder-V2: MLA attention + DeepSeekMoE + YaRN (V2 paper; reference §2.3).
+* `ModelConfig`        -- DeepSeek-Coder v1, a Llama decoder (v1 paper §3.3; the released v1 config.json).
+* `DeepseekV2Config`   -- DeepSeek-Coder-V2: MLA attention + DeepSeekMoE + YaRN (V2 paper; the released V2 config.json).
 
 Named presets live in `presets.py`. `config_from_hf(dict)` / `cfg.to_hf()` convert to and from `config.json`.
 Unknown fields are an error that names them (a typo in a preset override must never be silently dropped);
@@ -186,7 +186,7 @@ class ModelConfig:
 
 @dataclass
 class DeepseekV2Config:
-    """DeepSeek-Coder-V2 (MLA + DeepSeekMoE + YaRN). Defaults: V2-Lite (reference §2.3).
+    """DeepSeek-Coder-V2 (MLA + DeepSeekMoE + YaRN). Defaults: V2-Lite (the released V2 config.json).
 
     Bad values raise `UserError` naming the field. `rope_scaling` is the released config.json block
     ({"type": "yarn", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",

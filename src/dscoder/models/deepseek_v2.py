@@ -1,6 +1,6 @@
 """DeepSeek-Coder-V2: Multi-head Latent Attention + DeepSeekMoE + YaRN RoPE, with a compressed latent KV cache.
 
-One readable file, top to bottom (V2 paper 2406.11931, architecture of DeepSeek-V2; reference §2.3-2.6):
+One readable file, top to bottom (V2 paper 2406.11931, architecture of DeepSeek-V2; V2's modeling_deepseek.py):
 
 * `MLA`           -- queries (optionally low-rank: q_a_proj -> q_a_layernorm -> q_b_proj), the joint KV latent
                      c_kv = kv_a_layernorm(W_kva x)[:512] and ONE decoupled RoPE key k_pe (64-d) shared by all heads;
@@ -35,7 +35,7 @@ from .layers import (LMOutput, RMSNorm, RopeTable, SwiGLU, apply_rope, attention
 
 # ----------------------------------------------------------------------------------------------- RoPE (YaRN)
 def softmax_scale(cfg: DeepseekV2Config) -> float:
-    """(d_n + d_r)^-0.5, times m² with m = yarn_mscale(factor, mscale_all_dim) under YaRN (reference §2.4 item 6).
+    """(d_n + d_r)^-0.5, times m² with m = yarn_mscale(factor, mscale_all_dim) under YaRN (modeling_deepseek.py).
 
     The extra m² compensates the entropy drop of long-context attention (YaRN); for V2-Lite this is 0.114721."""
     scale = cfg.qk_head_dim ** -0.5
@@ -48,7 +48,8 @@ def softmax_scale(cfg: DeepseekV2Config) -> float:
 
 def rope_table(cfg: DeepseekV2Config) -> RopeTable:
     """cos/sin for the decoupled RoPE part (qk_rope_head_dim): YaRN frequencies when `rope_scaling` is set, with the
-    cos/sin gain mscale / mscale_all_dim (1.0 for both released configs, which set the two equal; reference §2.5)."""
+    cos/sin gain mscale / mscale_all_dim (1.0 for both released configs, which set the two equal; V2's
+    modeling_deepseek.py)."""
     d, rs = cfg.qk_rope_head_dim, cfg.rope_scaling
     with torch.device("cpu"):   # real numbers even when the model is built on the meta device (hf.load_model)
         if not rs:
@@ -62,7 +63,7 @@ def rope_table(cfg: DeepseekV2Config) -> RopeTable:
 
 def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on DeepSeek-V2's interleaved layout: the checkpoints store (x0, y0, x1, y1, ...) pairs, so de-interleave
-    to (x0, x1, ..., y0, y1, ...) first, then apply the half-split rotation (reference §2.4 item 4).
+    to (x0, x1, ..., y0, y1, ...) first, then apply the half-split rotation (modeling_deepseek.py).
 
     x: (B, H, T, d); cos/sin: (B, T, d). The result stays in the de-interleaved order; q and k share it, so their
     dot products equal the original's."""
@@ -122,7 +123,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tenso
 
 
 class MLA(nn.Module):
-    """Multi-head Latent Attention (reference §2.4)."""
+    """Multi-head Latent Attention (V2's modeling_deepseek.py)."""
 
     def __init__(self, cfg: DeepseekV2Config, layer: int):
         super().__init__()
@@ -190,7 +191,8 @@ class MLA(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- DeepSeekMoE
 def route(logits: torch.Tensor, cfg: DeepseekV2Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax gate + top-k (reference §2.6). logits: (N, E) fp32 -> (scores (N, E), weights (N, K), idx (N, K)).
+    """Softmax gate + top-k (V2's modeling_deepseek.py). logits: (N, E) fp32 -> (scores (N, E), weights (N, K), idx
+    (N, K)).
 
     group_limited_greedy keeps the topk_group groups with the best single expert score, then takes top-k inside."""
     scores = logits.softmax(dim=-1, dtype=torch.float32)
@@ -210,7 +212,7 @@ def route(logits: torch.Tensor, cfg: DeepseekV2Config) -> tuple[torch.Tensor, to
 
 
 def balance_loss(scores: torch.Tensor, idx: torch.Tensor, cfg: DeepseekV2Config) -> torch.Tensor:
-    """Expert-level balance loss alpha * sum_i f_i P_i (reference §2.6), per sequence when seq_aux.
+    """Expert-level balance loss alpha * sum_i f_i P_i (V2's modeling_deepseek.py), per sequence when seq_aux.
 
     scores: (B, T, E) softmax probabilities; idx: (B, T, K) chosen experts."""
     b, t, e = scores.shape
@@ -284,7 +286,7 @@ class MoE(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- the model
 class DecoderLayer(nn.Module):
-    """Pre-norm block: h = x + MLA(norm(x)); out = h + FFN(norm(h)) with FFN dense or MoE (reference §2.4 item 8)."""
+    """Pre-norm block: h = x + MLA(norm(x)); out = h + FFN(norm(h)) with FFN dense or MoE (modeling_deepseek.py)."""
 
     def __init__(self, cfg: DeepseekV2Config, i: int):
         super().__init__()

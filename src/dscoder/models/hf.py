@@ -1,5 +1,5 @@
 """Hugging Face checkpoint folders in and out: the interop behind `dscoder.load_model` (v1 paper §3.3 models,
-released as `LlamaForCausalLM` / `DeepseekV2ForCausalLM` folders; reference §1.1, §2.3).
+released as `LlamaForCausalLM` / `DeepseekV2ForCausalLM` folders; the released config.json files).
 
     model = load_model("deepseek-coder-1.3b-base")               # any HF folder: config.json + weights
     model = load_model("ckpt", device="cuda", dtype="bfloat16")

@@ -1,9 +1,9 @@
 """The primitives both architectures share: RMSNorm, rotary position embeddings (RoPE), the SwiGLU MLP, the
 attention mask over a KV cache, and `LMOutput` (what `forward(..., return_aux=True)` returns).
 
-v1 paper §3.3 (decoder-only, RoPE, SwiGLU) and reference §1.1: RoPE is the Hugging Face Llama variant, the
+v1 paper §3.3 (decoder-only, RoPE, SwiGLU) and the released v1 config.json: RoPE is the Hugging Face Llama variant, the
 half-split `rotate_half` layout, with linear position interpolation (positions / factor) for long context
-(v1 paper §3.6). DeepSeek-V2 (MLA) reuses all of them; its YaRN frequencies (reference §2.5) close this file.
+(v1 paper §3.6). DeepSeek-V2 (MLA) reuses all of them; its YaRN frequencies (V2's modeling_deepseek.py) close this file.
 
 Numerics follow the HF reference so checkpoints give the same logits: RMSNorm computes in fp32 and casts back
 before the weight; RoPE tables are built in fp32 and cast to the activations' dtype.

@@ -1,4 +1,4 @@
-"""DeepSeek-Coder v1: a Llama decoder (v1 paper §3.3; reference §1.1), and its KV cache.
+"""DeepSeek-Coder v1: a Llama decoder (v1 paper §3.3; the released v1 config.json), and its KV cache.
 
     from dscoder.models.presets import get_preset
     from dscoder.models.hf import build_model

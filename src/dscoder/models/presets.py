@@ -1,6 +1,6 @@
 """Named model presets: the released DeepSeek-Coder configs, plus tiny ones for CPU tests and the demo.
 
-Sources: reference §1.1 (v1 config.json values, cross-checked with the v1 paper's Table 2) and §2.3 (V2 config.json).
+Sources: the released v1 config.json files (cross-checked with the v1 paper's Table 2) and the released V2 config.json.
 `get_preset("tiny", vocab_size=4096)` returns a fresh config with overrides applied (unknown override -> error).
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ What stays in floating point, and why:
 * the token embedding: a lookup that reads B rows per step, not a matrix product;
 * DeepSeek-V2's `kv_b_proj`: the absorbed-MLA decode uses its weight as two per-head tensors folded into the
   query and output (`deepseek_v2.MLA._absorbed`), not as a Linear; it is 0.4% of V2-Lite's weights;
-* V2's MoE router (`Gate`, not a Linear): routing is computed in fp32 by design (reference §2.6).
+* V2's MoE router (`Gate`, not a Linear): routing is computed in fp32 by design (V2's modeling_deepseek.py).
 A Linear with no int8 path -- `in_features` not a multiple of 16 (the CPU kernel reads K in blocks of 16; other
 sizes gave wrong results or a crash when measured), or a device where the kernel does not run -- is a UserError
 naming the layer, raised before any layer is changed.

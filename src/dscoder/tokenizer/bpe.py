@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer training and loading, the DeepSeek-Coder way (v1 paper §3.2; reference §1.2).
+"""Byte-level BPE tokenizer training and loading, the DeepSeek-Coder way (v1 paper §3.2; the released tokenizer.json).
 
 DeepSeek-Coder trains byte-level BPE with Hugging Face `tokenizers` (32,000 learned tokens). The pre-tokenizer
 splits, in sequence: every newline on its own (`[\\r\\n]`), letter runs with one optional leading space
@@ -30,7 +30,7 @@ from .special import BOS, EOS, SPECIAL_TOKENS
 
 DEFAULT_MAX_BYTES = 50_000_000
 MODEL_MAX_LENGTH = 16384         # DeepSeek-Coder v1 tokenizer_config (16K context after long-context training)
-# DeepSeek-Coder's pre-tokenizer regexes, applied in this order (llama.cpp's transcription, reference §1.2)
+# DeepSeek-Coder's pre-tokenizer regexes, applied in this order (llama.cpp's transcription in llama-vocab.cpp)
 SPLIT_PATTERNS = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")
 
 
@@ -85,7 +85,8 @@ def _finish(tok) -> None:
 
 
 def tokenizer_config(chat_template: str = V1_CHAT_TEMPLATE) -> dict:
-    """tokenizer_config.json contents: DeepSeek-Coder's settings (reference §1.2), base-model EOS."""
+    """tokenizer_config.json contents: DeepSeek-Coder's settings (the released tokenizer_config.json), base-model
+    EOS."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True, "add_eos_token": False,

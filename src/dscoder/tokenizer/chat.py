@@ -1,4 +1,5 @@
-"""Instruct chat templates: DeepSeek-Coder v1 (v1 paper §3.7; reference §1.3) and DeepSeek-Coder-V2 (reference §2.2).
+"""Instruct chat templates: DeepSeek-Coder v1 (v1 paper §3.7; DeepSeek-Coder's README) and DeepSeek-Coder-V2
+(DeepSeek-Coder-V2's README).
 
 The templates are Jinja strings (`V1_CHAT_TEMPLATE`, `V2_CHAT_TEMPLATE`). The tokenizer saves one as
 `chat_template` in tokenizer_config.json, so `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`

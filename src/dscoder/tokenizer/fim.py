@@ -1,4 +1,4 @@
-"""Fill-in-the-middle transforms (v1 paper §3.1.2; reference §1.6): pure functions, deterministic for a seeded rng.
+"""Fill-in-the-middle transforms (v1 paper §3.1.2): pure functions, deterministic for a seeded rng.
 
 A document is cut at two uniform character-level points into prefix / middle / suffix and rearranged so the model
 learns to write the middle after seeing both sides. DeepSeek-Coder applies this at the document level, before

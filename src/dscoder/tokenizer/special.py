@@ -1,4 +1,5 @@
-"""THE one table of DeepSeek-Coder special tokens (v1 paper §3.1.2 FIM sentinels, §3.7 instruct; reference §1.2).
+"""THE one table of DeepSeek-Coder special tokens (v1 paper §3.1.2 FIM sentinels, §3.7 instruct; the released
+tokenizer.json).
 
 Every other module imports the strings from here; nothing else spells them. The exact characters matter:
 `｜` is U+FF5C FULLWIDTH VERTICAL LINE and `▁` is U+2581 LOWER ONE EIGHTH BLOCK, while `<|EOT|>`, `<|User|>` and
@@ -26,7 +27,8 @@ ASSISTANT = "<|Assistant|>"
 EOT = "<|EOT|>"
 
 # In the order DeepSeek-Coder v1 numbers them: the released tokenizers place these at 32013..32021, right after
-# the 32,000 learned merges and 13 added single characters (reference §1.2). Our tokenizers keep this order and
+# the 32,000 learned merges and 13 added single characters (the released tokenizer.json). Our tokenizers keep this
+# order and
 # put them directly after the learned vocab, at vocab_size .. vocab_size + 8.
 SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, FIM_HOLE, FIM_BEGIN, FIM_END, PAD, USER, ASSISTANT, EOT)
 

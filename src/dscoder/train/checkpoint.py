@@ -1,4 +1,4 @@
-"""Atomic, verifiable training checkpoints (reliability reference §4 "Recipe").
+"""Atomic, verifiable training checkpoints (as torch.distributed.checkpoint's filesystem writer commits).
 
 A checkpoint `OUT/checkpoints/step-00000012/` is a Hugging Face folder (config.json, model.safetensors,
 generation_config.json, tokenizer files: `dscoder.load_model` opens it directly) plus `train_state.pt`

@@ -1,14 +1,14 @@
 """AdamW and the learning-rate schedules of DeepSeek-Coder pretraining (v1 paper §3.4; V2 paper §3.2).
 
 * Optimizer: AdamW, beta1 0.9, beta2 0.95, eps 1e-8 (v1 §3.4). Weight decay 0.1 (V2-Lite README; v1 does not state
-  it -- reference §1.6 [UNVERIFIED]). Decay applies to every parameter with >= 2 dimensions (all matmul weights,
+  it -- not stated in the v1 paper). Decay applies to every parameter with >= 2 dimensions (all matmul weights,
   the embedding and the LM head, as nanoGPT/litgpt do) and never to 1-D parameters (RMSNorm scales, biases):
   shrinking a norm scale toward 0 only fights the next layer's weights and buys no regularisation.
 * Schedules are pure functions of the step, so a resumed run recomputes the exact rate from the step number and
   needs no scheduler object in the checkpoint:
   - "step" (v1 §3.4, "three-stage"): linear warmup, then the peak; x sqrt(min_ratio) (= 0.316 for 0.1) at 80% of
     the steps and x sqrt(min_ratio) again at 90%, ending at min_ratio (10%) of the peak. The 80%/90% boundaries
-    come from DeepSeek-LLM / V2-Lite practice (reference §1.6 [UNVERIFIED for Coder v1]).
+    come from DeepSeek-LLM / V2-Lite practice (not stated in the v1 paper).
   - "cosine" (V2 §3.2): linear warmup, then cosine decay from the peak to min_ratio x peak at the last step.
 """
 from __future__ import annotations

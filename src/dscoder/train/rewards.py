@@ -12,7 +12,7 @@ The default task set is MBPP's train split (task_ids 601-974), never an evaluati
 
 The reward is the verdict of `eval.runners.check_python`, the two-process check `dscoder eval` uses: the program
 runs in one sandbox and the harness-owned tests are replayed in another, so `sys.exit(0)`, printed PASS lines and
-always-equal objects earn 0 (reliability reference §3, attacks 14-18). 1.0 = every test passed, 0.0 = not;
+always-equal objects earn 0 (the reward hacks human-eval#67 and others report). 1.0 = every test passed, 0.0 = not;
 a sandbox failure (`infra_error`) is no verdict on the program: its reward is NaN and its advantage 0, as TRL
 treats a reward function's None.
 """

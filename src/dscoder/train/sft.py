@@ -1,4 +1,5 @@
-"""`dscoder sft`: supervised instruction tuning of a base checkpoint, full or LoRA (reference §1.3–1.4, §2.1–2.2).
+"""`dscoder sft`: supervised instruction tuning of a base checkpoint, full or LoRA (DeepSeek-Coder's README and
+finetune/; V2 paper §2.1).
 
 A thin verb over the pretraining loop (`loop.run`): what differs is the batch. Each record becomes one token
 sequence rendered by the tokenizer's chat template (the same Jinja template `dscoder chat`, eval and
@@ -11,7 +12,7 @@ padding) has target -100.
   and counted.
 * Rows: one sample per row, right-padded to the longest row of the micro-batch; with --pack, samples (shuffled per
   epoch) fill rows of --seq-len tokens in order, each with positions restarting at 0 and a block-diagonal causal
-  mask, so a sample sees only itself (the padding-free layout of TRL's BFD packing, reference §B).
+  mask, so a sample sees only itself (the padding-free layout of TRL's BFD packing in trl/data_utils.py).
 * LoRA (--lora-rank): PEFT adapters on every Linear except the output head (PEFT's "all-linear"), B = 0 at the
   start so step 0 is the base model. OUT/adapter/ is a PEFT folder for the base model; OUT/final/ is the merged
   model, a plain HF folder. Checkpoints hold the merged weights (loadable as is) and the adapter tensors (what a
@@ -44,7 +45,8 @@ from .pretrain import _LOOP_DTYPES, _gathered_model, _plan_start, _RunFolder, _s
 
 PROG = "dscoder sft"
 TEMPLATES = ("v1", "v2", "v1-finetune-script")
-# finetune/finetune_deepseekcoder.py's system prompt: "DeepSeek" spelling and a final period (reference §1.4)
+# finetune/finetune_deepseekcoder.py's system prompt: "DeepSeek" spelling and a final period
+# (deepseek-ai/DeepSeek-Coder finetune/finetune_deepseekcoder.py)
 FINETUNE_SYSTEM = (
     "You are an AI programming assistant, utilizing the DeepSeek Coder model, developed by DeepSeek Company, and you "
     "only answer questions related to computer science. For politically sensitive questions, security and privacy "
@@ -211,7 +213,7 @@ class SFTStream:
 
 # ------------------------------------------------------------------------------------------- LoRA
 def lora_targets(model: torch.nn.Module) -> list[str]:
-    """Names of every Linear except the output head (PEFT's "all-linear"; reference §B)."""
+    """Names of every Linear except the output head (PEFT's "all-linear" target)."""
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and n != "lm_head"})
 
@@ -325,7 +327,8 @@ def prepare(args) -> tuple[Any, list, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Instruction-tune a base checkpoint (DeepSeek-Coder's instruct recipe, reference §1.4), full or with LoRA.
+    """Instruction-tune a base checkpoint (DeepSeek-Coder's instruct recipe, deepseek-ai/DeepSeek-Coder finetune/),
+    full or with LoRA.
 
     dscoder sft --model BASE data.jsonl --out runs/sft [--template v1|v2|v1-finetune-script] [--system TEXT]
         [--steps N | --epochs E] [--seq-len N] [--batch-size N] [--lr F] [--lora-rank R [--lora-alpha A]]

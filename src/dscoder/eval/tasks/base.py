@@ -1,5 +1,5 @@
-"""What every benchmark task shares (DeepSeek-Coder 2401.14196 §4; reference §1.7, §2.7): problems, prompts,
-post-processing, and scoring through the sandbox (`eval/runners.py`).
+"""What every benchmark task shares (DeepSeek-Coder 2401.14196 §4, V2 2406.11931 §4; DeepSeek-Coder's Evaluation/):
+problems, prompts, post-processing, and scoring through the sandbox (`eval/runners.py`).
 
 A task is a short class (nanochat-style): `load(path)` reads its problems (dicts with at least "task_id"),
 `prompt(problem)` says what to ask the model, `postprocess(problem, text)` turns the model's raw text into the
@@ -32,9 +32,9 @@ HUB_PROBE_S = 3.0  # seconds to wait for the hub before falling through to the e
 # DeepSeek's Python post-processing cuts a base completion at the first of these (Evaluation/HumanEval utils).
 PY_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
 
-# DeepSeek prepends common imports to Python programs (reference §1.7). Importing all of them costs ~90 ms per
-# sandboxed run (numpy alone ~100 ms more), so `with_py_imports` adds a module only when the program names it: the
-# same programs run, minus the import time.
+# DeepSeek prepends common imports to Python programs (deepseek-ai/DeepSeek-Coder Evaluation/). Importing all of them
+# costs ~90 ms per sandboxed run (numpy alone ~100 ms more), so `with_py_imports` adds a module only when the
+# program names it: the same programs run, minus the import time.
 PY_MODULES = ("math", "re", "sys", "copy", "datetime", "itertools", "collections", "heapq", "statistics",
               "functools", "hashlib", "string", "numpy")
 COLLECTIONS_NAMES = ("ChainMap", "Counter", "OrderedDict", "UserDict", "UserList", "UserString", "defaultdict",

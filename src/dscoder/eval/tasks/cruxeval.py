@@ -1,4 +1,4 @@
-"""CRUXEval-I and CRUXEval-O (800 short Python functions; DeepSeek-Coder-V2 2406.11931 §4, reference §2.7):
+"""CRUXEval-I and CRUXEval-O (800 short Python functions; DeepSeek-Coder-V2 2406.11931 §4):
 predict a function's output from its input (-O) or an input that produces a given output (-I).
 
 Data: `cruxeval/cruxeval.jsonl` with fields code, input, output, id. Prompts follow CRUXEval's direct-prediction

@@ -1,5 +1,5 @@
 """HumanEval-Infilling (Bavarian et al. 2022, openai/human-eval-infilling): the fill-in-the-middle benchmarks of
-DeepSeek-Coder 2401.14196 §4 and V2 §4 (reference §1.7, §2.7), read from OpenAI's official files.
+DeepSeek-Coder 2401.14196 §4 and V2 §4 (DeepSeek-Coder's Evaluation/), read from OpenAI's official files.
 
 Four sets, each a `--benchmark` name (upstream's `benchmark_name` after the dash):
   fim-single-line        HumanEval-SingleLineInfilling       1,033 tasks  `SingleLineInfilling/HumanEval/0/L0`

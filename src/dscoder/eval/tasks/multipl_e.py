@@ -1,5 +1,6 @@
 """MultiPL-E HumanEval ("reworded" prompts) in the languages of DeepSeek-Coder 2401.14196 Table 3 — C++, Java,
-JavaScript, TypeScript, PHP, C#, Bash, Python — plus Go and Rust where their toolchains exist (reference §1.7).
+JavaScript, TypeScript, PHP, C#, Bash, Python — plus Go and Rust where their toolchains exist
+(deepseek-ai/DeepSeek-Coder Evaluation/).
 
 Files: `multipl-e/humaneval-{lang}-reworded.jsonl.gz` with fields name, language, prompt, doctests, original,
 prompt_terminology, tests, stop_tokens. Task ids are `{lang}/{name}`, e.g. `cpp/HumanEval_53_add`.
