@@ -137,6 +137,26 @@ def test_cli_chat_reads_one_message_per_line(ckpt, loaded):
     assert r.stdout == want
 
 
+def test_cli_chat_uses_the_template_saved_with_the_model(ckpt, tmp_path):
+    """Without --style, `dscoder chat` renders with the template the checkpoint carries (here: the v2 one saved
+    into a copy of a v1 checkpoint), as sft writes it; --style v1 overrides it."""
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    engine, tok = load(copy)
+    tok.chat_template = CHAT_TEMPLATES["v2"]
+    tok.save_pretrained(copy)
+    engine, tok = load(copy)
+    msgs = [{"role": "user", "content": "hello"}]
+    saved = _printed(chat(engine, tok, msgs, max_new_tokens=NEW))
+    assert saved != _printed(chat(engine, tok, msgs, style="v1", max_new_tokens=NEW))   # the template matters
+    r = cli("chat", "--model", str(copy), "--max-new-tokens", str(NEW), stdin="hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == saved
+    assert r.stdout == _printed(chat(engine, tok, msgs, style="v2", max_new_tokens=NEW))
+
+
 @pytest.mark.parametrize("args, msg", [
     (["generate", "--model", "/nonexistent/model", "x"], "does not exist"),
     (["generate", "--model", "{ckpt}", ""], "empty prompt"),

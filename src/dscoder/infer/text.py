@@ -293,7 +293,9 @@ def main_chat(argv: list[str]) -> int:
 
     dscoder chat --model DIR [--style v1|v2] [--system TEXT] [sampling options]"""
     p = _parser("dscoder chat", main_chat.__doc__)
-    p.add_argument("--style", choices=("v1", "v2"), default="v1", help="v1: DeepSeek-Coder instruct; v2: Coder-V2")
+    p.add_argument("--style", choices=("v1", "v2"), default=None,
+                   help="override the chat template saved with the tokenizer: v1 DeepSeek-Coder instruct, v2 Coder-V2 "
+                        "(default: the saved template)")
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (v1 default: DeepSeek's)")
     args = p.parse_args(argv)
     system = read_text_arg(args.system, "--system") if args.system else None
