@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     instruction-tune it on pairs mined from the same code and ask it one question."""
     p = Parser("python -m dscoder.demo", __doc__)
     p.add_argument("--out", default="runs/demo", type=out_dir, metavar="DIR", help="folder for every stage's output")
-    p.add_argument("--steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 500)), metavar="N",
+    p.add_argument("--steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_STEPS", 300)), metavar="N",
                    help="pretraining steps ($DSCODER_DEMO_STEPS)")
     p.add_argument("--vocab-size", type=int_range(257), default=4096, metavar="N", help="tokenizer vocabulary")
     p.add_argument("--sft-steps", type=positive_int, default=int(os.environ.get("DSCODER_DEMO_SFT_STEPS", 40)),
