@@ -66,21 +66,27 @@ def _panel(draw, font, x0: int, width: int, title: str, items: list[tuple[str, f
 _ROW = 20       # pixels per bar
 
 
-def render_png(stats: dict) -> bytes:
-    """Two horizontal bar charts as PNG bytes: output MB per language, dropped files per (stage: reason).
+def bar_panels_png(left: tuple[str, list[tuple[str, float]], str],
+                   right: tuple[str, list[tuple[str, float]], str]) -> bytes:
+    """Two horizontal bar charts side by side as PNG bytes; each panel is (title, [(label, value)], unit).
     Drawn with Pillow (30 ms to import, against a second for matplotlib) in its bundled font."""
     import io
 
     from PIL import Image, ImageDraw, ImageFont
 
-    langs = [(k, v / 1e6) for k, v in sorted(stats["output"]["bytes_per_language"].items(),
-                                             key=lambda kv: (-kv[1], kv[0]))[:25]]
-    drops = [(k, float(v)) for k, v in list(_drop_reasons(stats).items())[:25]]
-    img = Image.new("RGB", (1300, 60 + _ROW * max(len(langs), len(drops), 1)), "white")
+    img = Image.new("RGB", (1300, 60 + _ROW * max(len(left[1]), len(right[1]), 1)), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=13)
-    _panel(draw, font, 10, 640, "Output by language (MB)", langs, "MB", "#4c72b0")
-    _panel(draw, font, 660, 640, "Dropped by stage: reason (items)", drops, "", "#dd8452")
+    _panel(draw, font, 10, 640, left[0], left[1], left[2], "#4c72b0")
+    _panel(draw, font, 660, 640, right[0], right[1], right[2], "#dd8452")
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def render_png(stats: dict) -> bytes:
+    """Output MB per language, and dropped files per (stage: reason)."""
+    langs = [(k, v / 1e6) for k, v in sorted(stats["output"]["bytes_per_language"].items(),
+                                             key=lambda kv: (-kv[1], kv[0]))[:25]]
+    drops = [(k, float(v)) for k, v in list(_drop_reasons(stats).items())[:25]]
+    return bar_panels_png(("Output by language (MB)", langs, "MB"), ("Dropped by stage: reason (items)", drops, ""))

@@ -4,7 +4,7 @@ the dedup / decontamination funnel and the top domains of the output. The PNG us
 `data.report` (Pillow)."""
 from __future__ import annotations
 
-from ..report import _ROW, _panel
+from ..report import bar_panels_png
 
 MAX_DOMAINS = 30
 
@@ -45,18 +45,8 @@ def render_markdown(stats: dict) -> str:
 
 def render_png(stats: dict) -> bytes:
     """Two bar panels: pages recalled per iteration, and pages added to the seed per iteration."""
-    import io
-
-    from PIL import Image, ImageDraw, ImageFont
-
     its = stats["iterations"]
     recalled = [(f"iteration {it['iteration']}", float(it["recalled"])) for it in its]
     added = [(f"iteration {it['iteration']}", float(it["added_to_seed"])) for it in its]
-    img = Image.new("RGB", (1300, 60 + _ROW * max(len(its), 1)), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=13)
-    _panel(draw, font, 10, 640, "Pages recalled per iteration", recalled, "", "#4c72b0")
-    _panel(draw, font, 660, 640, "Pages added to the seed (URL annotation)", added, "", "#dd8452")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return bar_panels_png(("Pages recalled per iteration", recalled, ""),
+                          ("Pages added to the seed (URL annotation)", added, ""))
