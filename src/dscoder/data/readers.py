@@ -1,4 +1,5 @@
-"""Read raw repositories safely into `RepoFiles` (v1 paper §2: the GitHub crawl; reliability.md §6: bad inputs).
+"""Read raw repositories safely into `RepoFiles` (v1 paper §2: the GitHub crawl).
+Bad inputs are handled as datatrove's readers and The Stack v2's download step handle them.
 
     for repo, drops in iter_repos(["corpus/"], max_file_bytes=1 << 20):
         ...   # one item per repository: files sorted by path, plus every file refused, with its reason

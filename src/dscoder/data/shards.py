@@ -1,4 +1,5 @@
-"""Parquet shards of `dscoder data build`, written crash-safely (reliability.md §6: done marker after output).
+"""Parquet shards of `dscoder data build`, written crash-safely (a done marker only after the
+output is complete, as datatrove's executor/base.py writes its completions).
 
 Each shard goes to `.part-NNNNN.parquet.tmp`, is fsynced and renamed, then its done marker
 `_done/part-NNNNN.json` (row digest + file digest) is written the same way. A rerun skips every shard whose

@@ -6,7 +6,7 @@ one. The cut depends only on the file list, never on the worker count, and every
 of the file alone, so the output is the same for any number of workers. Archives and tables can only be read
 whole: each is one chunk.
 
-`stage_process` runs the per-file stages over a chunk: read [reliability §6], rule filters [§2.1], quality
+`stage_process` runs the per-file stages over a chunk: read (bad input costs only itself), rule filters [§2.1], quality
 [§2.4], decontamination [§2.4] (each file's verdict), then for every file read its exact-dedup key, its
 dependency facts [§2.2] and the MinHash signature [§2.3] of its block (`# path` line + content, what a sample
 concatenates). A component's

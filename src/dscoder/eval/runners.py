@@ -2,7 +2,8 @@
 HumanEval/MBPP in Python and MultiPL-E in C++, Java, JS, TS, PHP, C#, Bash; plus Go and Rust where installed).
 
 Python — `check_python(program, test_code, entry_points, prelude=...)` — two sandboxed processes, so the code under
-test cannot forge its verdict (reliability.md §3, attacks 14-18):
+test cannot forge its verdict (early exit, printed PASS lines, forged verdicts, always-equal objects as in
+openai/human-eval#67):
   1. *candidate* process: runs `program`, then `test_code` with each entry-point name bound to a recorder that
      writes (encoded args, plain return value | exception type) for every call the tests make. Only plain data
      crosses: None/bool/int/float/complex/str/bytes/list/tuple/set/dict/range (exact types, NaN/inf kept; generators
@@ -13,7 +14,7 @@ test cannot forge its verdict (reliability.md §3, attacks 14-18):
      the nonce is fresh per run and goes only to the checker. Passed = checker exit 0 AND that exact last line.
   So `sys.exit(0)`, `os._exit(0)`, printed success tokens, frame walking, patched asserts and always-equal objects
   all fail. Residual risk, documented: process 1 sees the test code, so a program that reads the expected values
-  out of its caller's frame can return them as plain data (an oracle read, §3.16); the module-level `random` is
+  out of its caller's frame can return them as plain data (an oracle read); the module-level `random` is
   re-seeded for both processes and restored around each call, so randomised tests replay identically.
   Both processes are, by default (bwrap as root), forks of long-lived pre-imported sandboxed interpreters, one
   set per role ("zygotes", `zygote.py`: ~10x cheaper, same per-sample isolation but for a per-zygote memory

@@ -1,7 +1,7 @@
 """Run untrusted programs (model-written code) in a kernel-enforced sandbox: DeepSeek-Coder evaluation (paper
 2401.14196 §4.1: HumanEval, MBPP, MultiPL-E executed against tests) done without letting the code touch the host.
 
-Threat model (reliability.md §2): the program may be incompetent (loops, huge allocations, `rm -rf .`), a reward
+Threat model: the program may be incompetent (loops, huge allocations, `rm -rf .`), a reward
 hacker (exit codes, always-equal objects, verdict forging) or malicious (native code through ctypes). So no defence
 lives inside the interpreter; everything below is enforced by the kernel, and the caller computes the verdict.
 

@@ -151,7 +151,8 @@ def _config_dict(cfg) -> dict:
 
 
 def _check_resume(saved: dict, cfg, run_args: dict, fixed: tuple[str, ...] = _RESUME_FIXED) -> None:
-    """Refuse to resume into a different model or data stream: never a silent load (reliability §4 item 8)."""
+    """Refuse to resume into a different model or data stream: never a silent load (as Megatron-LM's
+    check_checkpoint_args)."""
     new = _config_dict(cfg)
     diff = sorted(k for k in set(saved["config"]) | set(new) if saved["config"].get(k) != new.get(k))
     if diff:

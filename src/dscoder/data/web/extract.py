@@ -5,7 +5,7 @@ extractor): navigation, footers and boilerplate go, paragraphs, lists and `<pre>
 breaks. Measured on 150 pages of the Rust book HTML (4.4 MB) on one core: Resiliparse 530 pages/s (15 MB/s),
 trafilatura 2.3 36 pages/s (1 MB/s), both keeping the code blocks; hence Resiliparse.
 
-Decoding (reliability §6, bad input costs only itself): the charset the HTTP header declares, else a `<meta>`
+Decoding (bad input costs only itself): the charset the HTTP header declares, else a `<meta>`
 charset in the first 4 KiB, else UTF-8, each tried strictly; when the declared one fails (a page that lies about its
 charset), UTF-8 and then Resiliparse's detector are tried; a page none of them decodes is dropped as "encoding".
 """
