@@ -15,17 +15,12 @@ import time
 
 import torch
 
-from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+from _pair import add_shape_args, llama_pair  # benchmarks/ is on sys.path when a script runs
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--intermediate", type=int, default=2816)
-    p.add_argument("--vocab", type=int, default=32256)
+    add_shape_args(p, hidden=1024, layers=8, heads=8, kv_heads=8, intermediate=2816, vocab=32256)
     p.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
     p.add_argument("--new", type=int, default=128, help="new tokens per run")
     p.add_argument("--batch", type=int, default=1)

@@ -15,17 +15,12 @@ import time
 
 import torch
 
-from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+from _pair import add_shape_args, llama_pair  # benchmarks/ is on sys.path when a script runs
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--intermediate", type=int, default=688)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
+    add_shape_args(p, hidden=256, layers=4, heads=8, kv_heads=4, intermediate=688, vocab=4096)
     p.add_argument("--prompts", type=int, default=4, help="P, tasks per step")
     p.add_argument("--group", type=int, default=8, help="G, samples per task")
     p.add_argument("--new-tokens", type=int, default=64)

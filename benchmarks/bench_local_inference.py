@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+from _pair import add_shape_args, decode_bytes, llama_pair  # benchmarks/ is on sys.path when a script runs
 
 EDIT_INSTRUCTION = "\n# The same module with `total` renamed to `result`:\n"
 
@@ -33,12 +33,7 @@ EDIT_INSTRUCTION = "\n# The same module with `total` renamed to `result`:\n"
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder with tokenizer (default: random weights)")
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--intermediate", type=int, default=2816)
-    p.add_argument("--vocab", type=int, default=32256)
+    add_shape_args(p, hidden=1024, layers=8, heads=8, kv_heads=8, intermediate=2816, vocab=32256)
     p.add_argument("--new", type=int, default=128, help="new tokens per run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per row (best is reported)")
@@ -68,17 +63,6 @@ def read_bandwidth(n_bytes: int = 2**30) -> float:
         x.sum()
         best = min(best, time.perf_counter() - t0)
     return n_bytes / best
-
-
-def bytes_per_pass(model: torch.nn.Module, prompt_len: int, new: int) -> float:
-    """Weights one batch-1 forward reads (every buffer and parameter but the embedding table, plus one row of it)
-    and the mean K/V cache attended."""
-    emb = model.model.embed_tokens.weight
-    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    total += -emb.numel() * emb.element_size() + emb.shape[1] * emb.element_size()
-    c = model.config
-    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * (prompt_len + (new + 1) / 2)
-    return total + kv
 
 
 def int8_quality(ref, q, ids: list[int]) -> str:
@@ -145,7 +129,7 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, (_, model) in rows.items():
             t = best[name]
-            roof = bytes_per_pass(model, len(ids), args.new) * passes[name] / t / bw
+            roof = sum(decode_bytes(model, len(ids), args.new)) * passes[name] / t / bw
             same = sum(a == b for a, b in zip(outs[name], ref))
             print(f"| {name} | {args.new / t:.1f} | {passes[name] / args.new:.2f} | {same}/{args.new} | {roof:.0%} |")
         print("| llama.cpp F32 / Q8_0 | not run: `llama_cpp` is not installed | | | |"

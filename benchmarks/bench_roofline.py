@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from _pair import decode_bytes  # benchmarks/ is on sys.path when a script runs
+
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,16 +45,6 @@ def bandwidth_probes(n_bytes: int):
     x = torch.ones(n_bytes // 4, dtype=torch.float32)  # ones, not empty: every page really backed
     y = torch.empty_like(x)
     return (lambda: n_bytes / timed(x.sum)), (lambda: 2 * n_bytes / timed(lambda: y.copy_(x)))
-
-
-def bytes_per_token(model: torch.nn.Module, cfg, prompt: int, new: int) -> tuple[float, float]:
-    """(weight bytes, mean KV-cache bytes) read per decode step at batch 1, fp32."""
-    emb = model.get_parameter("model.embed_tokens.weight")
-    weights = sum(p.numel() * p.element_size() for p in model.parameters()) - emb.numel() * emb.element_size()
-    weights += emb.shape[1] * emb.element_size()  # the one embedding row looked up
-    kv_per_pos = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4
-    mean_len = prompt + (new + 1) / 2  # positions attended to, averaged over the decode steps
-    return float(weights), kv_per_pos * mean_len
 
 
 def main() -> None:
@@ -91,7 +83,7 @@ def main() -> None:
             bw_read, bw_copy = max(bw_read, probe_read()), max(bw_copy, probe_copy())
             best = min(best, decode_seconds())
         speed[layout] = args.new / best
-    w_bytes, kv_bytes = bytes_per_token(model, cfg, args.prompt, args.new)
+    w_bytes, kv_bytes = decode_bytes(model, args.prompt, args.new)
 
     print(f"batch-1 greedy decode, fp32 CPU, {args.threads} threads; 1.3b-shaped model with {args.layers} layers "
           f"({cfg.num_params() / 1e6:.0f}M params), prompt {args.prompt}, {args.new} decode steps, "

@@ -16,17 +16,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _pair import llama_pair  # benchmarks/ is on sys.path when a script runs
+from _pair import add_shape_args, llama_pair  # benchmarks/ is on sys.path when a script runs
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--intermediate", type=int, default=1376)
-    p.add_argument("--vocab", type=int, default=32256)
+    add_shape_args(p, hidden=512, layers=8, heads=8, kv_heads=8, intermediate=1376, vocab=32256)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
