@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
 
@@ -268,6 +268,16 @@ def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
     if problem:
         raise UserError(f"{what} {str(p)!r} {problem}")
     return p
+
+
+def out_outside_inputs(out: Path, inputs: Iterable[str | os.PathLike], noun: str, consequence: str) -> None:
+    """`out` must not be an input folder or lie inside one: a rerun would read its own output. UserError naming
+    both, e.g. "--out OUT is inside the source SRC: <consequence>; put --out outside SRC"."""
+    out_real = Path(out).resolve()
+    for src in inputs:
+        real = Path(src).resolve()
+        if real.is_dir() and (out_real == real or real in out_real.parents):
+            raise UserError(f"--out {out} is inside the {noun} {src}: {consequence}; put --out outside {src}")
 
 
 def out_dir(text: str) -> Path:

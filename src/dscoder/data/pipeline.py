@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..args import Parser, comma_list, finite_float, out_dir, positive_int
+from ..args import Parser, comma_list, finite_float, out_dir, out_outside_inputs, positive_int
 from ..durable import lock_run_folder, replace_durably
 from ..errors import UserError
 from .decontam import BenchmarkIndex, benchmark_files
@@ -347,12 +347,8 @@ def _check_out(sources: Iterable[str | Path], out: Path) -> None:
     """--out must not be a source or lie inside one: a second run would read its own output as code."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    out_real = out.resolve()
-    for src in sources:
-        src_real = Path(src).resolve()
-        if src_real.is_dir() and (out_real == src_real or src_real in out_real.parents):
-            raise UserError(f"--out {out} is inside the source {src}: a second build would read its own shards, "
-                            f"stats.json and report.md as code; put --out outside {src}")
+    out_outside_inputs(out, sources, "source",
+                       "a second build would read its own shards, stats.json and report.md as code")
 
 
 def _no_text_error(sources: list[str | Path], stats: Stats) -> UserError:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...args import Parser, finite_float, int_range, out_dir, positive_int, seed
+from ...args import Parser, finite_float, int_range, out_dir, out_outside_inputs, positive_int, seed
 from ...durable import lock_run_folder, replace_durably
 from ...errors import UserError
 from ..decontam import benchmark_files, build_index
@@ -227,12 +227,7 @@ def write_web_shards(out: Path, rows: list[tuple[str, str, str, float, int]], sh
 # ------------------------------------------------------------------------------------------------ the run
 
 def _check_out(inputs: list, out: Path) -> None:
-    out_real = out.resolve()
-    for src in inputs:
-        real = Path(src).resolve()
-        if real.is_dir() and (out_real == real or real in out_real.parents):
-            raise UserError(f"--out {out} is inside the input folder {src}: a rerun would read its own shards as "
-                            f"pages; put --out elsewhere")
+    out_outside_inputs(out, inputs, "input folder", "a rerun would read its own shards as pages")
 
 
 def build_web(seed_pages: list, pool: list, out: Path, cfg: WebConfig, executor: str = "local",
