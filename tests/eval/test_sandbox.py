@@ -222,7 +222,10 @@ def test_output_cap_verdict_when_the_sample_dies_by_signal(path, end):
                      sandbox=path)
     cand = v.runs[0]
     assert (v.passed, v.status) == (False, "output_limit"), (v.status, v.details)
-    assert cand.stderr == b"x" * CAP and cand.stderr_truncated and cand.signal == signal.SIGKILL
+    assert cand.stderr == b"x" * CAP and cand.stderr_truncated
+    # the host's kill at the cap races the program's own SIGKILL; the zygote path reports a host kill without a
+    # signal, so either ending is right as long as the verdict and the capped output are
+    assert cand.signal in (signal.SIGKILL, None), cand
     nxt = check_python(GOOD, TEST, "f", limits=FAST, sandbox=path)
     assert nxt.passed and [r.exit_code for r in nxt.runs] == [0, 0], (nxt.status, nxt.details)
 
