@@ -160,6 +160,20 @@ def test_resume_skips_scored_samples(tmp_path, problems, he_fixture):
     assert cli_main(["eval", "--benchmark", "mbpp", "--samples", str(samples), "--out", str(out)]) == 2
 
 
+def test_an_int8_or_bf16_run_does_not_resume_an_fp32_one(tmp_path):
+    from dscoder.eval.harness import check_out_dir, run_record
+    fp32 = run_record(EvalConfig("humaneval", model="m", device="cpu"))
+    assert (fp32["dtype"], fp32["quantize"]) == ("float32", "none")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps(fp32))
+    check_out_dir(out, run_record(EvalConfig("humaneval", model="m", device="cpu", dtype="float32")))  # same run
+    for other in (dict(quantize="int8"), dict(dtype="bfloat16")):
+        with pytest.raises(UserError, match=f"holds a run with {next(iter(other))}="):
+            check_out_dir(out, run_record(EvalConfig("humaneval", model="m", device="cpu", **other)))
+    assert run_record(EvalConfig("humaneval", samples="s.jsonl"))["quantize"] is None  # scoring only
+
+
 def test_a_locked_run_folder_is_refused(tmp_path, problems, he_fixture, capsys):
     samples = write_samples(tmp_path / "s.jsonl", [(problems[0]["task_id"], problems[0]["canonical_solution"])])
     lock = lock_run_folder(tmp_path / "out")

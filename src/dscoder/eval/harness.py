@@ -45,7 +45,9 @@ from dscoder.eval.passk import pass_at_k, reportable_ks
 from dscoder.eval.tasks import BENCHMARKS, Task, get_task
 
 Key = tuple[str, int]  # (task_id, sample index)
-RUN_KEYS = ("benchmark", "languages", "source", "temperature", "max_new_tokens", "seed", "chat_style")
+# a resumed run must share these: an int8 or bf16 run samples other tokens than an fp32 one
+RUN_KEYS = ("benchmark", "languages", "source", "temperature", "max_new_tokens", "seed", "chat_style", "dtype",
+            "quantize")
 
 
 # ---------------------------------------------------------------- files
@@ -391,6 +393,11 @@ def run_record(cfg: EvalConfig) -> dict:
     meta = {k: v for k, v in {**cfg.to_dict(), "source": cfg.source}.items() if k in RUN_KEYS}
     if cfg.source == "samples":
         meta.update({k: None for k in ("temperature", "max_new_tokens", "seed", "chat_style")})
+    if cfg.source != "model":
+        meta.update(dtype=None, quantize=None)      # the weights are not ours to load
+    elif meta["dtype"] == "auto":
+        from dscoder.args import resolve_device_dtype
+        meta["dtype"] = str(resolve_device_dtype(cfg)[1]).removeprefix("torch.")  # as loaded: the same run
     return meta
 
 
