@@ -59,6 +59,8 @@ class BatchSource(Protocol):
     def next_windows(self, n: int) -> torch.Tensor | Batch | None: ...      # (n, T+1) windows, or a Batch of n rows
     def state_dict(self) -> dict: ...
     def load_state_dict(self, st: dict) -> None: ...
+    # optional: log_fields() -> dict merged into each metrics row, progress_note() -> str appended to the progress
+    # line (a corpus mix reports what it has sampled)
 
 
 @dataclass
@@ -296,6 +298,8 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
                 row["response_tokens"] = res["scored"]
             if res["aux_loss"] is not None:
                 row["aux_loss"] = parallel.all_reduce_mean(res["aux_loss"], dist)
+            if hasattr(data, "log_fields"):
+                row.update(data.log_fields())
             if res["expert_load"] is not None:
                 row.update(expert_balance(parallel.all_reduce_sum_(res["expert_load"].to(dist.device), dist).cpu()))
             final = state.step == cfg.steps
@@ -304,7 +308,8 @@ def run(model: nn.Module, optimizer: torch.optim.Optimizer, data: BatchSource, c
             if log is not None:
                 log.log(row)
                 progress.update(state.step, row["loss"], row["tokens_per_s"],
-                                f" | eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
+                                (f" | eval {row['eval_loss']:.4f}" if "eval_loss" in row else "")
+                                + (data.progress_note() if hasattr(data, "progress_note") else ""))
             if cfg.save_every and (state.step % cfg.save_every == 0 or final):
                 save(state)
                 saved_step = state.step

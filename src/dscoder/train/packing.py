@@ -13,6 +13,11 @@
   (seed, k), so whichever process tokenizes it draws the same split points.
 * Resumability: `state_dict()` = (epoch, index of the next document, the leftover token buffer, the shuffle rng, the
   count of documents tokenized); `load_state_dict` puts the stream back at exactly that token.
+* Mixing (`MixedStream`): several named corpora, each its own `PackedStream` (own shuffle and FIM seeds,
+  `source_seed`), interleaved window by window by weight. The choice is the deterministic greedy of Megatron-LM's
+  `build_blending_indices` (megatron/core/datasets/helpers.cpp): the next window comes from the source furthest
+  below its share, so after n windows every source has its weight x n windows, give or take one. A source cycles
+  on its own (its epochs counted); the per-source counts are saved with the streams' positions.
 * Data parallel: every rank runs the same stream (reading and shuffling texts is cheap) and so holds the same global
   batch, keeping rows r::world of it (`parallel.shard_rows`); the data order does not depend on the number of
   processes. Tokenizing is the costly part, so it is split: rank r encodes documents r::world of each chunk and
@@ -247,6 +252,83 @@ class PackedStream:
             self.encode.load_state_dict(st["encoder"])
 
 
+def source_seed(seed: int, name: str) -> int:
+    """The shuffle and FIM seed of the mixed source `name`: 64 bits of blake2b(seed, name), so sources draw
+    independently and adding a source changes no other source's stream."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class MixedStream:
+    """(n, seq_len + 1) windows from several `PackedStream`s, each window from one source chosen by weight (see
+    the module docstring); exactly resumable. `weights` (name -> weight > 0, any scale) fix the order of the
+    sources (by name, so the command line's order does not matter). A source that runs out (limited `epochs`,
+    the held-out split) is dropped and the others go on; None once every source has run out."""
+
+    def __init__(self, streams: dict[str, PackedStream], weights: dict[str, float]):
+        if not streams or set(streams) != set(weights) or min(weights.values()) <= 0:
+            raise ValueError(f"need a positive weight for each source, got {weights} for {sorted(streams)}")
+        self.names = sorted(streams)
+        self.streams = {n: streams[n] for n in self.names}
+        total = sum(weights.values())
+        self.weights = {n: weights[n] / total for n in self.names}
+        self.counts = dict.fromkeys(self.names, 0)      # windows handed out per source
+        self.exhausted: set[str] = set()
+
+    def _pick(self) -> str | None:
+        """The live source furthest below its share of the windows handed out after this one (ties: first)."""
+        n = sum(self.counts.values()) + 1
+        live = [s for s in self.names if s not in self.exhausted]
+        return max(live, key=lambda s: self.weights[s] * n - self.counts[s]) if live else None
+
+    def next_windows(self, n: int) -> torch.Tensor | None:
+        rows = []
+        while len(rows) < n:
+            name = self._pick()
+            if name is None:
+                return None
+            w = self.streams[name].next_windows(1)
+            if w is None:
+                self.exhausted.add(name)
+                continue
+            self.counts[name] += 1
+            rows.append(w)
+        return torch.cat(rows)                            # (n, T+1)
+
+    @property
+    def stats(self) -> CorpusStats:
+        """What reading skipped, over all sources (CorpusStats is keyed by file)."""
+        out = CorpusStats()
+        for s in self.streams.values():
+            out.shard_files.update(s.stats.shard_files)
+            out.skipped.update(s.stats.skipped)
+        return out
+
+    def log_fields(self) -> dict:
+        """The mix sampled so far, for metrics.jsonl: per source windows ("sequences"), their target tokens
+        (seq_len each), the running fraction of all windows and the completed passes over the source."""
+        total = max(1, sum(self.counts.values()))
+        return {"mix": {n: {"sequences": c, "tokens": c * self.streams[n].seq_len, "fraction": round(c / total, 4),
+                            "epochs": self.streams[n].epoch} for n, c in self.counts.items()}}
+
+    def progress_note(self) -> str:
+        total = max(1, sum(self.counts.values()))
+        return " | mix " + " ".join(f"{n} {c / total:.2f}" for n, c in self.counts.items())
+
+    def state_dict(self) -> dict:
+        return {"sources": {n: s.state_dict() for n, s in self.streams.items()}, "counts": dict(self.counts),
+                "exhausted": sorted(self.exhausted)}
+
+    def load_state_dict(self, st: dict) -> None:
+        if sorted(st.get("sources", {})) != self.names:
+            raise UserError(f"the checkpoint's data sources ({', '.join(sorted(st.get('sources', {})))}) are not "
+                            f"this run's ({', '.join(self.names)})")
+        for n, s in self.streams.items():
+            s.load_state_dict(st["sources"][n])
+        self.counts = {n: int(st["counts"][n]) for n in self.names}
+        self.exhausted = set(st.get("exhausted", []))
+
+
 def _as_rng_state(st):
     """random.Random state after a round trip through torch.save / weights_only load (lists for tuples)."""
     return (st[0], tuple(st[1]), st[2]) if isinstance(st, (list, tuple)) else st
@@ -274,6 +356,11 @@ def heldout_batches(paths: list[str | Path], encode: Callable, seq_len: int, n_b
                     heldout_every: int = 100) -> list[torch.Tensor]:
     """Up to n_batches fixed eval batches from one pass over the held-out split (same batches at every eval)."""
     stream = PackedStream(paths, encode, seq_len, split="heldout", heldout_every=heldout_every, epochs=1)
+    return take_batches(stream, n_batches, rows)
+
+
+def take_batches(stream: PackedStream | MixedStream, n_batches: int, rows: int) -> list[torch.Tensor]:
+    """Up to n_batches batches of `rows` windows from a finite stream."""
     out = []
     for _ in range(n_batches):
         b = stream.next_windows(rows)

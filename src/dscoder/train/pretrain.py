@@ -1,7 +1,8 @@
 """`dscoder pretrain`: next-token + FIM pretraining of a v1 (Llama) or V2 (MLA + MoE) model (v1 paper §3).
 
 Wires the pieces: tokenizer -> model config (preset or --init-from, vocab/bos/eos from the tokenizer, RoPE flags
-for long-context extension, v1 §3.6) -> `packing.PackedStream` (FIM at the document level, §3.1.2) -> `loop.run`
+for long-context extension, v1 §3.6) -> `packing.PackedStream` (FIM at the document level, §3.1.2; several named
+corpora interleaved by weight through `packing.MixedStream`, Coder-V2 §2) -> `loop.run`
 (AdamW + 3-stage or cosine LR, §3.4) -> `checkpoint` (atomic, verifiable, exact resume) and OUT/final/.
 Order of work: every input is checked; rank 0 creates and locks OUT (`_RunFolder`) and decides where the run
 starts (`_plan_start`: fresh, resume, nothing to do, or a refusal that touches nothing); then the model is built,
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -25,18 +28,72 @@ import torch
 from ..args import (Parser, add_device_args, finite_float, int_range, non_negative_int, out_dir, positive_float,
                     positive_int, probability, resolve_device_dtype, typed_overrides)
 from ..args import seed as seed_int
-from ..data.corpus import CorpusStats
 from ..durable import lock_run_folder
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import parallel
 from .loop import GracefulStop, LoopConfig, TrainState, rng_state, run, set_rng_state
 from .optim import SCHEDULES, build_optimizer
-from .packing import DocEncoder, PackedStream, check_corpus, heldout_batches
+from .packing import DocEncoder, MixedStream, PackedStream, check_corpus, source_seed, take_batches
 
 # settings a resumed run must share with the checkpoint: they decide what the data stream and model are
 _RESUME_FIXED = ("seq_len", "batch_size", "grad_accum", "fim_rate", "heldout_every", "shuffle_docs",
-                 "shuffle_windows", "data", "fsdp")
+                 "shuffle_windows", "data", "mix", "fsdp")
+
+_NAME = r"[A-Za-z][A-Za-z0-9_-]*"                              # a data source's name
+_SOURCE = re.compile(rf"({_NAME})=(.+)", re.S)                 # NAME=PATH names a data source
+
+
+def _mix(text: str) -> dict[str, float]:
+    """argparse type for `--mix NAME=W,NAME=W`: weights finite and > 0, on any scale (60,10,30 = 0.6,0.1,0.3)."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, w = (x.strip() for x in item.partition("="))
+        if not sep or not re.fullmatch(_NAME, name):
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT,NAME=WEIGHT,..., got {item.strip()!r}")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"{name} is weighted twice")
+        try:
+            out[name] = positive_float(w)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{name}: weight {e}") from None
+    return out
+
+
+_mix.metavar = "NAME=W,..."  # type: ignore[attr-defined]
+
+
+def _data_sources(inputs: list[str], mix: dict[str, float] | None) -> tuple[dict[str, list[str]] | None,
+                                                                            dict[str, float] | None]:
+    """(name -> paths, name -> weight normalized to sum 1), or (None, None) when no input is named (one corpus,
+    every path read in turn: the stream of a run without mixing)."""
+    named = [_SOURCE.fullmatch(x) for x in inputs]
+    if not any(named):
+        if mix:
+            raise UserError("--mix weighs named inputs: give each corpus as NAME=PATH (e.g. code=runs/code)")
+        return None, None
+    if not all(named):
+        bare = next(x for x, m in zip(inputs, named) if not m)
+        raise UserError(f"data input {bare}: name every input as NAME=PATH or none (write ./{bare} for a path "
+                        "that contains '=')")
+    sources: dict[str, list[str]] = {}
+    for m in named:
+        sources.setdefault(m[1], []).append(m[2])
+    sources = dict(sorted(sources.items()))
+    if mix is None and len(sources) > 1:
+        raise UserError(f"{len(sources)} data sources ({', '.join(sources)}): give their weights with --mix "
+                        + ",".join(f"{n}=W" for n in sources))
+    mix = mix or {n: 1.0 for n in sources}
+    unknown = [n for n in mix if n not in sources]
+    if unknown:
+        raise UserError(f"--mix: unknown source {unknown[0]!r} (the inputs name {', '.join(sources)})")
+    missing = [n for n in sources if n not in mix]
+    if missing:
+        raise UserError(f"--mix: no weight for source {missing[0]!r} (give one for each of {', '.join(sources)})")
+    total = sum(mix.values())
+    if not math.isfinite(total):
+        raise UserError("--mix: the weights add up to more than a float holds; use smaller numbers")
+    return sources, {n: round(mix[n] / total, 12) for n in sources}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--preset", required=True, help="model preset (models/presets.py), e.g. tiny, tiny-moe, deepseek-coder-1.3b")
     a("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (dscoder tokenizer train)")
-    p.add_inputs("data", "DATA", "folders of source files, .jsonl[.gz] or .parquet with 'text'", alias="--data")
+    p.add_inputs("data", "DATA", "folders of source files, .jsonl[.gz] or .parquet with 'text'; NAME=PATH names "
+                 "a corpus to mix by --mix (a name may take several paths)", alias="--data")
+    a("--mix", type=_mix, default=None,
+      help="weights of the named corpora, e.g. code=0.6,web=0.1,math=0.3 (any scale; each window is drawn from one)")
     a("--out", required=True, type=out_dir, metavar="DIR", help="run folder")
     a("--steps", type=positive_int, required=True, metavar="N", help="optimizer steps in total")
     a("--seq-len", type=positive_int, required=True, metavar="N", help="tokens per training sequence")
@@ -95,7 +155,8 @@ def _validate(args) -> None:
         raise UserError(f"--dtype {args.dtype}: pretraining runs in float32 or with bfloat16 autocast")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
-    for d in args.data:
+    args.sources, args.weights = _data_sources(args.data, args.mix)
+    for d in _all_paths(args):
         if not Path(d).exists():
             raise UserError(f"data path {d}: no such file or folder")
     tok = Path(args.tokenizer)
@@ -103,6 +164,42 @@ def _validate(args) -> None:
         raise UserError(f"--tokenizer {tok}: no such directory (train one with `dscoder tokenizer train`)")
     if args.init_from and not (Path(args.init_from) / "config.json").is_file():
         raise UserError(f"--init-from {args.init_from}: not an HF checkpoint folder (no config.json)")
+
+
+def _all_paths(args) -> list[str]:
+    return args.data if args.sources is None else [p for paths in args.sources.values() for p in paths]
+
+
+def _check_data(args) -> None:
+    """Every corpus (each named source on its own) has a usable training document: before OUT is written."""
+    if args.sources is None:
+        check_corpus(args.data, args.heldout_every)
+        return
+    for name, paths in args.sources.items():
+        try:
+            check_corpus(paths, args.heldout_every)
+        except UserError as e:
+            raise UserError(f"data source {name}: {e}") from None
+
+
+def _streams(args, tokenizer, dist) -> tuple[PackedStream | MixedStream, list[torch.Tensor]]:
+    """The training stream and the fixed held-out eval batches: one corpus packed as is, or each named source
+    packed on its own (its own seeds) and interleaved by --mix, the held-out windows by the same weights."""
+    def packed(paths, fim_seed, **kw):
+        return PackedStream(paths, DocEncoder(tokenizer, args.fim_rate, seed=fim_seed, dist=dist), args.seq_len,
+                            heldout_every=args.heldout_every, **kw)
+
+    train_kw = dict(shuffle_docs=args.shuffle_docs, shuffle_windows=args.shuffle_windows)
+    if args.sources is None:
+        stream = packed(args.data, args.seed, seed=args.seed, **train_kw)
+        held = packed(args.data, args.seed + 1, split="heldout", epochs=1)
+    else:
+        seeds = {n: source_seed(args.seed, n) for n in args.sources}
+        stream = MixedStream({n: packed(p, seeds[n], seed=seeds[n], **train_kw) for n, p in args.sources.items()},
+                             args.weights)
+        held = MixedStream({n: packed(p, seeds[n] + 1, split="heldout", epochs=1)
+                            for n, p in args.sources.items()}, args.weights)
+    return stream, take_batches(held, args.eval_batches, args.batch_size // args.grad_accum)
 
 
 def _parse_sets(items: list[str], base) -> dict:
@@ -198,7 +295,9 @@ def _run_args(args) -> dict:
     return {"seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
             "fim_rate": args.fim_rate, "heldout_every": args.heldout_every, "shuffle_docs": args.shuffle_docs,
             "shuffle_windows": args.shuffle_windows,
-            "data": [str(Path(d).resolve()) for d in args.data], "fsdp": bool(args.fsdp), "steps": args.steps,
+            "data": [str(Path(d).resolve()) for d in args.data] if args.sources is None else
+                    {n: [str(Path(d).resolve()) for d in paths] for n, paths in args.sources.items()},
+            "mix": args.weights, "fsdp": bool(args.fsdp), "steps": args.steps,
             "lr": args.lr, "schedule": args.schedule, "preset": args.preset, "seed": args.seed}
 
 
@@ -214,6 +313,13 @@ Two processes (DDP, or FSDP2):        python -m torch.distributed.run --nproc-pe
                                       [--fsdp] [--activation-checkpointing]
 Long-context extension:               --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
                                       (recipes/long_context.md)
+Mix corpora (Coder-V2's 60/10/30):    dscoder pretrain code=runs/code web=runs/web math=runs/math \
+                                          --mix code=0.6,web=0.1,math=0.3 ...
+    NAME=PATH names a corpus (a name may repeat to take several paths; name every input or none; write ./a=b for
+    a path that contains '='). Each corpus is packed on its own (FIM, shuffle, epochs) and every training window
+    comes from one corpus: the one furthest below its weight's share so far (deterministic, exact to one window).
+    metrics.jsonl's `mix` and the progress line give the windows, tokens, running fraction and epochs per corpus;
+    the held-out batches mix the corpora's held-out documents by the same weights. --resume keeps the mix.
 
 Writes OUT/metrics.jsonl (one JSON row per optimizer step), OUT/loss.png, OUT/checkpoints/step-N/ (atomic, with
 a manifest; every --save-every steps and after the last step; the newest --keep-last are kept), OUT/final/ (an HF
@@ -240,7 +346,7 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
         raise UserError(f"--tokenizer {args.tokenizer}: cannot load ({e})") from e
     ids = special_ids(tokenizer, require_fim=args.fim_rate > 0)
     cfg = build_config(args, tokenizer, ids)
-    check_corpus(args.data, args.heldout_every)           # before anything is written under --out
+    _check_data(args)                                      # before anything is written under --out
     with parallel.training_process(args.threads, resolve_device_dtype(args)[0].type) as dist:
         micro_rows = args.batch_size // args.grad_accum
         if micro_rows % dist.world:
@@ -357,11 +463,7 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     model = _setup_model(args, cfg, dist, resume_from)
     model = parallel.parallelize(model, dist, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing)
     optimizer = build_optimizer(model, args.lr)
-    encoder = DocEncoder(tokenizer, fim_rate=args.fim_rate, seed=args.seed, dist=dist)
-    stream = PackedStream(args.data, encoder, args.seq_len, heldout_every=args.heldout_every,
-                          shuffle_docs=args.shuffle_docs, shuffle_windows=args.shuffle_windows, seed=args.seed)
-    evals = heldout_batches(args.data, DocEncoder(tokenizer, args.fim_rate, seed=args.seed + 1, dist=dist),
-                            args.seq_len, args.eval_batches, args.batch_size // args.grad_accum, args.heldout_every)
+    stream, evals = _streams(args, tokenizer, dist)
     if not evals and dist.is_main:
         print(f"dscoder pretrain: the held-out split (1 document in {args.heldout_every}) has too few tokens for "
               "one eval batch: no eval loss (lower --heldout-every for a small corpus)", file=sys.stderr)
@@ -387,7 +489,7 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     final_model = _gathered_model(model, cfg, dist)
     if dist.is_main:
         ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
-        _write_summary(out, state, stream.stats)
+        _write_summary(out, state, stream)
         print(f"dscoder pretrain: {state.step} steps, {state.tokens:,} tokens; final model in {out / 'final'}",
               file=sys.stderr)
     parallel.barrier(dist)
@@ -405,16 +507,19 @@ def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist,
     return 143
 
 
-def _write_summary(out: Path, state, corpus: CorpusStats) -> None:
-    """OUT/summary.json: totals, the held-out loss before and after training, and what reading --data skipped
+def _write_summary(out: Path, state, stream: PackedStream | MixedStream) -> None:
+    """OUT/summary.json: totals, the held-out loss before and after training, what reading --data skipped
     (`data`: records read, bad records and the first one as FILE:LINE (reason), per file; skipped source files by
-    reason; counted over the files the training stream read to their end)."""
+    reason; counted over the files the training stream read to their end) and, for a mix, the windows each source
+    gave (`mix`, as in metrics.jsonl, with its `weight`)."""
     from .metrics import plot_loss, read_metrics
 
     evals = [r["eval_loss"] for r in read_metrics(out / "metrics.jsonl") if "eval_loss" in r]
     summary = {"steps": state.step, "tokens": state.tokens, "train_seconds": round(state.elapsed_s, 1),
                "initial_eval_loss": state.initial_eval_loss, "final_eval_loss": evals[-1] if evals else None,
-               "data": corpus.as_dict()}
+               "data": stream.stats.as_dict()}
+    if isinstance(stream, MixedStream):
+        summary["mix"] = {n: {**v, "weight": stream.weights[n]} for n, v in stream.log_fields()["mix"].items()}
     if state.initial_eval_loss is not None:
         plot_loss(out / "metrics.jsonl", out / "loss.png", state.initial_eval_loss)
     tmp = out / "summary.json.tmp"
