@@ -1,6 +1,9 @@
 """Run control of `dscoder pretrain`, with real processes: SIGTERM checkpoints and resumes exactly; --resume never
 moves backward and refuses damaged checkpoint sets; a finished run extends from its last checkpoint; leftovers of
-killed saves are cleaned; one run per folder; bad input leaves no folder behind."""
+killed saves are cleaned; one run per folder; bad input leaves no folder behind.
+
+Runs that train are real processes (signals, torchrun, exact resume); refusals that stop before the first step call
+`dscoder.cli.main` in this process (the same code path, without a second torch import per case)."""
 from __future__ import annotations
 
 import signal
@@ -114,7 +117,8 @@ def test_finished_run_extends_from_its_last_checkpoint_and_cleans_leftovers(stra
     assert json.loads((run / "final" / "manifest.json").read_text())["step"] == 14
 
 
-def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straight, tok_dir, corpus_dir, tmp_path):
+def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straight, tok_dir, corpus_dir, tmp_path,
+                                                                         capsys):
     run = copy_run(straight, tmp_path / "run")
     ck = run / "checkpoints"
     w = ck / "step-00000012" / "model.safetensors"
@@ -124,24 +128,25 @@ def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straig
     (ck / "step-00000008" / "train_state.pt").write_bytes(bytes(raw))
     (ck / "step-00000004" / "manifest.json").unlink()             # killed before the manifest
     before = _snapshot(run)
-    r = run_cli(pretrain_args(tok_dir, corpus_dir, run, steps=16, extra=["--resume"]))
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert lines[0].startswith("dscoder pretrain: error: --resume: no usable checkpoint under")
-    assert "step-00000012: model.safetensors: size" in r.stderr
-    assert "step-00000008: train_state.pt: sha256 mismatch" in r.stderr
-    assert "step-00000004: no manifest.json" in r.stderr
-    assert "Traceback" not in r.stderr and _snapshot(run) == before
+    assert cli_main(pretrain_args(tok_dir, corpus_dir, run, steps=16, extra=["--resume"])) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dscoder pretrain: error: --resume: no usable checkpoint under")
+    assert "step-00000012: model.safetensors: size" in err
+    assert "step-00000008: train_state.pt: sha256 mismatch" in err
+    assert "step-00000004: no manifest.json" in err
+    assert _snapshot(run) == before
 
 
 @pytest.mark.slow
-def test_second_run_into_the_same_folder_exits_2_naming_the_holder(tok_dir, corpus_dir, tmp_path):
+def test_second_run_into_the_same_folder_exits_2_naming_the_holder(tok_dir, corpus_dir, tmp_path, capsys):
     out = tmp_path / "busy"
     first = _start(pretrain_args(tok_dir, corpus_dir, out, steps=200))
     try:
         _wait_for_step(first, out / "metrics.jsonl", 1)
-        r = run_cli(pretrain_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"]))
-        assert r.returncode == 2 and f"in use by pid {first.pid}" in r.stderr, r.stderr
+        assert cli_main(pretrain_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"])) == 2
+        err = capsys.readouterr().err
+        assert f"in use by pid {first.pid}" in err and first.poll() is None, err
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=120)
@@ -159,19 +164,26 @@ BAD_INPUTS = {
 }
 
 
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dscoder pretrain: error: "), err
+    return lines[0]
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_leaves_no_folder(tok_dir, corpus_dir, tmp_path, case):
+def test_bad_input_leaves_no_folder(tok_dir, corpus_dir, tmp_path, case, capsys):
     out = tmp_path / "never"
-    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=BAD_INPUTS[case]))
-    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert cli_main(pretrain_args(tok_dir, corpus_dir, out, extra=BAD_INPUTS[case])) == 2
+    _one_error_line(capsys)
     assert not out.exists()
 
 
-def test_error_after_the_folder_is_taken_removes_it(straight, tok_dir, corpus_dir, tmp_path):
+def test_error_after_the_folder_is_taken_removes_it(straight, tok_dir, corpus_dir, tmp_path, capsys):
     """--init-from weights that do not fit the model are found while the model is built (the folder is locked by
     then): the folder this run created is removed again."""
     out = tmp_path / "never"
-    r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=["--init-from", str(straight / "final"),
-                                                    "--set", "intermediate_size=64"]))
-    assert r.returncode == 2 and "weights do not fit" in r.stderr, r.stderr
+    assert cli_main(pretrain_args(tok_dir, corpus_dir, out, extra=["--init-from", str(straight / "final"),
+                                                               "--set", "intermediate_size=64"])) == 2
+    assert "weights do not fit" in _one_error_line(capsys)
     assert not out.exists()
