@@ -155,7 +155,7 @@ def test_cancel_timeout_queue_bound_and_bad_requests(engine):
         long.cancel()                                   # its row is freed; the waiting one runs
         out = c.wait(1)
         assert "long" not in out and out["waiting"][0].output.tokens == engine.generate([[4, 5]], 5)[0].tokens
-        timed = sched.submit(c.job([1, 2], Params(MAX_LEN - 2, timeout=0.05), key="t"))
+        timed = sched.submit(c.job([1, 2], Params(MAX_LEN - 2, timeout=0.03), key="t"))
         fin = c.wait(1)["t"][0]
         assert fin.output.finish_reason == "length" and len(fin.output.tokens) < MAX_LEN - 2
         assert timed.first_token_at is not None
@@ -183,3 +183,66 @@ def test_an_owner_that_cannot_take_events_is_dropped_and_others_go_on(engine):
     finally:
         sched.shutdown(10)
     assert sched.stats()["running"] == 0 and sched.thread is not None and not sched.thread.is_alive()
+
+
+def _prefill_shapes(engine) -> tuple[list, object]:
+    """(input shapes of every forward with more than one new token, the hook's handle)."""
+    shapes: list = []
+    handle = engine.model.register_forward_pre_hook(
+        lambda mod, args: shapes.append(tuple(args[0].shape)) if args[0].shape[1] > 1 else None)
+    return shapes, handle
+
+
+def test_batched_and_chunked_prefill_of_different_lengths(engine):
+    """Waiting prompts of different lengths are prefilled in one left-padded forward; with a small prefill budget a
+    long prompt is read in chunks while the others decode. Every output equals the request's alone."""
+    rng = random.Random(3)
+    reqs = [([rng.randrange(1, 101) for _ in range(n)], m) for n, m in [(3, 9), (17, 6), (30, 12), (8, 15), (41, 5)]]
+    alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
+    for budget in (256, 8):
+        sched = Scheduler(engine, max_batch=8, max_queue=8, prefill_tokens=budget)
+        c = Collector()
+        for i, (p, m) in enumerate(reqs):           # all queued before the thread starts: admitted together
+            sched.submit(c.job(p, Params(m), key=i))
+        shapes, hook = _prefill_shapes(engine)
+        try:
+            sched.start()
+            out = c.wait(len(reqs))
+        finally:
+            hook.remove()
+            sched.shutdown(10)
+        assert [out[i][0].output.tokens for i in range(len(reqs))] == alone, budget
+        if budget == 256:
+            assert shapes == [(5, 41)]                                  # one forward, padded to the longest
+        else:
+            assert max(b * t for b, t in shapes) <= 8 and len(shapes) >= 41 // 8 + 30 // 8
+
+
+def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(engine):
+    """A prompt sharing a long prefix with a finished request (its prompt and generated tokens) prefills only the
+    rest; the tokens equal a full prefill's. cache_prompt=False reads nothing kept; a small store stays in its
+    bound."""
+    rng = random.Random(4)
+    base = [rng.randrange(1, 101) for _ in range(30)]
+    for capacity in (None, 40):
+        sched = Scheduler(engine, max_batch=4, max_queue=8, prompt_cache_tokens=capacity).start()
+        try:
+            c = Collector()
+
+            def run(prompt, **kw):
+                job = sched.submit(c.job(prompt, Params(10, **kw), key="k"))
+                return job, c.wait(1)["k"][0].output.tokens
+            first, out0 = run(base)
+            assert first.cached_tokens == 0
+            edit = base[:26] + [(base[26] % 100) + 1, 5, 9]           # a keystroke near the end
+            cont = base + out0[:5] + [42]                               # the prompt grew by the answer
+            for prompt, shared in [(edit, 26), (cont, 35), (edit, len(edit) - 1)]:
+                job, toks = run(prompt)
+                assert toks == engine.generate([prompt], max_new_tokens=10)[0].tokens
+                assert job.cached_tokens >= shared or capacity is not None
+                assert sched.prefixes.tokens <= (capacity or 2 * MAX_LEN)
+            job, toks = run(cont, cache_prompt=False)
+            assert job.cached_tokens == 0 and toks == engine.generate([cont], max_new_tokens=10)[0].tokens
+            assert sched.stats()["cached_prompt_tokens"] >= 26 + 35
+        finally:
+            sched.shutdown(10)

@@ -1,17 +1,29 @@
 """Continuous batching over one model: many requests share each decode step; token ids in, token ids out.
 
-One thread owns the model. Requests wait in a bounded queue; at every step the scheduler admits what fits (a new
-request is prefilled alone, then its cache rows join the running batch), runs ONE decode forward for every running
-sequence, and retires the sequences that stopped, ran out of tokens or time, or whose client went away (checked
-before every step, so a cancelled request costs at most one more step). This is the scheduling idea of Orca
-(Yu et al., OSDI 2022, "iteration-level scheduling") over this package's preallocated caches.
+One thread owns the model. Requests wait in a bounded queue; at every step the scheduler admits what fits, runs
+one prefill forward for the requests being admitted and ONE decode forward for every running sequence, and retires
+the sequences that stopped, ran out of tokens or time, or whose client went away (checked before every step, so a
+cancelled request costs at most one more step). This is the scheduling idea of Orca (Yu et al., OSDI 2022,
+"iteration-level scheduling") over this package's preallocated caches.
+
+Prefill. Waiting requests are prefilled together, several prompts in one forward (left-padded so that every prompt
+ends at the same slot, with each row's RoPE positions and key mask, the padded-batch path `Engine.generate` uses),
+up to `prefill_tokens` tokens (rows x padded length) per forward. A longer prompt is prefilled in chunks of at most
+that many tokens, one chunk per decode step, so the running sequences keep producing tokens while it is read (the
+chunked prefill of Sarathi-Serve, Agrawal et al., OSDI 2024).
+
+Prefix reuse. The cache slots of finished requests (prompt and generated tokens) are kept, up to
+`prompt_cache_tokens` tokens, most recently used first. A new prompt copies in the keys/values of the longest
+common token prefix it shares with one of them and prefills only the rest: an editor resends nearly the same
+prompt on every keystroke (llama.cpp's `cache_prompt`, vLLM's automatic prefix caching). Keys are stored with RoPE
+already applied at their positions from the sequence start, which a prefix keeps.
 
 The batch cache is the model's own (`make_cache(max_batch, max_len)`: v1's K/V or V2's latent cache) with one
 shared cursor L. Row r holds its sequence in slots [start_r, L): a prompt of P tokens is copied in ending at L, so
 every row writes its next token at slot L, and each row's RoPE position and key mask (slots before start_r hidden)
-are passed to the forward -- the same padded-batch path `Engine.generate` uses. Running rows are kept packed in
-rows 0..n-1, so a step computes n rows, not max_batch. When a new row does not fit before max_len, every row is
-moved left by the oldest row's start (compaction); a request that still does not fit waits for rows to finish.
+are passed to the forward. Running rows are kept packed in rows 0..n-1, so a step computes n rows, not max_batch.
+When new rows do not fit before max_len, every row is moved left by the oldest row's start (compaction); a request
+that still does not fit waits for rows to finish.
 
     sched = Scheduler(Engine(model), max_batch=8, max_queue=64).start()
     job = Job(prompt_ids, Params(max_tokens=64, stop_ids=frozenset({eos})), emit=events.put)
@@ -19,7 +31,8 @@ moved left by the oldest row's start (compaction); a request that still does not
     job.cancel()                 # the client went away: its rows are freed before the next step
     sched.shutdown()             # finishes what was admitted and queued, then the thread exits
 
-Greedy output does not depend on the company a request keeps: its tokens equal `Engine.generate`'s alone.
+Greedy output does not depend on the company a request keeps, nor on reused prefixes: its tokens equal
+`Engine.generate`'s alone (up to floating-point ties between the two best logits).
 """
 from __future__ import annotations
 
@@ -37,6 +50,9 @@ from .engine import Decode, Engine, GenOutput, StopStrings
 from .sampling import Sampler, check_sampling
 
 SEED_MOD = 2**64        # torch.Generator.manual_seed takes 0 ... 2**64-1; choice i of n draws with seed + i
+PREFILL_TOKENS = 2048   # rows x padded length of one prefill forward (a longer prompt is read in chunks)
+MIN_REUSE = 16          # a shared prefix shorter than this is prefilled again (not worth a copy)
+PROMPT_CACHE_CONTEXTS = 2   # kept prefixes by default: twice the context in tokens
 
 
 class QueueFull(Exception):
@@ -50,7 +66,8 @@ class QueueFull(Exception):
 @dataclass(frozen=True)
 class Params:
     """How to decode one request. `logprobs` k >= 0 also reports each new token's log-probability and the top k
-    alternatives (of the model's distribution, before temperature); None reports nothing."""
+    alternatives (of the model's distribution, before temperature); None reports nothing. `cache_prompt` False
+    prefills the whole prompt even when a kept prefix matches it."""
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
@@ -60,6 +77,7 @@ class Params:
     stop_strings: tuple[str, ...] = ()
     logprobs: int | None = None
     timeout: float | None = None          # seconds from submission; then the request ends as if at max_tokens
+    cache_prompt: bool = True
 
 
 @dataclass
@@ -90,7 +108,8 @@ Event = Tokens | Finished | Failed
 @dataclass(eq=False)
 class Job:
     """One request: a prompt and `n` independent choices decoded from it. `emit` is called from the scheduler
-    thread with each event; it must not block (hand the event to another thread or event loop)."""
+    thread with each event; it must not block (hand the event to another thread or event loop). `cached_tokens`
+    is set at prefill: how many prompt tokens came from a kept prefix."""
     prompt: list[int]
     params: Params
     emit: Callable[[Event], Any]
@@ -99,6 +118,7 @@ class Job:
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    cached_tokens: int = 0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -141,6 +161,11 @@ def _cache_fields(cache) -> tuple[str, str]:
     return "k", "v"                     # models.llama.KVCache: (layers, B, H, S, D)
 
 
+def _slots(cache, name: str, row: int, start: int, n: int) -> torch.Tensor:
+    """Slots [start, start+n) of one row of a cache field: a view (layers, [H,] n, d)."""
+    return getattr(cache, name)[:, row].narrow(-2, start, n)
+
+
 def _sample(seqs: list[_Seq], logits: torch.Tensor) -> list[int]:
     """One token per row of logits (n, V): greedy rows in one argmax, sampled rows each with their own generator."""
     out = torch.argmax(logits, dim=-1).tolist()
@@ -167,24 +192,145 @@ def _logprob_entries(logits: torch.Tensor, picked: list[int], ks: list[int | Non
     return out
 
 
-class Scheduler:
-    """Continuous batching over `engine`'s model (see the module docstring). `max_len` comes from the engine."""
+class PrefixStore:
+    """Cache slots of finished sequences by their token ids, at most `capacity` tokens, least recently used
+    dropped first. `match(prompt)` gives the entry sharing the longest token prefix with `prompt`."""
 
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64, timeout: float | None = None):
-        if max_batch < 1 or max_queue < 0:
-            raise UserError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
+    def __init__(self, capacity: int, fields: tuple[str, str]):
+        self.capacity, self.fields = capacity, fields
+        self.entries: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []   # (ids, slots per field); MRU last
+        self.tokens = 0
+
+    def match(self, prompt: list[int]) -> tuple[int, int]:
+        """(entry index, shared prefix length); (-1, 0) when nothing is shared."""
+        best, k = -1, 0
+        if not self.entries:
+            return best, k
+        p = torch.tensor(prompt)
+        for i, (ids, _) in enumerate(self.entries):
+            m = min(len(ids), len(p))
+            same = ids[:m] == p[:m]
+            shared = m if bool(same.all()) else int(same.int().argmin())
+            if shared > k:
+                best, k = i, shared
+        return best, k
+
+    def slots(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Entry i's slots per field (layers, [H,] n, d); marks it most recently used."""
+        entry = self.entries.pop(i)
+        self.entries.append(entry)
+        return entry[1]
+
+    def add(self, ids: list[int], slots: tuple[torch.Tensor, ...]) -> None:
+        """Keep a copy of `slots` (views of one row) for the token ids `ids`. An entry that `ids` extends is
+        replaced; if `ids` is itself the start of a kept entry, nothing new is stored."""
+        n = len(ids)
+        if n > self.capacity:
+            return
+        new = torch.tensor(ids)
+        keep = []
+        for i, e in enumerate(self.entries):
+            m = min(len(e[0]), n)
+            if bool((e[0][:m] == new[:m]).all()):
+                if len(e[0]) >= n:                # already kept in full: touch it
+                    self.slots(i)
+                    return
+                self.tokens -= len(e[0])          # superseded by the longer one
+                continue
+            keep.append(e)
+        self.entries = keep
+        while self.entries and self.tokens + n > self.capacity:
+            self.tokens -= len(self.entries.pop(0)[0])
+        self.entries.append((new, tuple(s.clone() for s in slots)))
+        self.tokens += n
+
+
+class _Group:
+    """Jobs prefilled together in a temporary cache of B rows, each prompt left-padded to end at the same slot.
+
+    Row b reuses R_b prompt tokens from the prefix store and feeds the other n_b = P_b - R_b. With L0 = max R_b
+    and T = max n_b, row b's kept prefix sits in slots [L0 - R_b, L0), padding in [L0, L0 + T - n_b) and its new
+    tokens in [L0 + T - n_b, L0 + T): every forward writes the same slots in all rows, and the key mask hides the
+    gaps. Without padding or reuse (one prompt, nothing kept) no mask or positions are passed: the forward is then
+    exactly `Engine.generate`'s prefill."""
+
+    def __init__(self, model, jobs: list[Job], reuse: list[tuple[tuple[torch.Tensor, ...] | None, int]],
+                 fields: tuple[str, str], device):
+        self.jobs, self.reuse, self.fields = jobs, reuse, fields
+        B = len(jobs)
+        self.R = [r for _, r in reuse]
+        self.new = [len(j.prompt) - r for j, r in zip(jobs, self.R)]
+        self.L0, self.T = max(self.R), max(self.new)
+        self.cache = model.make_cache(B, self.L0 + self.T, device=device)
+        ids = torch.zeros(B, self.T, dtype=torch.long)
+        pos = torch.zeros(B, self.T, dtype=torch.long)
+        mask = torch.zeros(B, self.L0 + self.T, dtype=torch.bool)
+        for b, (job, (kept, r)) in enumerate(zip(jobs, reuse)):
+            pad = self.T - self.new[b]
+            ids[b, pad:] = torch.tensor(job.prompt[r:])
+            pos[b, pad:] = torch.arange(r, len(job.prompt))
+            mask[b, self.L0 - r:self.L0] = True
+            mask[b, self.L0 + pad:] = True
+            for name, src in zip(fields, kept or ()):
+                _slots(self.cache, name, b, self.L0 - r, r).copy_(src.narrow(-2, 0, r))
+        self.cache.length = self.L0
+        self.exact = B == 1 and self.L0 == 0
+        self.ids, self.pos, self.mask = ids.to(device), pos.to(device), mask.to(device)
+        self.done = 0                             # new-token columns fed so far
+        self.logits: torch.Tensor | None = None   # (B, V) once every prompt is read
+
+    def forward(self, model, budget: int) -> None:
+        """Feed the next chunk (at most `budget` tokens over all rows); after the last one, `logits` holds each
+        prompt's next-token logits."""
+        B = len(self.jobs)
+        a = self.done
+        b = min(self.T, a + max(1, budget // B))
+        if self.exact:
+            logits = model(self.ids[:, a:b], cache=self.cache, logits_to_keep=1)
+        else:
+            logits = model(self.ids[:, a:b], positions=self.pos[:, a:b], cache=self.cache,
+                           attn_mask=self.mask[:, :self.L0 + b], logits_to_keep=1)
+        self.done = b
+        if b == self.T:
+            self.logits = logits[:, -1]
+
+    def copy_row(self, b: int, cache, row: int, end: int) -> None:
+        """Row b's prompt into `cache` row `row`, ending at slot `end` (contiguous: the gaps are dropped)."""
+        r, n, P = self.R[b], self.new[b], len(self.jobs[b].prompt)
+        for name in self.fields:
+            if r:
+                _slots(cache, name, row, end - P, r).copy_(_slots(self.cache, name, b, self.L0 - r, r))
+            _slots(cache, name, row, end - n, n).copy_(_slots(self.cache, name, b, self.L0 + self.T - n, n))
+
+
+class Scheduler:
+    """Continuous batching over `engine`'s model (see the module docstring). `max_len` comes from the engine;
+    `prefill_tokens` bounds one prefill forward (rows x padded length); `prompt_cache_tokens` bounds the kept
+    prefixes (0: none kept; default twice max_len)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64, timeout: float | None = None,
+                 prefill_tokens: int = PREFILL_TOKENS, prompt_cache_tokens: int | None = None):
+        if max_batch < 1 or max_queue < 0 or prefill_tokens < 1:
+            raise UserError(f"max_batch and prefill_tokens must be >= 1 and max_queue >= 0, got {max_batch}, "
+                            f"{prefill_tokens}, {max_queue}")
         self.engine, self.model = engine, engine.model
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
+        self.prefill_tokens = prefill_tokens
         self.max_len = engine.max_len
         self.cache = self.model.make_cache(max_batch, self.max_len, device=engine.device)
         self.fields = _cache_fields(self.cache)
+        if prompt_cache_tokens is None:
+            prompt_cache_tokens = PROMPT_CACHE_CONTEXTS * self.max_len
+        self.prefixes = PrefixStore(prompt_cache_tokens, self.fields) if prompt_cache_tokens > 0 else None
         self.L = 0                                  # the shared cursor: next slot every row writes
         self.seqs: list[_Seq] = []                  # running, packed: seqs[i] lives in cache row i
+        self.group: _Group | None = None            # being prefilled
         self.queue: deque[Job] = deque()
         self.cv = threading.Condition()
         self.stopping = False
         self.thread: threading.Thread | None = None
-        self.counters = {"generated_tokens": 0, "prompt_tokens": 0, "finished": 0, "cancelled": 0}
+        self.counters = {"generated_tokens": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "finished": 0,
+                         "cancelled": 0}
 
     # --- the caller's side (any thread) -------------------------------------------------------------
     def start(self) -> "Scheduler":
@@ -229,17 +375,21 @@ class Scheduler:
             self.thread.join(timeout)
 
     # --- the scheduler thread -----------------------------------------------------------------------
+    def _idle(self) -> bool:
+        return not self.queue and not self.seqs and self.group is None
+
     def _loop(self) -> None:
         while True:
             with self.cv:
-                while not self.queue and not self.seqs and not self.stopping:
+                while self._idle() and not self.stopping:
                     self.cv.wait()
-                if self.stopping and not self.queue and not self.seqs:
+                if self.stopping and self._idle():
                     return
             try:
                 with torch.inference_mode():
                     self._admit()
                     self._retire_cancelled()
+                    self._prefill()
                     if self.seqs:
                         self._step()
             except Exception as e:  # one bad step must not take the server down: fail what ran, start clean
@@ -250,36 +400,114 @@ class Scheduler:
             _tell(job, Failed(message))
         self.seqs, self.L = [], 0
 
-    def _fits(self, job: Job) -> bool:
-        """Room for `job`'s n rows, and for every row's remaining tokens before max_len once the rows are packed
-        left (the shared cursor moves for all of them)."""
-        if len(self.seqs) + job.n > self.max_batch:
+    def _fits(self, jobs: list[Job]) -> bool:
+        """Room for the rows of `jobs`, and for every row's remaining tokens before max_len once the rows are
+        packed left (the shared cursor moves for all of them)."""
+        if len(self.seqs) + sum(j.n for j in jobs) > self.max_batch:
             return False
         oldest = min((s.start for s in self.seqs), default=self.L)
-        cursor = max(self.L - oldest, len(job.prompt))
-        need = [s.job.params.max_tokens - len(s.out) for s in self.seqs] + [job.params.max_tokens]
-        return cursor + max(need) <= self.max_len
+        cursor = max([self.L - oldest] + [len(j.prompt) for j in jobs])
+        need = [s.job.params.max_tokens - len(s.out) for s in self.seqs] + [j.params.max_tokens for j in jobs]
+        return cursor + max(need, default=0) <= self.max_len
+
+    def _reuse(self, job: Job) -> tuple[tuple[torch.Tensor, ...] | None, int]:
+        """(kept slots, prompt tokens they cover) for the longest kept prefix of `job`'s prompt; at least the
+        last prompt token is always fed (its logits give the first new token)."""
+        if self.prefixes is None or not job.params.cache_prompt:
+            return None, 0
+        i, k = self.prefixes.match(job.prompt)
+        k = min(k, len(job.prompt) - 1)
+        if k < MIN_REUSE:
+            return None, 0
+        return self.prefixes.slots(i), k
 
     def _admit(self) -> None:
-        while True:
-            with self.cv:
-                while self.queue and (self.queue[0].cancelled or time.monotonic() > self.queue[0].deadline):
-                    gone = self.queue.popleft()
+        """Start prefilling the waiting jobs that fit together (none while a group is being prefilled)."""
+        if self.group is not None:
+            return
+        jobs: list[Job] = []
+        reuse: list[tuple[tuple[torch.Tensor, ...] | None, int]] = []
+        with self.cv:
+            while self.queue:
+                job = self.queue[0]
+                if job.cancelled or time.monotonic() > job.deadline:
+                    self.queue.popleft()
                     self.counters["cancelled"] += 1
-                    if not gone.cancelled:
-                        _tell(gone, Failed("the request timed out while waiting in the queue"))
-                if not self.queue or not self._fits(self.queue[0]):
-                    return
-                job = self.queue.popleft()
-            try:
-                self._prefill(job)
-            except Exception as e:  # e.g. out of memory on a long prompt: this request fails, the batch goes on
-                self.seqs = [s for s in self.seqs if s.job is not job]
+                    if not job.cancelled:
+                        _tell(job, Failed("the request timed out while waiting in the queue"))
+                    continue
+                if not self._fits(jobs + [job]):
+                    break
+                kept = self._reuse(job)
+                width = max([len(j.prompt) - r for j, (_, r) in zip(jobs, reuse)] + [len(job.prompt) - kept[1]])
+                if jobs and (len(jobs) + 1) * width > self.prefill_tokens:
+                    break
+                jobs.append(self.queue.popleft())
+                reuse.append(kept)
+        if not jobs:
+            return
+        try:
+            self.group = _Group(self.model, jobs, reuse, self.fields, self.engine.device)
+        except Exception as e:  # e.g. out of memory on a long prompt: these requests fail, the batch goes on
+            for job in jobs:
                 _tell(job, Failed(f"{type(e).__name__}: {e}"))
+
+    def _prefill(self) -> None:
+        """One forward of the group being prefilled; once its prompts are read, its jobs join the batch."""
+        g = self.group
+        if g is None:
+            return
+        if all(j.cancelled for j in g.jobs):
+            self.counters["cancelled"] += len(g.jobs)
+            self.group = None
+            return
+        try:
+            if g.logits is None:
+                g.forward(self.model, self.prefill_tokens)
+            if g.logits is None or not self._fits([j for j in g.jobs if not j.cancelled]):
+                return                              # more chunks to read, or waiting for rows to finish
+            self.group = None
+            self._join(g, g.logits)
+        except Exception as e:  # e.g. out of memory on a long prompt: these requests fail, the batch goes on
+            self.group = None
+            self.seqs = [s for s in self.seqs if s.job not in g.jobs]
+            for job in g.jobs:
+                _tell(job, Failed(f"{type(e).__name__}: {e}"))
+
+    def _join(self, g: _Group, logits: torch.Tensor) -> None:
+        """Copy each read prompt into n free rows ending at the cursor and sample each first token."""
+        live = [b for b, j in enumerate(g.jobs) if not j.cancelled]
+        self.counters["cancelled"] += len(g.jobs) - len(live)
+        if not live:
+            return
+        P = max(len(g.jobs[b].prompt) for b in live)
+        self._make_room(P, max(g.jobs[b].params.max_tokens for b in live))
+        new, rows = [], []
+        for b in live:
+            job, p = g.jobs[b], g.jobs[b].params
+            for i in range(job.n):
+                row = len(self.seqs)
+                g.copy_row(b, self.cache, row, self.L)
+                gen = None
+                if p.seed is not None and p.temperature > 0:
+                    gen = torch.Generator(device=self.engine.device)
+                    gen.manual_seed((p.seed + i) % SEED_MOD)
+                stops = StopStrings(p.stop_strings, job.decode) if p.stop_strings else None
+                seq = _Seq(job, i, self.L - len(job.prompt), Sampler(p.temperature, p.top_k, p.top_p, gen), stops)
+                self.seqs.append(seq)
+                new.append(seq)
+                rows.append(b)
+            job.cached_tokens = g.R[b]
+            self.counters["prompt_tokens"] += len(job.prompt)
+            self.counters["cached_prompt_tokens"] += g.R[b]
+        self._take(new, logits[torch.tensor(rows, device=logits.device)])
+        now = time.monotonic()
+        for b in live:
+            g.jobs[b].first_token_at = now
 
     def _make_room(self, P: int, need: int) -> None:
         """Move the rows so a prompt of P tokens ends at the cursor and every row's remaining tokens (at most
-        `need` for the new one) fit before max_len; `_fits` said they do once the rows are packed left."""
+        `need` for the new ones) fit before max_len; `_fits` said they do once the rows are packed left."""
         if not self.seqs:
             self.L = 0
         need = max([need] + [s.job.params.max_tokens - len(s.out) for s in self.seqs])
@@ -300,30 +528,6 @@ class Scheduler:
             for s in self.seqs:
                 s.start += d
         self.L += d
-
-    def _prefill(self, job: Job) -> None:
-        """Run the prompt alone, copy its cache into n free rows ending at the cursor, sample each first token."""
-        P, p = len(job.prompt), job.params
-        self._make_room(P, p.max_tokens)
-        tmp = self.model.make_cache(1, P, device=self.engine.device)
-        ids = torch.tensor([job.prompt], device=self.engine.device)
-        logits = self.model(ids, cache=tmp, logits_to_keep=1)[:, -1]       # (1, V)
-        new = []
-        for i in range(job.n):
-            row = len(self.seqs)
-            for name in self.fields:
-                getattr(self.cache, name)[:, row].narrow(-2, self.L - P, P).copy_(getattr(tmp, name)[:, 0])
-            gen = None
-            if p.seed is not None and p.temperature > 0:
-                gen = torch.Generator(device=self.engine.device)
-                gen.manual_seed((p.seed + i) % SEED_MOD)
-            stops = StopStrings(p.stop_strings, job.decode) if p.stop_strings else None
-            seq = _Seq(job, i, self.L - P, Sampler(p.temperature, p.top_k, p.top_p, gen), stops)
-            self.seqs.append(seq)
-            new.append(seq)
-        self.counters["prompt_tokens"] += P
-        self._take(new, logits.expand(job.n, -1))
-        job.first_token_at = time.monotonic()
 
     def _step(self) -> None:
         """One decode forward for every running row (packed in rows 0..n-1), then one token each."""
@@ -379,10 +583,20 @@ class Scheduler:
             self.counters["cancelled"] += len({s.job for s in gone})
             self._retire(gone, emit=False)
 
+    def _keep(self, s: _Seq, row: int) -> None:
+        """Store row's slots (its prompt and the tokens fed after it) in the prefix store."""
+        n = self.L - s.start
+        if self.prefixes is None or n < MIN_REUSE:
+            return
+        ids = (s.job.prompt + s.out)[:n]
+        self.prefixes.add(ids, tuple(_slots(self.cache, name, row, s.start, n) for name in self.fields))
+
     def _retire(self, done: list[_Seq], emit: bool = True) -> None:
-        """Free the rows of `done`, then (emit) tell their jobs: a client that saw the end sees the row free."""
+        """Free the rows of `done` (keeping their slots in the prefix store), then (emit) tell their jobs: a client
+        that saw the end sees the row free."""
         for s in done:
             row, last = self.seqs.index(s), len(self.seqs) - 1
+            self._keep(s, row)
             if row != last:                                  # keep rows packed: the last row moves into the hole
                 for name in self.fields:
                     t = getattr(self.cache, name)
@@ -396,4 +610,3 @@ class Scheduler:
             lps = s.lps[:len(out.tokens)] if s.lps is not None else None
             self.counters["finished"] += 1
             _tell(s.job, Finished(s.index, out, lps))
-
