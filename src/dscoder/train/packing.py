@@ -16,7 +16,8 @@
 * Mixing (`MixedStream`): several named corpora, each its own `PackedStream` (own shuffle and FIM seeds,
   `source_seed`), interleaved window by window by weight. The choice is the deterministic greedy of Megatron-LM's
   `build_blending_indices` (megatron/core/datasets/helpers.cpp): the next window comes from the source furthest
-  below its share, so after n windows every source has its weight x n windows, give or take one. A source cycles
+  below its share, so after n windows every source has about its weight x n windows (never a whole window more;
+  at most about one fewer: 1.09 over 3,000 random mixes of 2-8 sources). A source cycles
   on its own (its epochs counted); the per-source counts are saved with the streams' positions.
 * Data parallel: every rank runs the same stream (reading and shuffling texts is cheap) and so holds the same global
   batch, keeping rows r::world of it (`parallel.shard_rows`); the data order does not depend on the number of

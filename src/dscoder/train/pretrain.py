@@ -313,13 +313,14 @@ Two processes (DDP, or FSDP2):        python -m torch.distributed.run --nproc-pe
                                       [--fsdp] [--activation-checkpointing]
 Long-context extension:               --init-from OUT/final --seq-len 16384 --rope-scaling-factor 4 --rope-theta 1e5
                                       (recipes/long_context.md)
-Mix corpora (Coder-V2's 60/10/30):    dscoder pretrain code=runs/code web=runs/web math=runs/math \
-                                          --mix code=0.6,web=0.1,math=0.3 ...
+Mix corpora by weight:                dscoder pretrain code=runs/code math=runs/web-math text=runs/text \\
+                                          --mix code=0.6,math=0.1,text=0.3 ...   (Coder-V2 §2's mix)
     NAME=PATH names a corpus (a name may repeat to take several paths; name every input or none; write ./a=b for
     a path that contains '='). Each corpus is packed on its own (FIM, shuffle, epochs) and every training window
-    comes from one corpus: the one furthest below its weight's share so far (deterministic, exact to one window).
-    metrics.jsonl's `mix` and the progress line give the windows, tokens, running fraction and epochs per corpus;
-    the held-out batches mix the corpora's held-out documents by the same weights. --resume keeps the mix.
+    comes from one corpus: the one furthest below its weight's share so far (deterministic; within about one
+    window of its share at every step). metrics.jsonl's `mix` and the progress line give the windows, tokens,
+    running fraction and epochs per corpus; the held-out batches mix the corpora's held-out documents by the
+    same weights. --resume keeps the mix.
 
 Writes OUT/metrics.jsonl (one JSON row per optimizer step), OUT/loss.png, OUT/checkpoints/step-N/ (atomic, with
 a manifest; every --save-every steps and after the last step; the newest --keep-last are kept), OUT/final/ (an HF
