@@ -2,6 +2,7 @@
 sample fails or times out, the host and the
 samples running beside it are unaffected, and a correct program (numpy included) still passes."""
 import ast
+import fcntl
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from dscoder.errors import UserError
 from dscoder.eval.runners import check_python, python_setup
-from dscoder.eval.isolation import UID_BASE, UID_SLOTS, Mount, sandbox_info
+from dscoder.eval.isolation import LOCK_DIR, UID_BASE, UID_SLOTS, Mount, sandbox_info
 from dscoder.eval.sandbox import Limits, RunSpec, run_program
 from dscoder.eval.zygote import zygote_available
 
@@ -66,15 +67,35 @@ ATTACKS = {
 }
 
 
+def _uid_leased(uid: int) -> bool:
+    """Whether a run holds `uid` now (isolation.UidSlot keeps an flock on LOCK_DIR/<slot> while its sample runs)."""
+    try:
+        fd = os.open(LOCK_DIR / str(uid - UID_BASE), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)        # also drops the flock this probe took
+    return False
+
+
 def _pool_processes() -> list[int]:
-    """Processes still running as a sandbox pool uid (there must be none once runs are over)."""
-    out = []
+    """Processes still running as a sandbox pool uid that no run holds (there must be none once runs are over).
+    A uid whose lease is held belongs to a sample still running elsewhere (another test process on this machine)."""
+    out, leased = [], {}
     for p in Path("/proc").iterdir():
         try:
-            if p.name.isdigit() and UID_BASE <= p.stat().st_uid < UID_BASE + UID_SLOTS:
-                out.append(int(p.name))
+            uid = p.stat().st_uid if p.name.isdigit() else -1
         except OSError:
-            pass
+            continue
+        if UID_BASE <= uid < UID_BASE + UID_SLOTS:
+            if uid not in leased:
+                leased[uid] = _uid_leased(uid)
+            if not leased[uid]:
+                out.append(int(p.name))
     return out
 
 
