@@ -75,6 +75,7 @@ ROWS = [
     ("FIM over context", C, {"model": M, "prompt": "a = 1\n" * 100, "suffix": "b = 2\n" * 100}, 400, "max_tokens",
      "context"),
     ("infill nothing", INF, {"n_predict": 4}, 400, "input_prefix", ""),
+    ("cache_prompt string", INF, {"input_prefix": "x", "cache_prompt": "yes"}, 400, "cache_prompt", "true or false"),
     ("infill n_predict -5", INF, {"input_prefix": "x", "n_predict": -5}, 400, "n_predict", ""),
     ("infill extra not a list", INF, {"input_prefix": "x", "input_extra": "a.py"}, 400, "input_extra", ""),
     ("infill extra unknown key", INF, {"input_prefix": "x", "input_extra": [{"filename": "a", "body": "x"}]}, 400,

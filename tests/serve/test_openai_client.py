@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from dscoder.infer.text import chat, complete, infill, load
+from dscoder.infer.text import chat, complete, encode, infill, load
 
 MODEL = "tiny-coder"
 PREFIX, SUFFIX = "def area(r):\n    ", "\n    return a\n"
@@ -125,3 +125,45 @@ def test_playground_page_is_self_contained_and_speaks_the_api(server):
     assert "http://" not in page and "https://" not in page and "<link" not in page and " src=" not in page
     for route in ("/v1/chat/completions", "/v1/completions", "/v1/models", "stream: true", "suffix"):
         assert route in page
+
+
+def test_a_resent_prompt_reuses_the_kept_prefix_and_answers_the_same(server, client, local):
+    """An editor resends its prompt with one more character typed: the kept prefix is reused (llama.cpp's
+    tokens_cached and timings.cache_n; OpenAI's usage.prompt_tokens_details.cached_tokens) and the answer equals
+    a full prefill's; cache_prompt false reuses nothing."""
+    engine, tok = local
+    prefix = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n" for i in range(4)) + "def main():\n    "
+    body = {"input_suffix": SUFFIX, "n_predict": 8, "temperature": 0}
+    answers = []
+    for typed, cache in [("", True), ("x", True), ("x", False)]:
+        status, _, raw = server.request("POST", "/infill", {**body, "input_prefix": prefix + typed,
+                                                            "cache_prompt": cache})
+        out = json.loads(raw)
+        assert status == 200, out
+        assert out["tokens_cached"] == out["timings"]["cache_n"]
+        assert out["timings"]["cache_n"] + out["timings"]["prompt_n"] == out["tokens_evaluated"]
+        assert (out["tokens_cached"] > 0) == (typed == "x" and cache), out
+        assert out["content"] == infill(engine, tok, prefix + typed, SUFFIX, max_new_tokens=8)
+        answers.append(out)
+    assert answers[1]["tokens_cached"] >= len(encode(tok, prefix)) // 2
+    r = [client.completions.create(model=MODEL, prompt=prefix + typed, max_tokens=6, temperature=0)
+         for typed in ("", "", "y")]
+    assert r[2].usage.prompt_tokens_details.cached_tokens >= r[0].usage.prompt_tokens // 2
+    assert [x.choices[0].text for x in r] == [complete(engine, tok, prefix + t, max_new_tokens=6)
+                                             for t in ("", "", "y")]
+
+
+def test_an_int8_server_answers_as_the_int8_engine(serve_ckpt, launch, tmp_path):
+    """`dscoder serve --quantize int8` serves int8 Linear weights: its greedy answers equal the in-process int8
+    engine's (models/quant.py), with and without FIM."""
+    engine, tok = load(str(serve_ckpt), quantize="int8")
+    server = launch(serve_ckpt, tmp_path / "server.log", "--quantize", "int8", "--max-batch", "2")
+    try:
+        assert "int8 weights" in server.log.read_text()
+        c = openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=60)
+        r = c.completions.create(model=MODEL, prompt="import os\n\ndef", max_tokens=12, temperature=0)
+        assert r.choices[0].text == complete(engine, tok, "import os\n\ndef", max_new_tokens=12)
+        r = c.completions.create(model=MODEL, prompt=PREFIX, suffix=SUFFIX, max_tokens=10, temperature=0)
+        assert r.choices[0].text == infill(engine, tok, PREFIX, SUFFIX, max_new_tokens=10)
+    finally:
+        assert server.stop() == 0

@@ -4,7 +4,8 @@
     dscoder_queue_depth                        requests waiting for a batch row
     dscoder_running_sequences                  sequences in the decode batch
     dscoder_generated_tokens_total             tokens sampled (including those later cut by a stop string)
-    dscoder_prompt_tokens_total                prompt tokens prefilled
+    dscoder_prompt_tokens_total                prompt tokens of the requests that started
+    dscoder_prompt_tokens_cached_total         of those, tokens reused from a kept prefix instead of prefilled
     dscoder_cancelled_total                    requests cancelled (client gone) or timed out while queued
     dscoder_time_to_first_token_seconds        histogram, from arrival to the first sampled token
 """
@@ -44,6 +45,7 @@ class Metrics:
         for name, kind, key in [("queue_depth", "gauge", "queued"), ("running_sequences", "gauge", "running"),
                                 ("generated_tokens_total", "counter", "generated_tokens"),
                                 ("prompt_tokens_total", "counter", "prompt_tokens"),
+                                ("prompt_tokens_cached_total", "counter", "cached_prompt_tokens"),
                                 ("cancelled_total", "counter", "cancelled")]:
             lines += [f"# TYPE dscoder_{name} {kind}", f"dscoder_{name} {s.get(key, 0)}"]
         lines.append("# TYPE dscoder_time_to_first_token_seconds histogram")

@@ -50,10 +50,14 @@ class Served:
     """The loaded model, its tokenizer and scheduler; filled in by a background thread (`load`)."""
 
     def __init__(self, model_dir: str, name: str, device: str = "auto", dtype: str = "auto", max_batch: int = 8,
-                 max_queue: int = 64, max_model_len: int | None = None, timeout: float | None = 600.0):
+                 max_queue: int = 64, max_model_len: int | None = None, timeout: float | None = 600.0,
+                 quantize: str = "none", max_prefill_tokens: int | None = None,
+                 prompt_cache_tokens: int | None = None):
         self.model_dir, self.name, self.device, self.dtype = model_dir, name, device, dtype
         self.max_batch, self.max_queue, self.max_model_len, self.timeout = max_batch, max_queue, max_model_len, \
             timeout
+        self.quantize, self.max_prefill_tokens, self.prompt_cache_tokens = quantize, max_prefill_tokens, \
+            prompt_cache_tokens
         self.ready = threading.Event()
         self.tokenize_lock = threading.Lock()   # a fast tokenizer's encode may reset its padding state: one at a time
         self.error: str | None = None
@@ -67,15 +71,20 @@ class Served:
         from ..infer.text import decoder, load
         try:
             device, dtype = resolve_device_dtype(SimpleNamespace(device=self.device, dtype=self.dtype))
-            engine, self.tokenizer = load(self.model_dir, device, dtype)
+            engine, self.tokenizer = load(self.model_dir, device, dtype, quantize=self.quantize)
             if self.max_model_len:
                 engine = Engine(engine.model, max_len=self.max_model_len)
             self.decode = decoder(self.tokenizer)
-            self.scheduler = Scheduler(engine, self.max_batch, self.max_queue, self.timeout).start()
+            prefill = {"prefill_tokens": self.max_prefill_tokens} if self.max_prefill_tokens else {}
+            self.scheduler = Scheduler(engine, self.max_batch, self.max_queue, self.timeout,
+                                       prompt_cache_tokens=self.prompt_cache_tokens, **prefill).start()
             cache = self.scheduler.cache
             size = sum(getattr(cache, f).numel() * getattr(cache, f).element_size() for f in self.scheduler.fields)
-            print(f"dscoder serve: model loaded; batch cache {size / 2**30:.2f} GiB for {self.max_batch} rows x "
-                  f"{engine.max_len} tokens (--max-batch, --max-model-len)", file=sys.stderr, flush=True)
+            kept = self.scheduler.prefixes.capacity if self.scheduler.prefixes is not None else 0
+            print(f"dscoder serve: model loaded{' (int8 weights)' if self.quantize == 'int8' else ''}; batch cache "
+                  f"{size / 2**30:.2f} GiB for {self.max_batch} rows x {engine.max_len} tokens (--max-batch, "
+                  f"--max-model-len); prompt cache up to {kept} tokens (--prompt-cache-tokens)", file=sys.stderr,
+                  flush=True)
         except Exception as e:  # noqa: BLE001 -- reported as the verb's one error line
             self.error = str(e) if isinstance(e, UserError) else f"cannot load {self.model_dir}: {e}"
             on_fail()
@@ -94,16 +103,20 @@ class Served:
         return await asyncio.to_thread(locked)
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def _usage(prompt_tokens: int, completion_tokens: int, run: Run) -> dict:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens whose cache slots
+    were reused from an earlier request instead of prefilled."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": sum(job.cached_tokens for job in run.jobs)}}
 
 
 def _params(s: schema.Sampling, max_tokens: int, stop_ids: list[int], logprobs: int | None = None,
             timeout: float | None = None):
     from ..infer.scheduler import Params
     return Params(max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
-                  stop_ids=frozenset(stop_ids), stop_strings=s.stop, logprobs=logprobs, timeout=timeout)
+                  stop_ids=frozenset(stop_ids), stop_strings=s.stop, logprobs=logprobs, timeout=timeout,
+                  cache_prompt=s.cache_prompt)
 
 
 def _check_model(served: Served, name: str) -> None:
@@ -155,7 +168,7 @@ async def completions(served: Served, body: dict, request) -> Any:
                 "logprobs": logprobs_object(served, ev.logprobs, ev.output.tokens, len(echo[c // req.n]))}
                for c, ev in sorted(done.items())]
     return {**head, "choices": choices,
-            "usage": _usage(n_prompt, sum(len(ev.output.tokens) for ev in done.values()))}
+            "usage": _usage(n_prompt, sum(len(ev.output.tokens) for ev in done.values()), run)}
 
 
 async def _stream_completions(served: Served, run: Run, head: dict, echo: list[str], n_prompt: int,
@@ -184,7 +197,7 @@ async def _stream_completions(served: Served, run: Run, head: dict, echo: list[s
             yield sse({**head, "choices": [{"text": text, "index": c, "logprobs": lp, "finish_reason": reason}],
                        **extra})
         if include_usage:
-            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used)})
+            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used, run)})
         yield "data: [DONE]\n\n"
     except ApiError as e:
         yield sse(e.body())
@@ -211,7 +224,7 @@ async def chat_completions(served: Served, body: dict, request) -> Any:
     choices = [{"index": c, "message": {"role": "assistant", "content": ev.output.text},
                 "logprobs": None, "finish_reason": ev.output.finish_reason} for c, ev in sorted(done.items())]
     return {**head, "object": "chat.completion", "choices": choices,
-            "usage": _usage(len(ids), sum(len(ev.output.tokens) for ev in done.values()))}
+            "usage": _usage(len(ids), sum(len(ev.output.tokens) for ev in done.values()), run)}
 
 
 async def _stream_chat(served: Served, run: Run, head: dict, n_prompt: int, include_usage: bool):
@@ -238,7 +251,7 @@ async def _stream_chat(served: Served, run: Run, head: dict, n_prompt: int, incl
             used += len(ev.output.tokens)
             yield chunk(c, {}, ev.output.finish_reason)
         if include_usage:
-            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used)})
+            yield sse({**head, "choices": [], "usage": _usage(n_prompt, used, run)})
         yield "data: [DONE]\n\n"
     except ApiError as e:
         yield sse(e.body())
@@ -260,27 +273,30 @@ async def infill(served: Served, body: dict, request) -> Any:
                                   context - reserve)
     head = {"model": served.name, "tokens_evaluated": len(ids)}
     if req.n_predict == 0:                       # llama.vim warms llama.cpp's prompt cache this way
-        return {**head, "content": "", "stop": True, "tokens_predicted": 0, "stop_type": "limit",
-                "timings": _timings(len(ids), 0, t0, t0)}
+        return {**head, "content": "", "stop": True, "tokens_predicted": 0, "tokens_cached": 0, "stop_type": "limit",
+                "timings": _timings(len(ids), 0, 0, t0, t0)}
     max_tokens = req.n_predict if req.n_predict > 0 else max(served.scheduler.max_len - len(ids), 1)
     params = _params(req.sampling, max_tokens, stop_ids(served.tokenizer, "fim"), timeout=req.time_limit)
     run = Run(served, [ids], params, 1, "n_predict")
     if req.sampling.stream:
         return _stream_infill(served, run, head, len(ids), t0)
     [(_, ev)] = [(c, ev) async for c, ev in run.events(request) if not hasattr(ev, "ids")]
+    job = run.jobs[0]
     return {**head, "content": ev.output.text, "stop": True, "tokens_predicted": len(ev.output.tokens),
-            "stop_type": _stop_type(ev.output.finish_reason, params),
-            "timings": _timings(len(ids), len(ev.output.tokens), t0, run.jobs[0].first_token_at)}
+            "tokens_cached": job.cached_tokens, "stop_type": _stop_type(ev.output.finish_reason, params),
+            "timings": _timings(len(ids), job.cached_tokens, len(ev.output.tokens), t0, job.first_token_at)}
 
 
 def _stop_type(reason: str, params) -> str:
     return "limit" if reason == "length" else "word" if params.stop_strings else "eos"
 
 
-def _timings(n_prompt: int, n_new: int, t0: float, t_first: float | None) -> dict:
+def _timings(n_prompt: int, n_cached: int, n_new: int, t0: float, t_first: float | None) -> dict:
+    """llama.cpp's timings: `cache_n` prompt tokens reused from an earlier request, `prompt_n` the rest."""
     t1, t_first = time.monotonic(), t_first or t0
     prompt_ms, predicted_ms = (t_first - t0) * 1000, (t1 - t_first) * 1000
-    return {"prompt_n": n_prompt, "prompt_ms": prompt_ms, "predicted_n": n_new, "predicted_ms": predicted_ms,
+    return {"cache_n": n_cached, "prompt_n": n_prompt - n_cached, "prompt_ms": prompt_ms, "predicted_n": n_new,
+            "predicted_ms": predicted_ms,
             "predicted_per_second": n_new / (predicted_ms / 1000) if predicted_ms > 0 else 0.0}
 
 
@@ -293,10 +309,10 @@ async def _stream_infill(served: Served, run: Run, head: dict, n_prompt: int, t0
                 if text:
                     yield sse({"content": text, "stop": False})
                 continue
-            out = ev.output
+            out, job = ev.output, run.jobs[0]
             yield sse({**head, "content": det.finish(out.text), "stop": True, "tokens_predicted": len(out.tokens),
-                       "stop_type": _stop_type(out.finish_reason, run.jobs[0].params),
-                       "timings": _timings(n_prompt, len(out.tokens), t0, run.jobs[0].first_token_at)})
+                       "tokens_cached": job.cached_tokens, "stop_type": _stop_type(out.finish_reason, job.params),
+                       "timings": _timings(n_prompt, job.cached_tokens, len(out.tokens), t0, job.first_token_at)})
     except ApiError as e:
         yield sse(e.body())
     finally:
@@ -432,7 +448,8 @@ def main(argv: list[str]) -> int:
     requests in flight, then exits.
 
     dscoder serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--served-model-name NAME]
-                  [--max-batch N] [--max-queue N] [--max-model-len N] [--timeout S] [--device D] [--dtype T]
+                  [--max-batch N] [--max-queue N] [--max-model-len N] [--timeout S] [--quantize none|int8]
+                  [--max-prefill-tokens N] [--prompt-cache-tokens N] [--device D] [--dtype T]
     (the API key can also come from DSCODER_API_KEY)"""
     p = Parser("dscoder serve", main.__doc__)
     p.add_argument("--model", required=True, metavar="DIR",
@@ -450,6 +467,14 @@ def main(argv: list[str]) -> int:
                    help="context length (prompt + new tokens) at most; default: the model's")
     p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
                    help="seconds a request may take from arrival; then it ends as if at max_tokens")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: Linear weights as int8 with per-channel scales (a quarter of fp32's bytes per token)")
+    p.add_argument("--max-prefill-tokens", type=positive_int, default=None, metavar="N",
+                   help="prompt tokens (rows x padded length) read in one forward at most; waiting prompts are "
+                        "read together up to it, a longer one in chunks between decode steps (default 2048)")
+    p.add_argument("--prompt-cache-tokens", type=int_range(0), default=None, metavar="N",
+                   help="keep the cache slots of finished requests, up to N tokens, and reuse the longest shared "
+                        "prompt prefix (0: off; default twice the context)")
     add_device_args(p)
     args = p.parse_args(argv)
     from ..infer.text import _model_folder
@@ -457,7 +482,7 @@ def main(argv: list[str]) -> int:
     api_key = args.api_key or os.environ.get("DSCODER_API_KEY") or None
     name = args.served_model_name or folder.resolve().name
     served = Served(args.model, name, args.device, args.dtype, args.max_batch, args.max_queue, args.max_model_len,
-                    args.timeout)
+                    args.timeout, args.quantize, args.max_prefill_tokens, args.prompt_cache_tokens)
     return _run(served, api_key, args.host, args.port)
 
 

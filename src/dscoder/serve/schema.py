@@ -3,7 +3,9 @@
 Every problem is an `ApiError` that becomes OpenAI's error envelope `{"error": {"message", "type", "param",
 "code"}}` with its HTTP status; bad input is always a 4xx that names the field. A field the server does not
 implement (`best_of`, `logit_bias`, `tools`, penalties other than 0, ...) is refused by name, never ignored,
-except the llama.cpp hints in `INFILL_HINTS`, which change only how llama.cpp itself caches or reports.
+except the llama.cpp hints in `INFILL_HINTS`, which change only how llama.cpp itself schedules or reports.
+llama.cpp's `cache_prompt` (default true) is honoured on every route: false prefills the whole prompt instead of
+reusing a kept prefix.
 
 Field meanings and ranges follow the OpenAI API reference (openai-openapi `openapi.json`: /v1/completions,
 /v1/chat/completions) and llama.cpp's `tools/server/README.md` (/infill).
@@ -176,6 +178,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    cache_prompt: bool = True          # llama.cpp's field: reuse a kept prompt prefix (false: prefill it all)
 
 
 def sampling(f: Fields, max_tokens: int | None, temperature: float = 1.0, top_p: float = 1.0) -> Sampling:
@@ -189,7 +192,7 @@ def sampling(f: Fields, max_tokens: int | None, temperature: float = 1.0, top_p:
     return Sampling(max_tokens=max_tokens, temperature=f.number("temperature", temperature, 0.0, 2.0),
                     top_p=f.number("top_p", top_p, 0.0, 1.0, lo_open=True),
                     seed=None if seed is None else seed % 2**64, stop=f.stop(), stream=stream,
-                    include_usage=include_usage)
+                    include_usage=include_usage, cache_prompt=f.boolean("cache_prompt", True))
 
 
 # --- the three request kinds ----------------------------------------------------------------------------------
@@ -331,9 +334,9 @@ def chat_request(body: dict) -> ChatRequest:
     return ChatRequest(model, out, s, n)
 
 
-# llama.cpp /infill fields that steer only llama.cpp's own prompt cache, slot choice, sampler order or response
+# llama.cpp /infill fields that steer only llama.cpp's own slot choice, prompt-time limit, sampler order or response
 # trimming: accepted so llama.vim / llama.vscode work unchanged, and documented as having no effect here
-INFILL_HINTS = ("cache_prompt", "id_slot", "t_max_prompt_ms", "samplers", "response_fields", "n_indent")
+INFILL_HINTS = ("id_slot", "t_max_prompt_ms", "samplers", "response_fields", "n_indent")
 
 
 @dataclass
