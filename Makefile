@@ -22,6 +22,7 @@ test: setup
 	$(VPY) -m pytest -q
 
 bench: setup
+	test -f runs/demo/final/config.json || $(MAKE) demo   # bench_repo_completion measures the demo model
 	for b in benchmarks/bench_*.py; do $(VPY) $$b || exit 1; done
 
 clean:
