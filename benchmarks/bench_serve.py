@@ -1,9 +1,17 @@
-"""Serving throughput: 8 concurrent clients against `dscoder serve` vs the same requests one at a time.
+"""Serving: 8 concurrent clients against `dscoder serve` vs the same requests one at a time, and an editor's
+keystrokes with and without prompt-prefix reuse.
 
-Each request is a fill-in-the-middle completion (`/v1/completions` with `suffix`, streamed) whose PSM prompt is
-about 512 tokens, asking for 64 new tokens, greedy. The server runs as a real subprocess on loopback; time to first
-token is measured by the client (first streamed event). Prints p50/p99 TTFT and total tokens/s for both modes and
-the batching speed-up (continuous batching decodes the 8 requests in one forward per step).
+1. Batching. Each request is a fill-in-the-middle completion (`/v1/completions` with `suffix`, streamed) whose PSM
+   prompt is about 512 tokens, asking for 64 new tokens, greedy, with `cache_prompt: false` (no request reuses
+   another's prompt). Prints p50/p99 TTFT and total tokens/s for both modes and the batching speed-up (continuous
+   batching decodes the 8 requests in one forward per step).
+2. Prefix reuse. One editor sends `/infill` on every keystroke: a prefix of about 512 tokens that grows by one typed
+   character per request, the same short suffix, 8 new tokens, streamed. Prints p50 TTFT with `cache_prompt: true`
+   (the kept prefix of the previous keystroke is reused) and `false` (every prompt prefilled in full), and the mean
+   share of prompt tokens reused.
+
+The server runs as a real subprocess on loopback; time to first token is measured by the client (first streamed
+event).
 
     .venv/bin/python benchmarks/bench_serve.py                         # the tiny preset, random weights
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/final  # the demo model (`make demo`)
@@ -27,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp/bin/python").is_file() else "none"
 
 
 def parse() -> argparse.Namespace:
@@ -36,6 +45,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--url", default=None, help="also send the load to this running OpenAI-compatible server (vLLM)")
+    p.add_argument("--url-name", default=None, help="the model name at --url (default: its first /v1/models entry)")
+    p.add_argument("--llama-python", default=os.environ.get("LLAMA_CPP_PYTHON", _LLAMA_VENV_PY),
+                   help="Python of a venv with llama-cpp-python[server]: also load llama.cpp's server with the "
+                        "same weights as GGUF F32 and Q8_0 ('none': skip)")
+    p.add_argument("--keystrokes", type=int, default=16, help="requests of the prefix-reuse scenario, per mode")
+    p.add_argument("--serve-args", default="", help="more `dscoder serve` flags, e.g. '--max-prefill-tokens 512'")
     return p.parse_args()
 
 
@@ -74,29 +90,32 @@ def fim_prompts(model: Path, n: int, tokens: int) -> list[tuple[str, str]]:
     return out
 
 
-def one(url: str, name: str, prefix: str, suffix: str, new: int) -> tuple[float, float, int]:
-    """(time to first streamed event, total time, completion tokens) of one streamed FIM request."""
-    body = {"model": name, "prompt": prefix, "suffix": suffix, "max_tokens": new, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+def streamed(url: str, route: str, body: dict) -> tuple[float, float, dict]:
+    """(time to the first streamed event, total time, the last event) of one streamed request."""
+    req = urllib.request.Request(url + route, json.dumps(body).encode(), {"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    first, used = None, 0
+    first, last = None, {}
     with urllib.request.urlopen(req, timeout=600) as r:
         for line in r:
             if line.startswith(b"data: {"):
                 first = first or time.perf_counter() - t0
-                event = json.loads(line[6:])
-                if event.get("usage"):
-                    used = event["usage"]["completion_tokens"]
-    return first, time.perf_counter() - t0, used
+                last = json.loads(line[6:])
+    return first, time.perf_counter() - t0, last
 
 
-def run_mode(url: str, name: str, prompts, new: int, concurrent: bool) -> dict:
+def one(url: str, name: str, prefix: str, suffix: str, new: int) -> tuple[float, float, int]:
+    """(time to first streamed event, total time, completion tokens) of one streamed FIM request."""
+    body = {"model": name, "prompt": prefix, "suffix": suffix, "max_tokens": new, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, "cache_prompt": False}
+    first, total, last = streamed(url, "/v1/completions", body)
+    return first, total, last["usage"]["completion_tokens"]
+
+
+def run_mode(url: str, name: str, prompts, new: int, concurrent: bool, send=None) -> dict:
     results: list = [None] * len(prompts)
 
     def go(i: int) -> None:
-        results[i] = one(url, name, *prompts[i], new)
+        results[i] = (send or one)(url, name, *prompts[i], new)
     t0 = time.perf_counter()
     if concurrent:
         threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
@@ -114,6 +133,101 @@ def run_mode(url: str, name: str, prompts, new: int, concurrent: bool) -> dict:
             int(0.99 * len(ttft)))], "tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall}
 
 
+def editor(model: Path, tokens: int, keystrokes: int) -> tuple[str, str, str]:
+    """(prefix of about `tokens` tokens, a suffix of a few lines, the text typed after the prefix)."""
+    from dscoder.infer.text import encode
+    from dscoder.tokenizer.bpe import load_tokenizer
+    tok = load_tokenizer(str(model))
+    code = (ROOT / "src" / "dscoder" / "infer" / "scheduler.py").read_text()
+    cut = 4 * tokens
+    while len(encode(tok, code[:cut])) > tokens:
+        cut -= 16
+    return code[:cut], code[cut + keystrokes:cut + keystrokes + 120], code[cut:cut + keystrokes]
+
+
+def reuse_mode(url: str, prefix: str, suffix: str, typed: str, cache: bool) -> dict:
+    """One editor typing `typed` after `prefix`: an /infill request per keystroke, one after another."""
+    ttft, cached, evaluated = [], 0, 0
+    for k in range(1, len(typed) + 1):
+        body = {"input_prefix": prefix + typed[:k], "input_suffix": suffix, "n_predict": 8, "temperature": 0,
+                "stream": True, "cache_prompt": cache}
+        first, _, last = streamed(url, "/infill", body)
+        ttft.append(first)
+        cached += last["tokens_cached"]
+        evaluated += last["tokens_evaluated"]
+    return {"p50_ttft_ms": 1000 * statistics.median(ttft), "reused": cached / evaluated}
+
+
+def psm_one(url: str, name: str, prompt: str, _suffix: None, new: int) -> tuple[float, float, int]:
+    """`one` for servers without DeepSeek FIM through `suffix` (vLLM rejects the field; llama-cpp-python 0.3.36 writes
+    token 0 for its FIM sentinels): the PSM prompt as text, sentinels included, which both servers' tokenizers map to
+    the sentinel ids. Tokens: the streamed usage where the server sends it (vLLM), else the streamed text chunks
+    (llama-cpp-python streams one per token)."""
+    body = {"model": name, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first, used, chunks = None, None, 0
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for line in r:
+            if line.startswith(b"data: {"):
+                first = first or time.perf_counter() - t0
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    used = event["usage"]["completion_tokens"]
+                elif any(c.get("text") for c in event.get("choices") or []):
+                    chunks += 1
+    return first, time.perf_counter() - t0, chunks if used is None else used
+
+
+def others(args, model: Path, prompts) -> None:
+    """The same requests, one at a time and concurrent, against vLLM (--url) and against llama.cpp's server
+    (llama_cpp.server in the --llama-python venv, its defaults but the thread count) on `dscoder export gguf` files
+    of the same weights."""
+    from dscoder.tokenizer.special import FIM_BEGIN, FIM_END, FIM_HOLE
+    psm = [(FIM_BEGIN + prefix + FIM_HOLE + suffix + FIM_END, None) for prefix, suffix in prompts]
+    targets = [(f"vLLM ({args.url})", None)] if args.url else []
+    if args.llama_python != "none":
+        targets += [(f"llama.cpp server {kind.upper()}", kind) for kind in ("f32", "q8_0")]
+    for label, kind in targets:
+        server, url = None, args.url
+        try:
+            if kind:
+                from dscoder.export.gguf import export_gguf
+                gguf = export_gguf(model, Path(tempfile.mkdtemp(prefix="bench-serve-gguf-")) / f"{kind}.gguf", kind)
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                url = f"http://127.0.0.1:{port}"
+                server = subprocess.Popen(
+                    [args.llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                     "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+                     "--n_ctx", str(args.prompt_tokens + args.new + 64)],
+                    env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                try:
+                    models = json.loads(urllib.request.urlopen(url + "/v1/models", timeout=5).read())
+                    break
+                except OSError:
+                    if server is not None and server.poll() is not None:
+                        raise SystemExit(f"error: llama_cpp.server exited with status {server.returncode}")
+                    time.sleep(0.2)
+            name = (args.url_name if not kind else None) or models["data"][0]["id"]
+            psm_one(url, name, *psm[0], 4)                                  # warm-up
+            seq = run_mode(url, name, psm, args.new, concurrent=False, send=psm_one)
+            par = run_mode(url, name, psm, args.new, concurrent=True, send=psm_one)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait()
+        print(f"{label}: the same {args.clients} requests, PSM prompt as text")
+        for mode, r in [("one at a time", seq), (f"{args.clients} concurrent", par)]:
+            print(f"  {mode:>14}: p50 TTFT {r['p50_ttft_ms']:7.1f} ms  p99 TTFT {r['p99_ttft_ms']:7.1f} ms  "
+                  f"{r['tokens']} tokens in {r['wall_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
+
+
 def main() -> None:
     args = parse()
     tmp = tempfile.mkdtemp(prefix="bench-serve-")
@@ -125,7 +239,7 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     server = subprocess.Popen([sys.executable, "-m", "dscoder.cli", "serve", "--model", str(model), "--port",
                                str(port), "--device", "cpu", "--max-batch", str(args.clients), "--max-model-len",
-                               str(args.prompt_tokens + args.new + 64)], env=env)
+                               str(args.prompt_tokens + args.new + 64), *args.serve_args.split()], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -138,6 +252,9 @@ def main() -> None:
         one(url, name, *prompts[0], 4)                                      # warm-up
         seq = run_mode(url, name, prompts, args.new, concurrent=False)
         par = run_mode(url, name, prompts, args.new, concurrent=True)
+        prefix, suffix, typed = editor(model, args.prompt_tokens, args.keystrokes)
+        reuse = reuse_mode(url, prefix, suffix, typed, cache=True)       # first: nothing of these prompts is kept
+        full = reuse_mode(url, prefix, suffix, typed, cache=False)
     finally:
         server.terminate()
         server.wait()
@@ -147,6 +264,12 @@ def main() -> None:
         print(f"  {label:>14}: p50 TTFT {r['p50_ttft_ms']:7.1f} ms  p99 TTFT {r['p99_ttft_ms']:7.1f} ms  "
               f"{r['tokens']} tokens in {r['wall_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
     print(f"  batching speed-up (total tokens/s): {par['tokens_per_s'] / seq['tokens_per_s']:.2f}x")
+    print(f"{args.keystrokes} /infill keystrokes, one after another, ~{args.prompt_tokens}-token prefix, 8 new tokens")
+    print(f"  cache_prompt true:  p50 TTFT {reuse['p50_ttft_ms']:7.1f} ms  ({100 * reuse['reused']:.0f}% of prompt "
+          f"tokens reused)")
+    print(f"  cache_prompt false: p50 TTFT {full['p50_ttft_ms']:7.1f} ms  (all prefilled)")
+    print(f"  prefix reuse speed-up (p50 TTFT): {full['p50_ttft_ms'] / reuse['p50_ttft_ms']:.2f}x")
+    others(args, model, prompts)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class Served:
         self.tokenize_lock = threading.Lock()   # a fast tokenizer's encode may reset its padding state: one at a time
         self.error: str | None = None
         self.scheduler = self.tokenizer = None
+        self.mailbox = None                     # runs.Mailbox: the scheduler's events onto the event loop
         self.created = int(time.time())
         self.metrics = Metrics()
 
@@ -75,9 +76,8 @@ class Served:
             if self.max_model_len:
                 engine = Engine(engine.model, max_len=self.max_model_len)
             self.decode = decoder(self.tokenizer)
-            prefill = {"prefill_tokens": self.max_prefill_tokens} if self.max_prefill_tokens else {}
             self.scheduler = Scheduler(engine, self.max_batch, self.max_queue, self.timeout,
-                                       prompt_cache_tokens=self.prompt_cache_tokens, **prefill).start()
+                                       self.max_prefill_tokens, self.prompt_cache_tokens).start()
             cache = self.scheduler.cache
             size = sum(getattr(cache, f).numel() * getattr(cache, f).element_size() for f in self.scheduler.fields)
             kept = self.scheduler.prefixes.capacity if self.scheduler.prefixes is not None else 0
@@ -471,7 +471,8 @@ def main(argv: list[str]) -> int:
                    help="int8: Linear weights as int8 with per-channel scales (a quarter of fp32's bytes per token)")
     p.add_argument("--max-prefill-tokens", type=positive_int, default=None, metavar="N",
                    help="prompt tokens (rows x padded length) read in one forward at most; waiting prompts are "
-                        "read together up to it, a longer one in chunks between decode steps (default 2048)")
+                        "read together up to it, a longer one in chunks between decode steps (default: 1024 on "
+                        "CPU, 8192 on an accelerator)")
     p.add_argument("--prompt-cache-tokens", type=int_range(0), default=None, metavar="N",
                    help="keep the cache slots of finished requests, up to N tokens, and reuse the longest shared "
                         "prompt prefix (0: off; default twice the context)")

@@ -9,9 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from typing import Any, AsyncIterator
 
 from .schema import ApiError, bad
+
+
+class Mailbox:
+    """Events from the scheduler thread onto one event loop, with one wake-up of the loop for all the events of a
+    decode step (every running request gets a token per step) instead of one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.pending = loop, deque(), False
+
+    def put(self, q: asyncio.Queue, item: Any) -> None:
+        """From any thread. Raises once the loop is closed (the scheduler then drops the job)."""
+        if self.loop.is_closed():
+            raise RuntimeError("the event loop is closed")
+        self.items.append((q, item))
+        if not self.pending:                # set until the loop drains: later events of this step ride along
+            self.pending = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.pending = False                # before draining: an event put meanwhile schedules another drain
+        while self.items:
+            q, item = self.items.popleft()
+            q.put_nowait(item)
+
+
+def mailbox(served, loop: asyncio.AbstractEventLoop) -> Mailbox:
+    """The served model's mailbox onto `loop` (made on first use)."""
+    box = served.mailbox
+    if box is None or box.loop is not loop:
+        box = served.mailbox = Mailbox(loop)
+    return box
 
 
 class Run:
@@ -20,7 +52,7 @@ class Run:
 
     def __init__(self, served, prompts: list[list[int]], params, n: int, length_param: str = "max_tokens"):
         from ..infer.scheduler import Job
-        loop, self.q, self.n, self.served = asyncio.get_running_loop(), asyncio.Queue(), n, served
+        box, self.q, self.n, self.served = mailbox(served, asyncio.get_running_loop()), asyncio.Queue(), n, served
         self.jobs: list = []
         context = served.scheduler.max_len
         for i, p in enumerate(prompts):
@@ -33,7 +65,7 @@ class Run:
         try:
             for i, ids in enumerate(checked):
                 # called from the scheduler thread; once the loop is closed it raises and the scheduler drops the job
-                emit = (lambda ev, i=i: loop.call_soon_threadsafe(self.q.put_nowait, (i, ev)))
+                emit = (lambda ev, i=i: box.put(self.q, (i, ev)))
                 self.jobs.append(served.scheduler.submit(Job(ids, params, emit, n=n, decode=served.decode)))
         except BaseException:
             self.cancel()
