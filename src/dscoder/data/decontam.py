@@ -19,24 +19,26 @@ Template boilerplate (e.g. MultiPL-E's `import java.util.*; ...` shared by every
 code, so an n-gram found in more than `max_tasks` tasks of one benchmark is ignored (default 20; HumanEval's 164
 tasks share only their `def check(candidate):` scaffolding that way).
 
-Matching is vectorised: a file's words map to ids of the benchmark vocabulary (-1 outside it), every 10-gram
-gets a 64-bit polynomial hash in numpy, hashes are screened against the sorted benchmark hashes with
-`searchsorted`, and a hit is confirmed on the id tuple. Whole-line short strings are a set intersection of the
-file's stripped lines. Ids and hashes are built from ints, so they agree across processes (str hashes do not).
+Matching is vectorised: a file's words are hashed in numpy (`minhash.text_words`, the same pass that MinHash
+needs, so `data build` hashes each file once), a bitmap over the top bits of the vocabulary's word hashes marks
+the words that may be benchmark words (a superset: no benchmark word is missed), and only runs of ten such words
+are looked up, word by word, as id tuples of the benchmark vocabulary. Whole-line short strings are a set
+intersection of the file's stripped lines. Ids are assigned in reading order, so every process builds the same
+index.
 """
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from .document import Drop, FileRecord, RepoFiles
+from .minhash import Words, text_words
 
 NGRAM = 10            # paper: "any 10-gram"
 MIN_EXACT = 3         # paper: "test strings of 3 to <10 grams are matched exactly"
@@ -53,18 +55,7 @@ def tokenize(text: str) -> list[str]:
     return text.split()
 
 
-_MUL = np.uint64(0x9E3779B97F4A7C15)     # odd 64-bit multiplier for the polynomial n-gram hash
-
-
-def ngram_hashes(ids: np.ndarray, n: int = NGRAM) -> np.ndarray:
-    """Polynomial hash (mod 2^64) of every n-gram of a token-id array: (W,) int64 -> (W-n+1,) uint64."""
-    if len(ids) < n:
-        return np.zeros(0, np.uint64)
-    v = ids.astype(np.uint64) + np.uint64(1)
-    h = np.zeros(len(ids) - n + 1, np.uint64)
-    for k in range(n):
-        h = h * _MUL + v[k: len(ids) - n + 1 + k]
-    return h
+_KNOWN_BITS = 20         # bitmap of 2^20 entries: a few % false "maybe known" at 50k vocabulary words
 
 
 @dataclass
@@ -74,44 +65,64 @@ class BenchmarkIndex:
     ngrams: dict[tuple[int, ...], tuple[str, str]] = field(default_factory=dict)
     exact: dict[str, tuple[str, str]] = field(default_factory=dict)   # 3..9-word strings: stripped, single-spaced
     sources: list[str] = field(default_factory=list)
-    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))   # sorted ngram_hashes of ngrams
+    known: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))   # (2^_KNOWN_BITS,) vocab word-hash bits
 
     def __len__(self) -> int:
         return len(self.ngrams) + len(self.exact)
 
     def finalize(self) -> None:
-        """Build the sorted hash array used to screen a file's n-grams in one vectorised pass."""
-        grams = np.array(list(self.ngrams), dtype=np.int64).reshape(-1, NGRAM)          # (G, 10)
-        h = np.zeros(len(grams), np.uint64)
-        for k in range(NGRAM):
-            h = h * _MUL + (grams[:, k].astype(np.uint64) + np.uint64(1))
-        self.hashes = np.unique(h)
+        """Build the bitmap of vocabulary word hashes that screens a file's words."""
+        vocab = text_words([" ".join(self.vocab)]).hashes                                 # (V,) in id order
+        assert len(vocab) == len(self.vocab), "vocabulary words hold no whitespace"
+        self.known = np.zeros(1 << _KNOWN_BITS, bool)
+        self.known[(vocab >> np.uint64(64 - _KNOWN_BITS)).astype(np.intp)] = True
 
     def match(self, text: str) -> tuple[str, str] | None:
         """(benchmark, task id) of the first benchmark 10-gram, or short string equal to a line, in `text`."""
+        return self.match_many([text])[0]
+
+    def match_many(self, texts: Sequence[str], words: Words | None = None,
+                   spans: Sequence[tuple[int, int]] | None = None) -> list[tuple[str, str] | None]:
+        """`match` of each text. `words` may hold the texts' words already: text i is words spans[i] = (a, b)
+        of it (by default `text_words(texts)`, one span per text)."""
+        if words is None:
+            words = text_words(texts)
+            spans = list(zip(words.first[:-1].tolist(), words.first[1:].tolist()))
+        hits: list[tuple[str, str] | None] = [None] * len(texts)
         if self.exact:
-            # whole-line short strings: a stripped line equal to a benchmark string (as given, or single-spaced)
-            hits = set(map(str.strip, text.split("\n"))) & self.exact.keys()
-            if hits:
-                return self.exact[min(hits)]
-        if not len(self.hashes):
-            return None
-        words = text.split()
-        ids = np.fromiter(map(self.vocab.get, words, repeat(-1)), dtype=np.int64, count=len(words))   # (W,)
-        if len(ids) < NGRAM:
-            return None
-        # only windows of ten known words can match (an unknown word, id -1, rules a window out): screen those
-        unknown = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(ids < 0, out=unknown[1:])
-        cand = np.flatnonzero(unknown[NGRAM:] == unknown[:-NGRAM])                              # (C,)
+            for i, text in enumerate(texts):
+                # whole-line short strings: a stripped line equal to a benchmark string (as given, or single-spaced)
+                found = set(map(str.strip, text.split("\n"))) & self.exact.keys()
+                if found:
+                    hits[i] = self.exact[min(found)]
+        if self.ngrams and len(words.hashes) >= NGRAM:
+            for i, hit in self._first_ngrams(words, spans):
+                hits[i] = hits[i] or hit
+        return hits
+
+    def _first_ngrams(self, words: Words, spans: Sequence[tuple[int, int]]) -> Iterator[tuple[int, tuple[str, str]]]:
+        """(i, hit) for each span holding a benchmark 10-gram: the first one, by position."""
+        maybe = self.known.take((words.hashes >> np.uint64(64 - _KNOWN_BITS)).astype(np.intp))      # (W,) bool
+        unknown = np.zeros(len(maybe) + 1, np.int64)
+        np.cumsum(~maybe, out=unknown[1:])
+        cand = np.flatnonzero(unknown[NGRAM:] == unknown[:-NGRAM])     # (C,) windows of ten maybe-known words
         if not len(cand):
-            return None
-        h = ngram_hashes(ids)[cand]                                                                 # (C,)
-        pos = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
-        for i in cand[self.hashes[pos] == h]:
-            hit = self.ngrams.get(tuple(ids[i:i + NGRAM].tolist()))   # confirm: a hash match may collide
+            return
+        lo = np.searchsorted(cand, [a for a, _ in spans])
+        hi = np.searchsorted(cand, [b - NGRAM + 1 for _, b in spans])   # windows that end inside the span
+        for i in np.flatnonzero(hi > lo).tolist():
+            hit = self._confirm(words, cand[lo[i]:hi[i]])
             if hit:
-                return hit
+                yield i, hit
+
+    def _confirm(self, words: Words, cand: np.ndarray) -> tuple[str, str] | None:
+        """The first window of `cand` (sorted start words) whose ten words are a benchmark 10-gram."""
+        for run in np.split(cand, np.flatnonzero(np.diff(cand) != 1) + 1):     # overlapping windows: one decode
+            ids = [self.vocab.get(w, -1) for w in words.text(int(run[0]), int(run[-1]) + NGRAM)]
+            for k in range(len(run)):
+                hit = self.ngrams.get(tuple(ids[k:k + NGRAM]))
+                if hit:
+                    return hit
         return None
 
 
@@ -221,12 +232,13 @@ def default_benchmarks() -> list[Path]:
     return [p] if p.is_file() else []
 
 
-def decontaminate(repo: RepoFiles, index: BenchmarkIndex) -> tuple[RepoFiles, list[Drop]]:
-    """Drop the files of `repo` that contain a benchmark n-gram; the Drop detail names benchmark and task."""
+def decontaminate(repo: RepoFiles, index: BenchmarkIndex, words: Words | None = None,
+                  spans: Sequence[tuple[int, int]] | None = None) -> tuple[RepoFiles, list[Drop]]:
+    """Drop the files of `repo` that contain a benchmark n-gram; the Drop detail names benchmark and task.
+    `words`, `spans`: the files' words if already hashed (see `BenchmarkIndex.match_many`)."""
     kept: list[FileRecord] = []
     drops: list[Drop] = []
-    for f in repo.files:
-        hit = index.match(f.content)
+    for f, hit in zip(repo.files, index.match_many([f.content for f in repo.files], words, spans)):
         if hit is None:
             kept.append(f)
         else:

@@ -6,6 +6,7 @@ refused, with the reason). Stages are plain functions over these records; nothin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass
@@ -18,6 +19,12 @@ class FileRecord:
     @property
     def nbytes(self) -> int:
         return len(self.content.encode("utf-8", "surrogatepass"))
+
+    @cached_property
+    def line_lengths(self) -> list[int]:
+        """Characters in each line (the content split on "\\n"), computed once for the line-length filter and
+        the readability screen."""
+        return list(map(len, self.content.split("\n")))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -51,12 +52,41 @@ class InlineExecutor:
         self.close()
 
 
+def start_method() -> str:
+    """How local workers start: "fork" when this process runs a single thread (Linux), else "spawn".
+
+    Forked workers start in milliseconds with the driver's imports and benchmark index already in memory; a
+    spawned one starts a fresh interpreter and imports and builds them again (about 0.2 CPU-s each). Forking a
+    process whose other threads may hold locks can deadlock the child (Python 3.12 warns about it), so any second
+    thread means spawn: numpy's BLAS starts threads at import unless OMP_NUM_THREADS=1 (or
+    OPENBLAS_NUM_THREADS=1), and the data stages never use BLAS."""
+    try:
+        single = len(os.listdir("/proc/self/task")) == 1
+    except OSError:                  # not Linux
+        single = False
+    return "fork" if single and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _die_with_driver(driver: int) -> None:
+    """Worker initializer: the kernel kills this worker when the driver dies (Linux PR_SET_PDEATHSIG). An idle
+    worker otherwise waits for work forever, and a forked one would keep the driver's files open, among them
+    the lock on --out that a rerun needs."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)          # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):                      # no prctl: not Linux
+        return
+    if os.getppid() != driver:                             # the driver died before prctl took effect
+        os._exit(1)
+
+
 class LocalExecutor(InlineExecutor):
-    """N worker processes (spawned: no state forked from the driver, same behaviour on every OS)."""
+    """N worker processes, forked or spawned (`start_method`); they die with the driver."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start_method()),
+                                         initializer=_die_with_driver, initargs=(os.getpid(),))
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
         window = window or 2 * self.workers

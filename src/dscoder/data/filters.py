@@ -44,13 +44,9 @@ _TAG = re.compile(r"<[^<>]*>")
 _HIDDEN_BLOCKS = (("<!--", "-->"), ("<script", "</script>"), ("<style", "</style>"))
 
 
-def _line_lengths(text: str) -> list[int]:
-    return list(map(len, text.split("\n")))
-
-
 def rule_line_length(rec: FileRecord) -> str | None:
     """Average line length > 100 or longest line > 1000 characters (minified or generated code)."""
-    lengths = _line_lengths(rec.content)
+    lengths = rec.line_lengths
     if max(lengths) > MAX_LINE:
         return f"max_line_length>{MAX_LINE}"
     if sum(lengths) / len(lengths) > MAX_AVG_LINE:

@@ -158,21 +158,45 @@ def _fold(words: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def shingle_hash_sets(texts: Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class Words:
+    """The words of many texts, found in one vectorised pass (`text_words`): text i owns words
+    first[i]:first[i+1], exactly `texts[i].split()`; word w starts at byte starts[w] of `data`."""
+    data: bytes            # the texts' UTF-8 (non-ASCII whitespace as spaces), joined by newlines
+    hashes: np.ndarray     # (W,) uint64, one per word (`word_hashes`)
+    starts: np.ndarray     # (W,) byte offset of each word in data
+    first: np.ndarray      # (N+1,) index of each text's first word; first[N] == W
+
+    def text(self, a: int, b: int) -> list[str]:
+        """Words a..b-1 as strings (b <= the owning text's end)."""
+        end = int(self.starts[b]) if b < len(self.starts) else len(self.data)
+        return self.data[int(self.starts[a]):end].decode("utf-8", "surrogatepass").split()
+
+
+def text_words(texts: Sequence[str]) -> Words:
+    """`Words` of many texts at once: all joined with newlines and hashed in one vectorised pass."""
+    parts = [_utf8(t) for t in texts]
+    data = b"\n".join(parts)
+    hashes, starts = word_hashes(data)                                       # (W,), (W,)
+    bounds = np.cumsum([0] + [len(p) + 1 for p in parts])                    # byte offset of each text
+    return Words(data, hashes, starts, np.searchsorted(starts, bounds))
+
+
+def shingle_hash_sets(texts: Sequence[str], n: int = 5, words: Words | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Shingle hashes of many texts at once: (flat (S,) uint64, offsets (len(texts)+1,) uint64).
 
     Text i owns flat[offsets[i]:offsets[i+1]]: one 64-bit hash per word n-gram of `shingles` (same set, no
-    strings built; a text of at most n words is one shingle). All texts are joined with newlines and hashed
-    in one vectorised pass; shingles never span two texts."""
-    parts = [_utf8(t) for t in texts]
-    words, starts = word_hashes(b"\n".join(parts))                           # (W,), (W,)
-    bounds = np.cumsum([0] + [len(p) + 1 for p in parts])                    # byte offset of each text
-    first = np.searchsorted(starts, bounds)                                  # word index of each text
-    folded = _fold(words, n) if len(words) >= n else words[:0]               # (W-n+1,) over the whole batch
+    strings built; a text of at most n words is one shingle). `words` (from `text_words(texts)`) saves hashing
+    the texts again; shingles never span two texts."""
+    words = text_words(texts) if words is None else words
+    hashes, first = words.hashes, words.first
+    n_texts = len(first) - 1
+    folded = _fold(hashes, n) if len(hashes) >= n else hashes[:0]           # (W-n+1,) over the whole batch
     chunks = []
     for a, b in zip(first[:-1].tolist(), first[1:].tolist()):
-        chunks.append(folded[a: b - n + 1] if b - a > n else _fold(words[a:b], n))
-    offsets = np.zeros(len(texts) + 1, np.uint64)
+        chunks.append(folded[a: b - n + 1] if b - a > n else _fold(hashes[a:b], n))
+    offsets = np.zeros(n_texts + 1, np.uint64)
     offsets[1:] = np.cumsum([len(c) for c in chunks])
     flat = np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
     return flat, offsets
@@ -183,14 +207,14 @@ def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
     return shingle_hash_sets([text], n)[0]
 
 
-def signature_matrix(texts: Sequence[str], params: MinHashParams) -> np.ndarray:
+def signature_matrix(texts: Sequence[str], params: MinHashParams, words: Words | None = None) -> np.ndarray:
     """MinHash signatures of many texts, shape (N, num_perm) uint32: shingle hashes in one numpy pass, then
-    one rensa call (`RMinHash`, permutations in Rust) over all of them."""
+    one rensa call (`RMinHash`, permutations in Rust) over all of them. `words`: `text_words(texts)`, if known."""
     from rensa import RMinHash       # imported here so that merely importing the pipeline stays cheap
 
     if not texts:
         return np.empty((0, params.num_perm), np.uint32)
-    flat, offsets = shingle_hash_sets(texts, params.ngram)
+    flat, offsets = shingle_hash_sets(texts, params.ngram, words)
     m = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, params.num_perm, params.seed)
     return np.asarray(m.to_rows(), dtype=np.uint32).reshape(len(texts), params.num_perm)
 

@@ -78,7 +78,7 @@ class Stats:
         for d in drops:
             self.dropped[d.stage][d.reason] += 1
             if self.drops_file is not None:
-                self.drops_file.write(json.dumps(asdict(d), ensure_ascii=False) + "\n")
+                self.drops_file.write(json.dumps(vars(d), ensure_ascii=False) + "\n")   # = asdict(d): flat str fields
             if d.stage == "decontam":
                 self.decontaminated.append({"repo": d.repo, "path": d.path, "match": d.detail})
 
@@ -166,20 +166,27 @@ class _Spool:
         return self.size - len(block), len(block)
 
 
-def _chunks(scans: Iterator[tuple[list[Chunk], list[Drop]]], cfg: BuildConfig, stats: Stats
-            ) -> Iterator[tuple[Chunk, BuildConfig]]:
+def _chunks(scans: Iterator[tuple[list[Chunk], list[Drop]]], cfg: BuildConfig, stats: Stats,
+            listed: collections.deque) -> Iterator[tuple[Chunk, BuildConfig]]:
+    """Each unit's chunks; the files its listing refused wait in `listed` for the unit's first result, so that
+    drops.jsonl has one order whatever the worker count (scans run ahead of results by a window of units)."""
     for chunks, drops in scans:
-        stats.add({"read": len(drops)}, drops)
+        listed.append(drops)
         stats.chunks_total += len(chunks)
         for c in chunks:
             yield c, cfg
 
 
 def _collect(results: Iterator[ChunkResult], stats: Stats, spool: _Spool, progress: Progress,
-             ready: collections.deque) -> Iterator[list[FileFacts]]:
+             listed: collections.deque, ready: collections.deque) -> Iterator[list[FileFacts]]:
     """Count each chunk, spool its blocks, and hand on each repository once its unit's last chunk is in."""
     open_repos: dict[str, _Repo] = {}
+    first = True                                    # the result is its unit's first chunk
     for res in results:
+        if first:
+            drops = listed.popleft()
+            stats.add({"read": len(drops)}, drops)
+        first = res.last
         stats.add(res.counts, res.drops)
         stats.read_bytes += res.read_bytes
         stats.chunks_done += 1
@@ -384,8 +391,9 @@ def build(sources: list[str | Path], out: Path, cfg: BuildConfig, executor: str 
             stats.drops_file = drops_file
             scans = ex.imap(stage_scan, ((u, cfg) for u in units))
             # a deeper window than the default: one slow chunk must not leave the other workers idle
-            results = ex.imap(stage_process, _chunks(scans, cfg, stats), window=4 * ex.workers)
-            orders = ex.imap(stage_order, _collect(results, stats, spool, progress, ready))
+            listed: collections.deque = collections.deque()
+            results = ex.imap(stage_process, _chunks(scans, cfg, stats, listed), window=4 * ex.workers)
+            orders = ex.imap(stage_order, _collect(results, stats, spool, progress, listed, ready))
             comps, sigs = _components(orders, ready, stats, cfg.minhash.num_perm)
             progress.tick(force=True)
             dup = near_duplicates([(c.repo, c.id) for c in comps], sigs, cfg.minhash)

@@ -49,6 +49,9 @@ QUALITY_REASONS = ("syntax_error", "encoded_blob", "hex_table", "long_lines")
 # Stdlib `re` here: 3-4x faster than `regex` on these simple classes (82 vs 23 MB/s on the stdlib sources).
 _BLOB_RUN = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{%d,}={0,2}" % BLOB_MIN_RUN)
 _HEX_LITERAL = re.compile(r"\b0[xX][0-9a-fA-F]+\b")
+# The same literal without the leading \b: a pattern that starts with a literal character is searched for at C
+# speed, one that starts with \b is tried at every position (15x slower); `hex_literal_chars` checks the \b.
+_HEX_BODY = re.compile(r"0[xX][0-9a-fA-F]+\b")
 _DIGIT = re.compile(r"[0-9]")
 _BLOB_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _BLOB_BYTES = bytes(1 if i in _BLOB_ALPHABET else 0 for i in range(256))   # translate: 1 on the alphabet
@@ -124,6 +127,13 @@ def encoded_chars(text: str) -> int:
     return sum(len(m) for m in _BLOB_RUN.findall(text) if _DIGIT.search(m))
 
 
+def hex_literal_chars(text: str) -> int:
+    """Characters of `text` in hex literals: the matches of `_HEX_LITERAL`, found as `_HEX_BODY` matches that
+    `_HEX_LITERAL` also matches where they start (its leading word boundary looks at the character before). A
+    rejected match hides no other: no "0x" can start among its hex digits."""
+    return sum(m.end() - m.start() for m in _HEX_BODY.finditer(text) if _HEX_LITERAL.match(text, m.start()))
+
+
 def readability_issue(rec: FileRecord) -> str | None:
     """A readability reason (encoded_blob, hex_table, long_lines) or None. Linear, C-speed scans only."""
     text = rec.content
@@ -133,10 +143,10 @@ def readability_issue(rec: FileRecord) -> str | None:
         if blob >= BLOB_MIN_CHARS and blob >= BLOB_MIN_SHARE * n:
             return "encoded_blob"
     if "0x" in text or "0X" in text:
-        hex_chars = sum(map(len, _HEX_LITERAL.findall(text)))
+        hex_chars = hex_literal_chars(text)
         if hex_chars >= BLOB_MIN_CHARS and hex_chars >= HEX_MIN_SHARE * n:
             return "hex_table"
-    lengths = list(map(len, text.split("\n")))
+    lengths = rec.line_lengths
     nonempty = len(lengths) - lengths.count(0)
     if sum(map(LONG_LINE.__lt__, lengths)) > LONG_LINE_MAX_SHARE * nonempty:     # C-level count, no Python loop
         return "long_lines"

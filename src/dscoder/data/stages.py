@@ -24,10 +24,10 @@ import numpy as np
 from .decontam import BenchmarkIndex, build_index, decontaminate
 from .document import Drop, RepoFiles
 from .filters import apply_filters, content_hash
-from .minhash import MinHashParams, signature_matrix
+from .minhash import MinHashParams, Words, signature_matrix, text_words
 from .quality import apply_quality
 from .readers import DEFAULT_MAX_FILE_BYTES, FileRef, SourceUnit, is_failure, read_refs, read_unit, scan_unit
-from .repo_order import FileFacts, concat_files, file_facts, order_facts
+from .repo_order import FileFacts, concat_files, file_facts, order_facts, path_comment
 
 CHUNK_BYTES = 1 << 20      # file bytes per work unit: ~0.2 CPU-s of stages, small next to a big repository
 CHUNK_FILES = 1000
@@ -136,22 +136,36 @@ def stage_process(task: tuple[Chunk, BuildConfig]) -> ChunkResult:
         counts["quality"] += len(repo.files)
         repo, more = apply_quality(repo, cfg.check_syntax)
         drops += more
+        blocks = [concat_files([f]) for f in read.files]      # what a sample concatenates, file by file
+        words = text_words(blocks)                             # hashed once: decontamination and MinHash
         counts["decontam"] += len(repo.files)
-        repo, more = decontaminate(repo, benchmark_index(cfg.benchmarks))
+        repo, more = decontaminate(repo, benchmark_index(cfg.benchmarks), words, _content_spans(read, repo, words))
         drops += more
         all_drops += drops
-        parts.append(_part(read, {f.path for f in repo.files}, cfg, failed))
+        parts.append(_part(read, {f.path for f in repo.files}, blocks, words, cfg, failed))
     return ChunkResult(parts, all_drops, counts, read_bytes, chunk.last)
 
 
-def _part(read: RepoFiles, passed: set[str], cfg: BuildConfig, failed: bool) -> RepoPart:
+def _content_spans(read: RepoFiles, kept: RepoFiles, words: Words) -> list[tuple[int, int]]:
+    """The words of each kept file's content within `words` (of all read files' blocks): its block's words
+    after those of the path comment line."""
+    where = {f.path: i for i, f in enumerate(read.files)}
+    first = words.first.tolist()
+    spans = []
+    for f in kept.files:
+        i = where[f.path]
+        spans.append((first[i] + len(path_comment(f.path, f.language).split()), first[i + 1]))
+    return spans
+
+
+def _part(read: RepoFiles, passed: set[str], blocks: list[str], words: Words, cfg: BuildConfig,
+          failed: bool) -> RepoPart:
     """Every file read, screened out or not: a screened-out file still shapes its repository's components and
     signatures, and leaves the samples only after near-dedup (see `data.pipeline`)."""
-    texts = [concat_files([f]) for f in read.files]
     return RepoPart(read.repo, [file_facts(f) for f in read.files], [f.nbytes for f in read.files],
                     [content_hash(f.content) for f in read.files], [f.path in passed for f in read.files],
-                    [t.encode("utf-8", "surrogatepass") for t in texts], signature_matrix(texts, cfg.minhash),
-                    failed)
+                    [t.encode("utf-8", "surrogatepass") for t in blocks],
+                    signature_matrix(blocks, cfg.minhash, words), failed)
 
 
 def stage_order(facts: list[FileFacts]) -> list[list[int]]:
