@@ -1,6 +1,6 @@
 """A GRPO run that learns on a laptop CPU in minutes: a random tiny model learns to answer with a digit.
 
-    python scripts/grpo_toy.py --out runs/grpo-toy [--steps 40] [--seed 0] [-- EXTRA dscoder grpo OPTIONS]
+    python scripts/grpo_toy.py --out runs/grpo-toy [--steps 20] [--seed 0] [-- EXTRA dscoder grpo OPTIONS]
 
 What it builds in OUT/setup: a byte-level BPE tokenizer (trained on the task prompts and a few lines of Python with
 numbers), a randomly initialised tiny Llama (2 layers, hidden 64) saved as an HF folder, and OUT/setup/tasks.jsonl:
@@ -52,7 +52,7 @@ def build_model(folder: Path, seed: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("extra", nargs="*", help="more `dscoder grpo` options, after --")
     a = p.parse_args(argv)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from dscoder.cli import main as cli
     return cli(["grpo", "--model", str(model), "--tasks", str(tasks), "--out", str(a.out / "run"),
                 "--steps", str(a.steps), "--group-size", "16", "--prompts-per-step", "4", "--max-new-tokens", "1",
-                "--lr", "3e-3", "--beta", "0.04", "--save-every", "10", "--seed", str(a.seed), "--device", "cpu",
+                "--lr", "1e-2", "--beta", "0.04", "--save-every", "10", "--seed", str(a.seed), "--device", "cpu",
                 *a.extra])
 
 

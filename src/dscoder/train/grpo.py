@@ -1,9 +1,9 @@
 """`dscoder grpo`: Group Relative Policy Optimization against unit tests run in the sandbox (DeepSeekMath
 arXiv 2402.03300 §4.1 eq. 3-4; DeepSeek-Coder-V2 §3.5 uses it for code with test-case rewards).
 
-Each step: P tasks (`train.rewards`), G completions each sampled by the inference `Engine` (batched, seeded),
-each scored by the sandbox's two-process test verdict; advantages normalised within each group; then μ AdamW
-updates of the clipped surrogate with a k3 KL penalty to the frozen starting model (`grpo_loss`).
+Each step: P tasks (`train.rewards`), G completions each sampled by the inference `Engine` (one batched, seeded
+call per task), each scored by the sandbox's two-process test verdict; advantages normalised within each group;
+then μ AdamW updates of the clipped surrogate with a k3 KL penalty to the frozen starting model (`grpo_loss`).
 
     loss, metrics = grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta=0.04, epsilon_low=0.2,
                               epsilon_high=0.2, loss_type="grpo")      # (B, T) tensors, advantages (B,)
@@ -14,6 +14,14 @@ The formulas are TRL's `GRPOTrainer._compute_loss` (trl/trainer/grpo_trainer.py)
 completions: the paper's 1/G Σ 1/|o_i| Σ_t), "dapo" (sum over all tokens / their number) or "dr_grpo" (sum /
 (B x max_completion_length), Dr. GRPO arXiv 2503.20783). With μ = 1, old_logps is logps.detach(): the ratio is
 exactly 1, so the loss is near 0 while its gradient is A·∇log π. Watch the reward, not the loss.
+
+Several processes (torchrun): the step's tasks are dealt out to the processes, each samples and scores its
+groups, and every process gathers all rewards, so group statistics are those of one process. The update runs
+over the step's completions dealt out again evenly, in micro-batches, through the pretraining loop's DDP/FSDP2
+wrapping (`parallel.parallelize`, `parallel.grad_sync`); each micro-batch's loss is weighted by its share of the
+loss's normaliser (`policy_backward`), so any split gives the gradient of one `grpo_loss` over the whole batch.
+DAPO's dynamic sampling (arXiv 2503.14476 §3.2, `--dynamic-sampling`) draws more groups until P of them have
+rewards that differ. Run folder, checkpoints, exact resume and SIGTERM handling are pretraining's (`pretrain`).
 Usage is in `main`'s docstring (= `dscoder grpo --help`).
 """
 from __future__ import annotations
@@ -21,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,11 +41,14 @@ import torch
 from ..args import (Parser, add_device_args, finite_float, int_range, non_negative_float, out_dir, positive_float,
                     positive_int, resolve_device_dtype)
 from ..args import seed as seed_int
-from ..durable import lock_run_folder
 from ..errors import UserError
 from . import checkpoint as ckpt
+from . import parallel
+from .loop import GracefulStop, TrainState, set_rng_state
 from .metrics import MetricsLog, Progress, read_metrics, save_figure
+from .pretrain import _gathered_model, _plan_start, _RunFolder, _save_checkpoint, _seed_all, _stopped
 
+PROG = "dscoder grpo"
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
 STD_EPS = 1e-4                    # TRL: advantages / (std + 1e-4)
@@ -146,51 +157,274 @@ def completion_logps(model: torch.nn.Module, prompts: Sequence[Sequence[int]], c
     return logp.gather(1, index) * mask, mask
 
 
-# ------------------------------------------------------------------------------------------- rollouts
-def tasks_for_step(step: int, n_tasks: int, per_step: int, seed: int) -> list[int]:
-    """The task indices of optimizer step `step` (0-based): epochs of seeded permutations, read in order, so a
-    resumed run draws exactly the tasks an uninterrupted one would."""
+# ------------------------------------------------------------------------------------------- the update
+@dataclass(frozen=True)
+class PolicyLoss:
+    """One run's `grpo_loss` settings, and the temperature its completions were sampled at."""
+    beta: float
+    epsilon_low: float
+    epsilon_high: float
+    loss_type: str
+    max_completion_length: int
+    temperature: float = 1.0
+
+    def units(self, completion: Sequence[int]) -> int:
+        """A completion's weight in the loss's normaliser: its tokens for "dapo" (a token mean over the batch),
+        1 for "grpo" (a mean over completions) and "dr_grpo" (a sum / (completions x max length))."""
+        return len(completion) if self.loss_type == "dapo" else 1
+
+
+@dataclass
+class MicroBatch:
+    """Completions that go through one forward/backward on one process."""
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    advantages: torch.Tensor                   # (b,)
+    units: int                                 # their share of the loss's normaliser; 0: a padding pass
+    old: torch.Tensor | None = None            # (b, T) log-probs before this batch's first update (μ > 1)
+    ref: torch.Tensor | None = None            # (b, T) the reference model's log-probs (β > 0)
+
+
+def micro_batches(rows: Sequence[int], prompts: Sequence[list[int]], completions: Sequence[list[int]],
+                  advantages: torch.Tensor, loss: PolicyLoss, micro_batch_size: int | None, rank: int = 0,
+                  world: int = 1) -> list[MicroBatch]:
+    """This process's micro-batches of the completions `rows` (indices into prompts/completions/advantages):
+    rows rank, rank + world, ... in chunks of `micro_batch_size` (None: one chunk). Every process gets the same
+    number of micro-batches, because each one's backward is a collective under DDP/FSDP: a process with fewer
+    rows runs padding passes (one row, weight 0)."""
+    mine = list(rows[rank::world])
+    per_rank = -(-len(rows) // world)
+    size = micro_batch_size or max(1, per_rank)
     out = []
-    for k in range(step * per_step, (step + 1) * per_step):
-        epoch, i = divmod(k, n_tasks)
-        order = list(range(n_tasks))
-        random.Random(f"grpo-tasks-{seed}-{epoch}").shuffle(order)
-        out.append(order[i])
+    for i in range(max(1, -(-per_rank // size))):
+        chunk = mine[i * size:(i + 1) * size]
+        units = sum(loss.units(completions[b]) for b in chunk)
+        chunk = chunk or list(rows[:1])
+        out.append(MicroBatch([prompts[b] for b in chunk], [completions[b] for b in chunk], advantages[chunk],
+                              units))
     return out
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The sampling seed of one step: a hash of the run seed and the step (0 ... 2**63-1)."""
-    return int.from_bytes(hashlib.sha256(f"grpo-{seed}-{step}".encode()).digest()[:8], "big") >> 1
+def policy_backward(model: torch.nn.Module, micro: list[MicroBatch], loss: PolicyLoss, total_units: int,
+                    world: int = 1) -> dict[str, float]:
+    """Forward and backward of every micro-batch; gradients are reduced across processes on the last one only
+    (`parallel.grad_sync`). Each micro-batch's loss is weighted by units / total_units x world, so after DDP's
+    (or FSDP's) mean over processes the gradient is that of `grpo_loss` over all the rows at once, whatever the
+    micro-batch size and the number of processes. Returns this process's sums: its part of the loss ("loss"),
+    k3 KL and clipped tokens summed over completion tokens ("kl", "clip"), and those tokens ("tokens")."""
+    from .parallel import grad_sync
+
+    device = next(model.parameters()).device
+    sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "tokens": 0.0}
+    for i, m in enumerate(micro):
+        with grad_sync(model, i == len(micro) - 1):
+            logps, mask = completion_logps(model, m.prompts, m.completions, loss.temperature)
+            value, figures = grpo_loss(logps, logps.detach() if m.old is None else m.old, m.ref,
+                                       m.advantages.to(device), mask, beta=loss.beta, epsilon_low=loss.epsilon_low,
+                                       epsilon_high=loss.epsilon_high, loss_type=loss.loss_type,
+                                       max_completion_length=loss.max_completion_length)
+            part = value * (m.units / max(total_units, 1))
+            (part * world).backward()
+        if m.units:
+            n = float(mask.sum())
+            sums["loss"] += float(part.detach())
+            sums["kl"] += (figures["kl"] or 0.0) * n
+            sums["clip"] += figures["clip_frac"] * n
+            sums["tokens"] += n
+    return sums
 
 
-def rollout(engine, tokenizer, prompt_ids: list[list[int]], kinds: list[str], max_new_tokens: int,
-            temperature: float, seed: int) -> tuple[list[list[int]], list[str], list[str]]:
-    """Sample one completion per row: (completion ids incl. the end token when one was produced, texts, finish
-    reasons). Rows of the two kinds (completion, chat) are generated apart: each kind has its own end token."""
+# ------------------------------------------------------------------------------------------- rollouts
+def task_at(slot: int, n_tasks: int, seed: int) -> int:
+    """The task of group slot `slot` (0, 1, 2, ... over the whole run): epochs of seeded permutations read in
+    order, so every task comes once per epoch and a resumed run draws exactly what an uninterrupted one would."""
+    epoch, i = divmod(slot, n_tasks)
+    order = list(range(n_tasks))
+    random.Random(f"grpo-tasks-{seed}-{epoch}").shuffle(order)
+    return order[i]
+
+
+def group_seed(seed: int, slot: int) -> int:
+    """The sampling seed of one group: a hash of the run seed and the group's slot (0 ... 2**63-1). One seed per
+    group, not per batch, so what a group samples does not depend on how groups are spread over processes."""
+    return int.from_bytes(hashlib.sha256(f"grpo-{seed}-{slot}".encode()).digest()[:8], "big") >> 1
+
+
+def rollout(engine, tokenizer, prompt: list[int], kind: str, n: int, max_new_tokens: int, temperature: float,
+            seed: int) -> tuple[list[list[int]], list[str], list[str]]:
+    """n completions of one prompt in one batched, seeded `Engine.generate`: (ids incl. the end token when one
+    was produced, texts, finish reasons). The end token is the kind's: EOS for a completion, the chat template's
+    (<|EOT|> for v1) for a chat prompt."""
     from ..infer.text import decoder, stop_ids
 
-    ids: list[list[int]] = [[] for _ in prompt_ids]
-    texts, reasons = [""] * len(prompt_ids), [""] * len(prompt_ids)
+    end = stop_ids(tokenizer, kind)[0]
+    outs = engine.generate([prompt] * n, max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=[end],
+                           seed=seed)
     dec = decoder(tokenizer)
-    for kind in ("completion", "chat"):
-        rows = [i for i, k in enumerate(kinds) if k == kind]
-        if not rows:
-            continue
-        end = stop_ids(tokenizer, kind)[0]      # EOS for completion, <|EOT|> for the v1 chat template
-        outs = engine.generate([prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
-                               temperature=temperature, stop_ids=[end], seed=seed + (kind == "chat"))
-        for i, o in zip(rows, outs):
-            ids[i] = o.tokens + ([end] if o.finish_reason == "stop" else [])
-            texts[i], reasons[i] = dec(o.tokens), o.finish_reason
-    return ids, texts, reasons
+    return ([o.tokens + ([end] if o.finish_reason == "stop" else []) for o in outs], [dec(o.tokens) for o in outs],
+            [o.finish_reason for o in outs])
 
 
 # ------------------------------------------------------------------------------------------- the run
+class _Run:
+    """One process's share of a GRPO run: the policy (as `parallel.parallelize` wrapped it), its optimizer, the
+    frozen reference, the engine that samples, the tasks and their prompt ids, and the task cursor (the next
+    group slot: the run's data position, saved in checkpoints)."""
+
+    def __init__(self, args, tasks, prompt_ids, kinds, tokenizer, model, ref, optimizer, cfg, dist):
+        from ..infer.engine import Engine
+        self.args, self.tasks, self.prompt_ids, self.kinds = args, tasks, prompt_ids, kinds
+        self.tokenizer, self.model, self.ref, self.optimizer, self.dist = tokenizer, model, ref, optimizer, dist
+        self.loss = PolicyLoss(args.beta, args.epsilon, args.epsilon_high, args.loss_type, args.max_new_tokens,
+                               args.temperature)
+        self.cursor = 0
+        if dist.fsdp:       # FSDP2 shards the policy: each process samples from a full copy, refreshed every step
+            from ..models.hf import build_model
+            self.sampler = build_model(cfg).to(dist.device)
+        else:
+            self.sampler = parallel.unwrap(model)
+        self.engine = Engine(self.sampler)
+        self.cache: dict = {}
+        self.rm = None
+        if args.reward.startswith("rm:"):
+            from .reward_model import load_reward_model
+            self.rm = load_reward_model(args.reward[3:], device=dist.device)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.cursor = int(st["cursor"])
+
+    def step(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+        """One GRPO step (0-based `step`): rollouts, rewards, μ updates. Returns (metrics row, rollout rows,
+        completion tokens sampled). Every process gets the same answer."""
+        a, G, P = self.args, self.args.group_size, self.args.prompts_per_step
+        t0 = time.perf_counter()
+        if self.dist.fsdp:
+            full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.model.state_dict().items()}
+            self.sampler.load_state_dict(full)
+        groups: list[dict[str, Any]] = []
+        while True:     # one round of P groups; with --dynamic-sampling, more rounds until P groups teach something
+            slots = list(range(self.cursor, self.cursor + P))
+            self.cursor += P
+            mine = self._sample(slots[self.dist.rank::self.dist.world])
+            groups += sorted((g for part in parallel.all_gather_objects(mine, self.dist) for g in part),
+                             key=lambda g: g["slot"])
+            rewards = torch.tensor([r for g in groups for r in g["rewards"]], dtype=torch.float32)
+            adv, zero_std = group_advantages(rewards, G, a.scale_rewards)
+            if len(groups) >= P * max(1, a.dynamic_sampling) or int((~zero_std).sum()) >= P:
+                break
+        t1 = time.perf_counter()
+        skip = a.skip_zero_std or a.dynamic_sampling > 0
+        kept = [j for j in range(len(groups)) if not (skip and zero_std[j])][:P]
+        rows = [j * G + i for j in kept for i in range(G)]
+        prompts = [self.prompt_ids[g["task"]] for g in groups for _ in range(G)]
+        comps = [c for g in groups for c in g["completions"]]
+        figures = self._learn(rows, prompts, comps, adv) if rows else dict.fromkeys(("loss", "kl", "clip_frac",
+                                                                                     "grad_norm"))
+        t2 = time.perf_counter()
+        scored = [s for g in groups for s in g["scored"]]
+        reasons = [r for g in groups for r in g["reasons"]]
+        n_tok = [len(c) for c in comps]
+        row = {"step": step + 1, "reward_mean": _nanmean(rewards), "reward_std": _nanstd_value(rewards),
+               "pass_rate": sum(r == 1.0 for r, _ in scored) / len(scored),
+               "infra_errors": sum(s == "infra_error" for _, s in scored), **figures,
+               "completion_len_mean": sum(n_tok) / len(n_tok), "completion_len_max": max(n_tok),
+               "truncated_frac": sum(r == "length" for r in reasons) / len(reasons),
+               "frac_reward_zero_std": float(zero_std.float().mean()), "groups_sampled": len(groups),
+               "groups_skipped": len(groups) - len(kept), "rollout_s": round(t1 - t0, 3),
+               "learn_s": round(t2 - t1, 3), "completion_tokens_per_s": round(sum(n_tok) / max(t1 - t0, 1e-9), 1)}
+        logged = []
+        for j, g in enumerate(groups):
+            t = self.tasks[g["task"]]
+            for i in range(G):
+                r, status = g["scored"][i]
+                rw = rewards[j * G + i].item()
+                logged.append({"step": step + 1, "task_id": t.task_id, "prompt": t.prompt if t.prompt is not None
+                               else t.instruction, "kind": self.kinds[g["task"]], "completion": g["texts"][i],
+                               "reward": None if math.isnan(rw) else rw, "passed": r == 1.0, "status": status,
+                               "finish_reason": g["reasons"][i]})
+        return row, logged, sum(n_tok)
+
+    def _sample(self, slots: list[int]) -> list[dict[str, Any]]:
+        """This process's groups: G completions each, and their test verdicts and rewards."""
+        a, G = self.args, self.args.group_size
+        self.sampler.eval()
+        groups = []
+        for k in slots:
+            t = task_at(k, len(self.tasks), a.seed)
+            ids, texts, reasons = rollout(self.engine, self.tokenizer, self.prompt_ids[t], self.kinds[t], G,
+                                          a.max_new_tokens, a.temperature, group_seed(a.seed, k))
+            groups.append({"slot": k, "task": t, "completions": ids, "texts": texts, "reasons": reasons})
+        if groups:
+            rows = [(g, i) for g in groups for i in range(G)]
+            scored, rewards = self._rewards([self.tasks[g["task"]] for g, _ in rows],
+                                            [self.prompt_ids[g["task"]] for g, _ in rows],
+                                            [g["completions"][i] for g, i in rows], [g["texts"][i] for g, i in rows],
+                                            [g["reasons"][i] for g, i in rows])
+            for j, g in enumerate(groups):
+                g["scored"], g["rewards"] = scored[j * G:(j + 1) * G], rewards[j * G:(j + 1) * G]
+        return groups
+
+    def _rewards(self, tasks, prompts, comp, texts, reasons) -> tuple[list[tuple[float, str]], list[float]]:
+        """(test verdicts, rewards): the verdicts' 0/1, or with --reward rm:DIR the reward model's scores (the
+        tests still run: pass_rate and `passed` say what the reward-model-driven policy really does)."""
+        from .rewards import score_all
+
+        scored = score_all(tasks, texts, self.args.timeout, self.args.workers, self.cache)
+        if self.rm is None:
+            return scored, [r for r, _ in scored]
+        from .reward_model import rm_rewards
+        ends = [c[:-1] if r == "stop" else c for c, r in zip(comp, reasons)]     # as rollout_ids encodes the text
+        return scored, rm_rewards(self.rm, [p + e for p, e in zip(prompts, ends)])
+
+    def _learn(self, rows: list[int], prompts, comps, adv: torch.Tensor) -> dict[str, Any]:
+        """μ AdamW updates of the GRPO loss over the completions `rows`, spread over the processes and their
+        micro-batches (`micro_batches`, `policy_backward`)."""
+        a, dist = self.args, self.dist
+        micro = micro_batches(rows, prompts, comps, adv, self.loss, a.micro_batch_size, dist.rank, dist.world)
+        total = sum(self.loss.units(comps[b]) for b in rows)
+        self.model.train()
+        with torch.no_grad():
+            for m in micro:
+                if a.mu > 1:
+                    m.old = completion_logps(parallel.unwrap(self.model), m.prompts, m.completions, a.temperature)[0]
+                if self.ref is not None:
+                    m.ref = completion_logps(self.ref, m.prompts, m.completions, a.temperature)[0]
+        per_update = []
+        for _ in range(a.mu):
+            sums = policy_backward(self.model, micro, self.loss, total, dist.world)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)
+            if hasattr(norm, "full_tensor"):                   # FSDP2 returns a DTensor
+                norm = norm.full_tensor()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            t = torch.tensor([sums["loss"], sums["kl"], sums["clip"], sums["tokens"]], dtype=torch.float64,
+                             device=dist.device)
+            loss, kl, clip, tokens = parallel.all_reduce_sum_(t, dist).tolist()
+            per_update.append((loss, kl / max(tokens, 1.0), clip / max(tokens, 1.0), float(norm)))
+        n = len(per_update)
+        return {"loss": sum(u[0] for u in per_update) / n,
+                "kl": sum(u[1] for u in per_update) / n if a.beta > 0 else None,
+                "clip_frac": sum(u[2] for u in per_update) / n, "grad_norm": per_update[-1][3]}
+
+
+def _nanmean(x: torch.Tensor) -> float | None:
+    v = float(torch.nanmean(x))
+    return None if math.isnan(v) else v
+
+
+def _nanstd_value(x: torch.Tensor) -> float | None:
+    v = float(_nanstd(x)) if x.numel() > 1 else math.nan
+    return None if math.isnan(v) else v
+
+
+# ------------------------------------------------------------------------------------------- CLI
 # settings a resumed run must share with its checkpoint: they decide what each step samples and how it learns
 _RESUME_FIXED = ("model", "tasks", "tasks_sha256", "group_size", "prompts_per_step", "beta", "epsilon",
                  "epsilon_high", "mu", "loss_type", "scale_rewards", "temperature", "max_new_tokens", "reward",
-                 "lr", "clip", "skip_zero_std", "seed")
+                 "lr", "clip", "skip_zero_std", "dynamic_sampling", "fsdp", "seed")
 
 
 def _run_args(args, tasks_digest: str) -> dict[str, Any]:
@@ -200,43 +434,13 @@ def _run_args(args, tasks_digest: str) -> dict[str, Any]:
             "epsilon_high": args.epsilon_high, "mu": args.mu, "loss_type": args.loss_type,
             "scale_rewards": args.scale_rewards, "temperature": args.temperature,
             "max_new_tokens": args.max_new_tokens, "reward": args.reward, "lr": args.lr, "clip": args.clip,
-            "skip_zero_std": bool(args.skip_zero_std), "seed": args.seed, "steps": args.steps}
-
-
-def _plan_start(args, out: Path, run_args: dict) -> tuple[Path | None, bool]:
-    """(checkpoint to resume from or None, nothing left to do); refusals are UserErrors and touch nothing."""
-    ck_dir, final = out / "checkpoints", out / "final"
-    if not args.resume:
-        found = [n for n in ("checkpoints", "final", "metrics.jsonl", "rollouts.jsonl") if (out / n).exists()]
-        if found:
-            raise UserError(f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
-                            "or choose a new --out")
-        return None, False
-    latest, rejected = ckpt.latest_checkpoint(ck_dir)
-    if latest is None and rejected:
-        why = "".join(f"\n  {p.name}: {r}" for p, r in rejected)
-        raise UserError(f"--resume: no usable checkpoint under {ck_dir}; every one was rejected:{why}")
-    for p, reason in rejected:
-        print(f"dscoder grpo: skipping damaged checkpoint {p.name}: {reason}", file=sys.stderr)
-    if latest is None:
-        if final.exists() or (out / "metrics.jsonl").exists():
-            raise UserError(f"--resume: {out} has no checkpoint to continue from; use a new --out")
-        print(f"dscoder grpo: no checkpoint under {ck_dir}; starting at step 0", file=sys.stderr)
-        return None, False
-    saved = ckpt.load_train_state(latest)
-    bad = [k for k in _RESUME_FIXED if saved["args"].get(k) != run_args.get(k)]
-    if bad:
-        detail = ", ".join(f"{k}: {saved['args'].get(k)!r} -> {run_args.get(k)!r}" for k in bad)
-        raise UserError(f"--resume: {detail} differ from the checkpoint; keep them, or start a new --out")
-    step = int(saved["step"])
-    if args.steps < step:
-        raise UserError(f"--resume --steps {args.steps}: {latest} already holds step {step}")
-    done = step == args.steps and ckpt.checkpoint_step(final) == step
-    return latest, done
+            "skip_zero_std": bool(args.skip_zero_std), "dynamic_sampling": args.dynamic_sampling,
+            "fsdp": bool(args.fsdp), "micro_batch_size": args.micro_batch_size, "seed": args.seed,
+            "steps": args.steps}
 
 
 def plot_reward(metrics_path: Path, png_path: Path) -> None:
-    """Mean reward (and its group std band) per step, written atomically (Agg backend)."""
+    """Mean reward (and its moving mean) per step, written atomically (Agg backend)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -260,104 +464,6 @@ def plot_reward(metrics_path: Path, png_path: Path) -> None:
     save_figure(fig, png_path)
 
 
-class _Run:
-    """The state of one GRPO run: policy, optimizer, frozen reference, engine, tasks and their prompt ids."""
-
-    def __init__(self, args, tasks, prompt_ids, kinds, tokenizer, model, ref, optimizer):
-        from ..infer.engine import Engine
-        self.args, self.tasks, self.prompt_ids, self.kinds = args, tasks, prompt_ids, kinds
-        self.tokenizer, self.model, self.ref, self.optimizer = tokenizer, model, ref, optimizer
-        self.engine = Engine(model)
-        self.cache: dict = {}
-        self.rm = None
-        if args.reward.startswith("rm:"):
-            from .reward_model import load_reward_model
-            self.rm = load_reward_model(args.reward[3:], device=next(model.parameters()).device)
-
-    def step(self, step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One GRPO step (0-based `step`): rollouts, rewards, μ updates. Returns (metrics row, rollout rows)."""
-        a, G = self.args, self.args.group_size
-        rows = [i for i in tasks_for_step(step, len(self.tasks), a.prompts_per_step, a.seed) for _ in range(G)]
-        prompts = [self.prompt_ids[i] for i in rows]
-        t0 = time.perf_counter()
-        self.model.eval()
-        comp, texts, reasons = rollout(self.engine, self.tokenizer, prompts, [self.kinds[i] for i in rows],
-                                       a.max_new_tokens, a.temperature, step_seed(a.seed, step))
-        scored, rewards = self._rewards([self.tasks[i] for i in rows], prompts, comp, texts, reasons)
-        adv, zero_std = group_advantages(rewards, G, a.scale_rewards)
-        t1 = time.perf_counter()
-        keep = [b for b in range(len(rows)) if not (a.skip_zero_std and zero_std[b // G])]
-        figures = self._learn(prompts, comp, adv, keep) if keep else dict.fromkeys(("loss", "kl", "clip_frac",
-                                                                                    "grad_norm"))
-        t2 = time.perf_counter()
-        n_tok = [len(c) for c in comp]
-        row = {"step": step + 1, "reward_mean": _nanmean(rewards), "reward_std": _nanstd_value(rewards),
-               "pass_rate": sum(r == 1.0 for r, _ in scored) / len(scored),
-               "infra_errors": sum(s == "infra_error" for _, s in scored), **figures,
-               "completion_len_mean": sum(n_tok) / len(n_tok), "completion_len_max": max(n_tok),
-               "truncated_frac": sum(r == "length" for r in reasons) / len(reasons),
-               "frac_reward_zero_std": float(zero_std.float().mean()),
-               "groups_skipped": int(zero_std.sum()) if a.skip_zero_std else 0, "rollout_s": round(t1 - t0, 3),
-               "learn_s": round(t2 - t1, 3), "completion_tokens_per_s": round(sum(n_tok) / max(t1 - t0, 1e-9), 1)}
-        logged = []
-        for i, text, (r, status), fr, rw in zip(rows, texts, scored, reasons, rewards.tolist()):
-            t = self.tasks[i]
-            logged.append({"step": step + 1, "task_id": t.task_id, "prompt": t.prompt if t.prompt is not None
-                           else t.instruction, "kind": self.kinds[i], "completion": text,
-                           "reward": None if math.isnan(rw) else rw, "passed": r == 1.0, "status": status,
-                           "finish_reason": fr})
-        return row, logged
-
-    def _rewards(self, tasks, prompts, comp, texts, reasons) -> tuple[list[tuple[float, str]], torch.Tensor]:
-        """(test verdicts, rewards (N,)): the verdicts' 0/1, or with --reward rm:DIR the reward model's scores
-        (the tests still run: pass_rate and `passed` say what the reward-model-driven policy really does)."""
-        from .rewards import score_all
-
-        scored = score_all(tasks, texts, self.args.timeout, self.args.workers, self.cache)
-        if self.rm is None:
-            return scored, torch.tensor([r for r, _ in scored], dtype=torch.float32)
-        from .reward_model import rm_rewards
-        ends = [c[:-1] if r == "stop" else c for c, r in zip(comp, reasons)]     # as rollout_ids encodes the text
-        return scored, torch.tensor(rm_rewards(self.rm, [p + e for p, e in zip(prompts, ends)]), dtype=torch.float32)
-
-    def _learn(self, prompts, comp, adv, keep: list[int]) -> dict[str, Any]:
-        a = self.args
-        prompts, comp, adv = [prompts[b] for b in keep], [comp[b] for b in keep], adv[keep]
-        self.model.train()
-        device = next(self.model.parameters()).device
-        adv = adv.to(device)
-        with torch.no_grad():
-            old = completion_logps(self.model, prompts, comp, a.temperature)[0] if a.mu > 1 else None
-            ref = completion_logps(self.ref, prompts, comp, a.temperature)[0] if self.ref is not None else None
-        losses, kls, clips, norms = [], [], [], []
-        for _ in range(a.mu):
-            logps, mask = completion_logps(self.model, prompts, comp, a.temperature)
-            loss, m = grpo_loss(logps, logps.detach() if old is None else old, ref, adv, mask, beta=a.beta,
-                                epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, loss_type=a.loss_type,
-                                max_completion_length=a.max_new_tokens)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.clip)))
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-            kls.append(m["kl"])
-            clips.append(m["clip_frac"])
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": sum(losses) / len(losses), "kl": None if kls[0] is None else sum(kls) / len(kls),
-                "clip_frac": sum(clips) / len(clips), "grad_norm": norms[-1]}
-
-
-def _nanmean(x: torch.Tensor) -> float | None:
-    v = float(torch.nanmean(x))
-    return None if math.isnan(v) else v
-
-
-def _nanstd_value(x: torch.Tensor) -> float | None:
-    v = float(_nanstd(x)) if x.numel() > 1 else math.nan
-    return None if math.isnan(v) else v
-
-
-# ------------------------------------------------------------------------------------------- CLI
 def _reward_spec(text: str) -> str:
     import argparse
     if text == "tests" or (text.startswith("rm:") and len(text) > 3):
@@ -369,7 +475,7 @@ _reward_spec.metavar = "tests|rm:DIR"  # type: ignore[attr-defined]
 
 
 def _parser() -> Parser:
-    p = Parser("dscoder grpo", main.__doc__)
+    p = Parser(PROG, main.__doc__)
     a = p.add_argument
     a("--model", required=True, metavar="DIR", help="the policy to start from (an HF folder with its tokenizer)")
     a("--tasks", default=None, metavar="FILE",
@@ -387,6 +493,12 @@ def _parser() -> Parser:
     a("--scale-rewards", choices=SCALE_REWARDS, default="group",
       help="divide advantages by the group's or the batch's std (+1e-4), or not")
     a("--skip-zero-std", action="store_true", help="leave groups whose rewards are all equal out of the update")
+    a("--dynamic-sampling", type=int_range(0), default=0, metavar="ROUNDS",
+      help="DAPO's dynamic sampling: leave out groups whose rewards are all equal and sample more rounds of P "
+           "tasks, up to ROUNDS rounds in all, until P groups are left (0: off)")
+    a("--micro-batch-size", type=positive_int, default=None, metavar="N",
+      help="completions per forward/backward on each process; gradients are accumulated, the update is the "
+           "same (default: all of them at once)")
     a("--temperature", type=positive_float, default=1.0, help="sampling temperature of the rollouts")
     a("--max-new-tokens", type=positive_int, default=512, help="completion length cap, end token included")
     a("--reward", type=_reward_spec, default="tests",
@@ -399,7 +511,8 @@ def _parser() -> Parser:
     a("--resume", action="store_true", help="continue from the newest complete checkpoint under OUT/checkpoints")
     a("--seed", type=seed_int, default=0, help="seeds task order and sampling (0 ... 2**64-1)")
     a("--timeout", type=positive_float, default=10.0, help="sandbox seconds per program")
-    a("--workers", type=positive_int, default=2, help="sandboxed test runs at a time")
+    a("--workers", type=positive_int, default=2, help="sandboxed test runs at a time, on each process")
+    a("--fsdp", action="store_true", help="FSDP2 fully_shard instead of DDP under torchrun")
     add_device_args(p)
     return p
 
@@ -434,23 +547,31 @@ def main(argv: list[str] | None = None) -> int:
 
     dscoder grpo --model DIR [--tasks FILE] --out DIR --steps N [--group-size G] [--prompts-per-step P]
                  [--beta F] [--epsilon F] [--epsilon-high F] [--mu N] [--loss-type grpo|dapo|dr_grpo]
-                 [--scale-rewards group|batch|none] [--temperature T] [--max-new-tokens N] [--reward tests|rm:DIR]
+                 [--scale-rewards group|batch|none] [--skip-zero-std | --dynamic-sampling ROUNDS]
+                 [--micro-batch-size N] [--temperature T] [--max-new-tokens N] [--reward tests|rm:DIR]
                  [--lr F] [--save-every N] [--resume] [--seed N]
+Several processes (DDP; --fsdp for FSDP2):
+    python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli grpo ...
 
 Tasks JSONL, one per line: {"prompt": CODE, "tests": PY} (the program is prompt + completion) or
 {"instruction": TEXT, "tests": PY} (rendered with the model's chat template; the program is the answer's first
 ```python block), optional "entry_point" (the tests end with check(entry_point)), "task_id", "language".
-Each step samples --group-size completions for each of --prompts-per-step tasks, scores them with the sandbox's
-two-process test verdict (the one `dscoder eval` uses), and applies --mu AdamW updates of the GRPO loss.
-Writes OUT/rollouts.jsonl (every completion: step, task_id, completion, reward, passed), OUT/metrics.jsonl (per
-step: reward_mean/std, pass_rate, kl, clip_frac, completion_len_mean/max, truncated_frac, frac_reward_zero_std,
-rollout_s, learn_s), OUT/reward.png, OUT/checkpoints/step-N/ (atomic; exact resume with --resume, which refuses
-changed hyperparameters) and OUT/final/ (an HF folder).
+Each step samples --group-size completions for each of --prompts-per-step tasks (one seeded Engine batch per
+task; the tasks of a step are spread over the processes), scores them with the sandbox's two-process test
+verdict (the one `dscoder eval` uses), normalises the rewards within each group, and applies --mu AdamW updates
+of the GRPO loss over all the step's completions (in --micro-batch-size chunks on each process; the gradient is
+the same). Writes OUT/rollouts.jsonl (every completion: step, task_id, completion, reward, passed),
+OUT/metrics.jsonl (per step: reward_mean/std, pass_rate, kl, clip_frac, completion_len_mean/max, truncated_frac,
+frac_reward_zero_std, groups_sampled/skipped, rollout_s, learn_s), OUT/reward.png, OUT/checkpoints/step-N/
+(atomic; exact resume with --resume, which refuses changed hyperparameters) and OUT/final/ (an HF folder).
+SIGTERM: checkpoint, exit 143 (continue with --resume).
 
 Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy.py):
-    python scripts/grpo_toy.py --out runs/grpo-toy --steps 40"""
+    python scripts/grpo_toy.py --out runs/grpo-toy --steps 20"""
     args = _parser().parse_args(argv)
     args.epsilon_high = args.epsilon if args.epsilon_high is None else args.epsilon_high
+    if args.skip_zero_std and args.dynamic_sampling:
+        raise UserError("--skip-zero-std and --dynamic-sampling: give one (dynamic sampling skips those groups too)")
     if args.reward.startswith("rm:"):
         from .reward_model import INFO_FILE
         if not (Path(args.reward[3:]) / INFO_FILE).is_file():
@@ -458,104 +579,96 @@ Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"--model {args.model}: not a Hugging Face model folder (no config.json)")
+    if args.dtype not in ("auto", "float32"):
+        raise UserError(f"--dtype {args.dtype}: GRPO trains in float32")
     tasks, digest = _load_tasks(args)
-    device, dtype = resolve_device_dtype(args)
-    if dtype != torch.float32:
-        raise UserError(f"--dtype {str(dtype).split('.')[-1]}: GRPO trains in float32")
+    device = resolve_device_dtype(args)[0]
     import dscoder
+    from ..models.config import config_from_hf
     tokenizer = dscoder.load_tokenizer(str(model_dir))
-    context = int(json.loads((model_dir / "config.json").read_text())["max_position_embeddings"])
-    prompt_ids, kinds = _prompt_ids(tasks, tokenizer, context, args.max_new_tokens)
+    cfg = config_from_hf(json.loads((model_dir / "config.json").read_text()))
+    prompt_ids, kinds = _prompt_ids(tasks, tokenizer, cfg.max_position_embeddings, args.max_new_tokens)
     run_args = _run_args(args, digest)
-    out = Path(args.out)
-    created = not out.exists()
-    lock = lock_run_folder(out)
-    try:
-        resume_from, done = _plan_start(args, out, run_args)
-        if done:
-            print(f"dscoder grpo: {out / 'final'} already holds step {args.steps}; nothing to do", file=sys.stderr)
-            return 0
-        return _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_from)
-    finally:
-        lock.release()
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+    with parallel.training_process(None, device.type) as dist:
+        with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
+            start = folder.decide(lambda: _plan_start(args, cfg, folder.path, run_args, _RESUME_FIXED, PROG))
+            if start.done:
+                return 0
+            return _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, start.resume_from, stop)
 
 
-def _restore(args, device, resume_from: Path | None):
-    """(policy, frozen reference or None, AdamW, first step, seconds trained so far): from --model, or from the
-    checkpoint being resumed (weights, optimizer moments, RNG states); the reference is always --model."""
+def _setup(args, cfg, dist, saved: dict | None, resume_from: Path | None):
+    """(policy wrapped by `parallel.parallelize`, frozen reference or None, AdamW): from --model, or from the
+    checkpoint being resumed (weights, optimizer moments); the reference is always --model."""
     from ..models.hf import load_model
-    from .loop import set_rng_state
     from .optim import build_optimizer
 
-    model = load_model(str(resume_from or args.model), device=device)
+    _seed_all(args.seed)
+    model = load_model(str(resume_from or args.model), device=dist.device)
     ref = None
     if args.beta > 0:
-        ref = load_model(args.model, device=device).eval()
+        ref = load_model(args.model, device=dist.device).eval()
         ref.requires_grad_(False)
+    model = parallel.parallelize(model, dist, fsdp=args.fsdp)
     optimizer = build_optimizer(model, args.lr, weight_decay=0.0)
-    if resume_from is None:
-        return model, ref, optimizer, 0, 0.0
-    saved = ckpt.load_train_state(resume_from)
-    optimizer.load_state_dict(saved["optimizer"])
-    set_rng_state(saved["rng"])
-    return model, ref, optimizer, int(saved["step"]), float(saved["elapsed_s"])
+    if saved is not None:
+        parallel.load_optimizer_state(model, optimizer, saved["optimizer"], dist)
+    return model, ref, optimizer
 
 
-def _train(args, run_args, tasks, prompt_ids, kinds, tokenizer, device, resume_from) -> int:
-    from .loop import GracefulStop, rng_state
-    from .parallel import Dist
-
+def _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, resume_from, stop) -> int:
     out = Path(args.out)
     ck_dir = out / "checkpoints"
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        model, ref, optimizer, start, elapsed = _restore(args, device, resume_from)
-        run = _Run(args, tasks, prompt_ids, kinds, tokenizer, model, ref, optimizer)
-        metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume_from else None)
-        rollouts = MetricsLog(out / "rollouts.jsonl", resume_step=start if resume_from else None)
-        progress = Progress(args.steps, start, every=1)
+    saved = ckpt.load_train_state(resume_from) if resume_from else None
+    model, ref, optimizer = _setup(args, cfg, dist, saved, resume_from)
+    run = _Run(args, tasks, prompt_ids, kinds, tokenizer, model, ref, optimizer, cfg, dist)
+    state = TrainState()
+    if saved is not None:
+        run.load_state_dict(saved["data"])
+        set_rng_state(saved["rng"][min(dist.rank, len(saved["rng"]) - 1)])
+        state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]), elapsed_s=float(saved["elapsed_s"]))
+    main_rank = dist.is_main
+    logs = [MetricsLog(out / name, resume_step=state.step if saved else None)
+            for name in ("metrics.jsonl", "rollouts.jsonl")] if main_rank else []
+    progress = Progress(args.steps, state.step, every=1) if main_rank else None
 
-        def save(step: int) -> None:
-            ckpt.save_checkpoint(ck_dir, step, model, optimizer, {"args": run_args, "rng": rng_state(),
-                                 "elapsed_s": elapsed}, tokenizer, keep_last=args.keep_last)
+    def save(st: TrainState) -> None:
+        _save_checkpoint(out, ck_dir, st, model, optimizer, run, tokenizer, cfg, run_args, dist, args.keep_last)
+        if main_rank:
             plot_reward(out / "metrics.jsonl", out / "reward.png")
 
-        step, saved_step = start, start
-        with GracefulStop(Dist(device=device)) as stop:
-            try:
-                while step < args.steps and not stop():
-                    t0 = time.perf_counter()
-                    row, rows = run.step(step)
-                    step += 1
-                    elapsed += time.perf_counter() - t0
-                    for r in rows:
-                        rollouts.log(r)
-                    metrics.log(row)
-                    reward = row["reward_mean"]
-                    progress.update(step, row["loss"] if row["loss"] is not None else float("nan"),
-                                    row["completion_tokens_per_s"],
-                                    f" | reward {'n/a' if reward is None else round(reward, 3)}")
-                    if (args.save_every and step % args.save_every == 0) or step == args.steps:
-                        save(step)
-                        saved_step = step
-                if step != saved_step:
-                    save(step)
-            finally:
-                metrics.close()
-                rollouts.close()
-        if step < args.steps:
-            print(f"dscoder grpo: stopped by {stop.received} at step {step}/{args.steps}; continue with the same "
-                  "command + --resume", file=sys.stderr)
-            return 143
-        ckpt.save_hf_folder(out / "final", model, tokenizer, meta={"step": step})
+    saved_step = state.step
+    try:
+        while state.step < args.steps and not stop():
+            t0 = time.perf_counter()
+            row, rollouts, n_tokens = run.step(state.step)
+            state.step += 1
+            state.tokens += n_tokens
+            state.elapsed_s += time.perf_counter() - t0
+            if main_rank:
+                for r in rollouts:
+                    logs[1].log(r)
+                logs[0].log(row)
+                reward = row["reward_mean"]
+                progress.update(state.step, row["loss"] if row["loss"] is not None else float("nan"),
+                                row["completion_tokens_per_s"],
+                                f" | reward {'n/a' if reward is None else round(reward, 3)}")
+            if (args.save_every and state.step % args.save_every == 0) or state.step == args.steps:
+                save(state)
+                saved_step = state.step
+        if state.step != saved_step:
+            save(state)
+    finally:
+        for log in logs:
+            log.close()
+    if state.step < args.steps:
+        return _stopped(stop.received, state.step, args.steps, ck_dir, dist, PROG)
+    final = _gathered_model(model, cfg, dist)
+    if main_rank:
+        ckpt.save_hf_folder(out / "final", final, tokenizer, meta={"step": state.step})
         plot_reward(out / "metrics.jsonl", out / "reward.png")
         rows = read_metrics(out / "metrics.jsonl")
-        print(f"dscoder grpo: {step} steps; mean reward {rows[0]['reward_mean']} at step 1 -> "
-              f"{rows[-1]['reward_mean']} at step {step}; final model in {out / 'final'}", file=sys.stderr)
-        return 0
-    finally:
-        torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
+        print(f"{PROG}: {state.step} steps; mean reward {rows[0]['reward_mean']} at step 1 -> "
+              f"{rows[-1]['reward_mean']} at step {state.step}; final model in {out / 'final'}", file=sys.stderr)
+    parallel.barrier(dist)
+    return 0
