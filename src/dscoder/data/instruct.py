@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -129,10 +130,11 @@ MBPP_EVAL = range(1, 511)             # prompt (1–10), test (11–510): what `
 DECONTAM_BENCHMARKS = ("humaneval", "mbpp", "cruxeval-o")
 
 
-def _pair(kind: str, header: str, doc: str, code: str) -> dict[str, str]:
+def _pair(kind: str, header: str, doc: str, code: str, language: str = "Python", fence: str = "python"
+          ) -> dict[str, str]:
     signature = " ".join(header.split())
-    return {"instruction": f"Write a Python {kind} with the signature `{signature}`.\n\n{doc}",
-            "output": f"```python\n{code}\n```"}
+    return {"instruction": f"Write a {language} {kind} with the signature `{signature}`.\n\n{doc}",
+            "output": f"```{fence}\n{code}\n```"}
 
 
 def mine_python(source: str, max_lines: int = 100) -> list[dict[str, Any]]:
@@ -156,6 +158,100 @@ def mine_python(source: str, max_lines: int = 100) -> list[dict[str, Any]]:
         kind = "class" if isinstance(node, ast.ClassDef) else "function"
         out.append(dict(_pair(kind, header, doc, code), line=start))
     return out
+
+
+# language -> (name in the instruction, fence, doc comment style, {item node type: kind}); the conventions:
+# JSDoc (jsdoc.app: a /** */ block right before the function or class), Javadoc (javadoc's "Documentation
+# Comments": /** */ right before the method or class), Rust's /// outer doc comments (the Rust Reference,
+# "Doc comments"), Go's // comments right before a func that start with its name (go.dev/doc/comment).
+_JS_ITEMS = {"function_declaration": "function", "generator_function_declaration": "function",
+             "class_declaration": "class"}
+DOC_COMMENTS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "javascript": ("JavaScript", "javascript", "/**", _JS_ITEMS),
+    "typescript": ("TypeScript", "typescript", "/**", _JS_ITEMS),
+    "java": ("Java", "java", "/**", {"method_declaration": "method", "class_declaration": "class"}),
+    "rust": ("Rust", "rust", "///", {"function_item": "function"}),
+    "go": ("Go", "go", "//", {"function_declaration": "function", "method_declaration": "method"}),
+}
+_ANNOTATIONS = re.compile(r"^(@\w+(\([^)]*\))?\s+)+")
+
+
+def _last_row(node) -> int:
+    """The last line a node covers (a line comment's range ends at column 0 of the next line)."""
+    return node.end_point.row - (node.end_point.column == 0 and node.end_point.row > node.start_point.row)
+
+
+def _doc_text(comments: list[str], style: str) -> str:
+    """The text of a doc comment without its markers (/** * */, /// or //)."""
+    if style == "/**":
+        body = comments[-1][3:-2]
+        lines = [re.sub(r"^\s*\*? ?", "", x, count=1) for x in body.splitlines()]
+    else:
+        lines = [c.strip()[len(style):].removeprefix(" ") for c in comments]
+    return "\n".join(lines).strip()
+
+
+def _doc_before(node, style: str, name: str) -> tuple[str | None, int]:
+    """(the doc comment right before `node` (attributes in between are skipped), or None; the first line of the
+    code: the first attribute's, else node's)."""
+    first, prev = node.start_point.row, node.prev_named_sibling
+    while prev is not None and prev.type == "attribute_item":                  # Rust #[...]
+        first, prev = prev.start_point.row, prev.prev_named_sibling
+    found: list[str] = []
+    row = first
+    while prev is not None and "comment" in prev.type and _last_row(prev) == row - 1:
+        text = prev.text.decode("utf-8", "replace")
+        if style == "/**":
+            if text.startswith("/**") and not text.startswith("/**/"):
+                found = [text]
+            break
+        if not text.startswith(style) or text.startswith(style + "/") or text.startswith("//go:"):
+            break
+        found.insert(0, text)
+        row, prev = prev.start_point.row, prev.prev_named_sibling
+    if not found or (style == "//" and not _doc_text(found, style).startswith(name + " ")):
+        return None, first
+    return _doc_text(found, style), first
+
+
+def mine_doc_comments(source: str, language: str, path: str = "", max_lines: int = 100) -> list[dict[str, Any]]:
+    """Instruction pairs from the functions, methods and classes of a JavaScript, TypeScript, Java, Rust or Go
+    file that have a doc comment by their language's convention (`DOC_COMMENTS`) of 3+ words and at most
+    `max_lines` lines; as `mine_python`: the signature and doc comment make the instruction, the code (attributes
+    included, dedented) the output. Unparsable: []."""
+    import textwrap
+
+    from .quality import parser_for
+
+    if language not in DOC_COMMENTS:
+        return []
+    shown, fence, style, items = DOC_COMMENTS[language]
+    parser = parser_for("tsx" if language == "typescript" and path.lower().endswith(".tsx") else language)
+    if parser is None:
+        return []
+    tree = parser.parse(source.encode("utf-8", "surrogatepass"))
+    if tree.root_node.has_error:
+        return []
+    lines = [x.removesuffix("\r") for x in source.split("\n")]          # tree-sitter's rows: split on \n
+    out, stack = [], [tree.root_node]
+    while stack:
+        node = stack.pop()
+        stack.extend(reversed(node.named_children))
+        kind, body, name = items.get(node.type), node.child_by_field_name("body"), node.child_by_field_name("name")
+        if kind is None or body is None or name is None:
+            continue
+        anchor = node.parent if node.parent is not None and node.parent.type == "export_statement" else node
+        doc, first = _doc_before(anchor, style, name.text.decode("utf-8", "replace"))
+        last = node.end_point.row
+        if doc is None or len(doc.split()) < 3 or last - first + 1 > max_lines:
+            continue
+        if lines[anchor.start_point.row][:anchor.start_point.column].strip():
+            continue                                     # something else starts the line: no clean cut
+        header = source.encode("utf-8", "surrogatepass")[node.start_byte:body.start_byte].decode("utf-8", "replace")
+        code = textwrap.dedent("\n".join(lines[first:last + 1]))
+        out.append(dict(_pair(kind, _ANNOTATIONS.sub("", " ".join(header.split())), doc, code, shown, fence),
+                        line=first + 1))
+    return sorted(out, key=lambda p: p["line"])
 
 
 def mbpp_train_pairs(data: str | None) -> list[dict[str, Any]]:
@@ -196,13 +292,15 @@ def _mine_sources(sources: list[str], max_lines: int, stats: dict) -> list[dict[
     from .readers import iter_repos
 
     pairs = []
-    for repo, _drops in iter_repos(sources, languages=["python"]):
+    for repo, _drops in iter_repos(sources, languages=["python", *DOC_COMMENTS]):
         for f in repo.files:
             stats["files"] += 1
-            found = mine_python(f.content, max_lines)
+            found = mine_python(f.content, max_lines) if f.language == "python" else \
+                mine_doc_comments(f.content, f.language, f.path, max_lines)
             stats["unparsable_or_empty_files"] += not found
+            stats[f"pairs_{f.language}"] += len(found)
             pairs += [{"instruction": p["instruction"], "output": p["output"], "source": "mined",
-                       "origin": f"{repo.repo}/{f.path}:{p['line']}"} for p in found]
+                       "language": f.language, "origin": f"{repo.repo}/{f.path}:{p['line']}"} for p in found]
     return pairs
 
 
