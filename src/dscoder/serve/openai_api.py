@@ -1,7 +1,12 @@
 """`dscoder serve`: a checkpoint behind the OpenAI API (completions with DeepSeek FIM, chat) and llama.cpp's /infill.
 
 A Starlette app run by uvicorn. The model loads in the background (GET /health answers 503 until it is ready);
-one `infer.scheduler.Scheduler` thread owns it and batches every request continuously. Prompts are built by the
+one `infer.scheduler.Scheduler` thread owns it and batches every request continuously: waiting prompts are prefilled
+together (--max-prefill-tokens per forward, a longer prompt in chunks between decode steps), and the cache of
+finished requests is kept (--prompt-cache-tokens) so that a prompt sharing a token prefix with one of them prefills
+only the rest (`cache_prompt: false` on any route opts out; the reuse is reported as OpenAI's
+`usage.prompt_tokens_details.cached_tokens` and llama.cpp's `tokens_cached` / `timings.cache_n`). `--quantize int8`
+serves int8 Linear weights (`models.quant`). Prompts are built by the
 one prompt builder, `infer.text` (`completion_ids`, `infill_ids`, `chat_ids`, `stop_ids`):
 * POST /v1/completions: `prompt` is BOS + code; with `suffix` it is DeepSeek's PSM fill-in-the-middle prompt
   (v1 paper §3.1) and the text returned is only the middle. `extra_files` ([{filename, text}]) put repository
@@ -16,7 +21,7 @@ envelope naming the field (`serve.schema`); a full queue is 429 with Retry-After
 connections, finishes the requests in flight, then exits 0.
 
 Run it:
-    dscoder serve --model ckpt --port 8000 [--api-key KEY | DSCODER_API_KEY=KEY]
+    dscoder serve --model ckpt --port 8000 [--api-key KEY | DSCODER_API_KEY=KEY] [--quantize int8]
     curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
          -d '{"model": "ckpt", "prompt": "def fib(n):", "suffix": "\\n    return a", "max_tokens": 32}'
 """
