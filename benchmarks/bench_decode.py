@@ -2,7 +2,9 @@
 
 Same random weights (ours copied into the HF model by name), fp32, CPU, the same torch thread count, one
 prompt of random ids, every new token forced (no EOS stop). Prints tokens/s for each and the ratio, and
-whether the two greedy continuations agree token for token.
+whether the two greedy continuations agree token for token. Besides wall time, each row's CPU time of this
+process: on a shared machine the wall clock also counts the time other processes held the core, CPU time does
+not (memory contention still slows both).
 
     .venv/bin/python benchmarks/bench_decode.py                       # hidden 1024, 8 layers, vocab 32256
     .venv/bin/python benchmarks/bench_decode.py --layers 2 --new 32   # quick look
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import torch
@@ -29,17 +32,19 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Best wall time and last output of each fn. Runs alternate (a, b, a, b, ...) so that drifting machine
-    load hits both sides alike; one untimed warm-up each (first-call allocations are not decode speed)."""
+def best_times(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Best wall time, best CPU time and last output of each fn. Runs alternate (a, b, a, b, ...) so that drifting
+    machine load hits both sides alike; one untimed warm-up each (first-call allocations are not decode speed)."""
     outs = {name: fn() for name, fn in fns.items()}
     best = {name: float("inf") for name in fns}
+    cpu = dict(best)
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[name] = fn()
             best[name] = min(best[name], time.perf_counter() - t0)
-    return best, outs
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return best, cpu, outs
 
 
 def main() -> None:
@@ -51,7 +56,8 @@ def main() -> None:
     ours, hf = ours.eval(), hf.eval()
 
     prompts = torch.randint(0, args.vocab, (args.batch, args.prompt))
-    engine = Engine(ours)
+    engine_plain = Engine(copy.deepcopy(ours), fuse=False)  # q, k, v, gate, up as five products
+    engine = Engine(ours)                                    # fused: qkv and gate_up (the default for eval models)
     relaid = copy.deepcopy(ours)  # same values again, stored column-major for the GEMV fast path
     engine_gemv = Engine(relaid).use_gemv_layout()
 
@@ -62,21 +68,25 @@ def main() -> None:
         return out[:, args.prompt:].tolist()
 
     runs = {
+        "dscoder Engine(fuse=False)": lambda: [o.tokens for o in engine_plain.generate(prompts.tolist(), args.new)],
         "dscoder Engine.generate": lambda: [o.tokens for o in engine.generate(prompts.tolist(), args.new)],
         "dscoder Engine + use_gemv_layout()": lambda: [o.tokens for o in engine_gemv.generate(prompts.tolist(),
                                                                                                args.new)],
         "transformers LlamaForCausalLM.generate": run_hf,
     }
-    best, outs = best_times(runs, args.repeats)
+    best, cpu, outs = best_times(runs, args.repeats)
     n = args.batch * args.new
-    t_hf, tok_hf = best[list(runs)[-1]], outs[list(runs)[-1]]
+    t_hf, c_hf, tok_hf = best[list(runs)[-1]], cpu[list(runs)[-1]], outs[list(runs)[-1]]
     print(f"greedy decode, fp32 CPU, {args.threads} threads: {sum(p.numel() for p in ours.parameters()) / 1e6:.0f}M params "
           f"(hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}), batch {args.batch}, "
-          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats} (prefill included)")
-    print(f"{'implementation':<40}{'seconds':>9}{'tokens/s':>10}{'ms/token':>10}{'vs HF':>8}{'same tokens':>13}")
+          f"prompt {args.prompt}, {args.new} new tokens, best of {args.repeats} (prefill included); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'implementation':<40}{'seconds':>9}{'tokens/s':>10}{'ms/token':>10}{'vs HF':>8}"
+          f"{'CPU tok/s':>11}{'vs HF':>8}{'same tokens':>13}")
     for name, t in best.items():
         same = sum(a == b for ra, rb in zip(outs[name], tok_hf) for a, b in zip(ra, rb))
-        print(f"{name:<40}{t:>9.3f}{n / t:>10.1f}{1000 * t / args.new:>10.2f}{t_hf / t:>7.2f}x{same:>8}/{n}")
+        print(f"{name:<40}{t:>9.3f}{n / t:>10.1f}{1000 * t / args.new:>10.2f}{t_hf / t:>7.2f}x"
+              f"{n / cpu[name]:>11.1f}{c_hf / cpu[name]:>7.2f}x{same:>8}/{n}")
 
 if __name__ == "__main__":
     main()

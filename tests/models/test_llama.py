@@ -131,3 +131,42 @@ def test_logits_to_keep_returns_the_last_positions(preset):
         full, last = m(ids), m(ids, logits_to_keep=1)
     assert last.shape == (2, 1, 128)
     torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-5)
+
+
+def test_fused_projections_keep_parameters_logits_and_fall_back_when_stale(model):
+    import copy
+
+    from dscoder.models.quant import quantize_int8
+    m = copy.deepcopy(model)
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        ref = m(ids)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    m.fuse_projections()
+    attn, mlp = m.model.layers[0].self_attn, m.model.layers[0].mlp
+    assert attn._qkv is not None and mlp._gate_up is not None
+    assert list(m.state_dict()) == list(sd) and all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    q = attn.q_proj.weight  # a row view of the fused matrix, still the model's parameter
+    assert q.untyped_storage().data_ptr() == attn.k_proj.weight.untyped_storage().data_ptr()
+    assert any(p is q for p in m.parameters())
+    with torch.no_grad():
+        assert torch.allclose(m(ids), ref, atol=1e-5)
+        attn.q_proj.weight.mul_(2)              # in-place updates reach the fused matrix
+        doubled = m(ids)
+        attn.q_proj.weight.div_(2)
+        assert not torch.allclose(doubled, ref, atol=1e-3)
+        m.load_state_dict(sd)                   # so does load_state_dict (copies into the views)
+        assert torch.allclose(m(ids), ref, atol=1e-5)
+    m.model.layers[0].mlp.up_proj.weight.data = sd["model.layers.0.mlp.up_proj.weight"].clone()  # new storage
+    with torch.no_grad():
+        assert torch.allclose(m(ids), ref, atol=1e-5) and mlp._gate_up is None  # stale: separate products again
+    m(ids).sum().backward()                     # gradients on: the parts' own products, so grads reach them
+    assert m.model.layers[1].self_attn.q_proj.weight.grad is not None
+    assert copy.deepcopy(m).model.layers[1].self_attn._qkv is None  # a copy's parts have storage of their own
+    q8 = quantize_int8(m)                       # replaced modules: stale; fusing again joins the int8 Linears
+    with torch.no_grad():
+        before = q8(ids)
+        assert q8.model.layers[1].self_attn._qkv is None
+        q8.fuse_projections()
+        assert type(q8.model.layers[1].self_attn._qkv.fn).__name__ == "Int8Linear"
+        assert torch.equal(q8(ids), before)

@@ -50,6 +50,7 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """y = (x qᵀ) * scale (+ bias) through `aten._weight_int8pack_mm`; the output has the input's dtype."""
+    ROW_TENSORS = ("weight_int8", "scale")                                  # what `layers.FusedLinears` concatenates
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
