@@ -95,3 +95,24 @@ def test_ten_known_words_in_a_row_match_at_any_position(tmp_path):
     assert ix.match(f"{gram}\nzz yy") == ("mini", "T/1")                  # at the start
     assert ix.match(" ".join(words[0:9]) + " zz " + " ".join(words[9:])) is None   # broken by an unknown word
     assert ix.match(" ".join(words[1:10]) + " w0") is None                 # ten known words, not a benchmark run
+
+
+def test_data_build_screens_file_content_not_its_path_comment(tmp_path):
+    """`data build` hashes each file's block (`# path` line + content) once for MinHash and decontamination; a
+    benchmark 10-gram that needs the path's word is not in the file."""
+    from dscoder.data.readers import plan_sources
+    from dscoder.data.stages import BuildConfig, stage_process, stage_scan
+    words = ["a.py"] + [f"w{i}" for i in range(1, 11)]
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text(json.dumps({"task_id": "T/1", "code": " ".join(words)}) + "\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text(" ".join(words[1:10]) + "\nzz = 1\n")          # nine words, after "# a.py"
+    (repo / "b.py").write_text("zz = 1\n" + " ".join(words[1:11]) + "\n")     # ten words
+    (repo / "c.py").write_text("zz = 2\n")
+    cfg = BuildConfig(benchmarks=(str(bench),), check_syntax=False)
+    (unit,) = plan_sources([repo])
+    chunks, _ = stage_scan((unit, cfg))
+    result = stage_process((chunks[0], cfg))
+    assert [(d.path, d.detail) for d in result.drops if d.stage == "decontam"] == [("b.py", "mini T/1")]
+    assert result.parts[0].passed == [True, False, True]

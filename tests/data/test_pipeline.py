@@ -154,36 +154,58 @@ def test_bad_inputs_are_counted_and_nothing_crashes(tmp_path):
 
 def test_output_independent_of_worker_count_and_readable_by_datasets(tmp_path):
     for i in range(4):
-        _write(tmp_path / "src" / f"r{i}", _app_repo(seed=i))
+        # drops while listing (unknown language) and while reading (a minified line), in every repository
+        _write(tmp_path / "src" / f"r{i}", {**_app_repo(seed=i), "notes.xyz": "x\n", "gen.js": "x=1;" * 400})
     _build(tmp_path / "src", tmp_path / "one", "--shard-size", "3")
     assert main([str(tmp_path / "src"), "--out", str(tmp_path / "two"), "--workers", "2", "--no-decontaminate",
                  "--shard-size", "3"]) == 0
     names = sorted(p.name for p in (tmp_path / "one").glob("*.parquet"))
     assert names == [f"part-{i:05d}.parquet" for i in range(4)]              # 12 samples, 3 per shard
-    for n in names:
-        assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes()
+    for n in names + ["stats.json", "drops.jsonl"]:
+        assert (tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes(), n
+    assert len((tmp_path / "one" / "drops.jsonl").read_text().splitlines()) == 8 + 6     # + near and exact dups
     import datasets
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "one" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 12 and set(ds.column_names) == {"repo", "id", "text", "paths", "languages", "bytes"}
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     """Killed as soon as the first shard is marked done (over 100 one-sample shards, each fsynced twice, keep the
-    build writing long after that), then rerun: same bytes as an uninterrupted build, no leftovers."""
+    build writing long after that), then rerun: same bytes as an uninterrupted build, no leftovers. The killed
+    build runs forked workers (a single-threaded driver, OMP_NUM_THREADS=1), which hold its open files, the lock
+    on --out among them: they must die with it, or the rerun would find the folder in use."""
     for i in range(40):
         _write(tmp_path / "src" / f"r{i:02d}", _app_repo(seed=i))
     _build(tmp_path / "src", tmp_path / "ref", "--shard-size", "1", "--no-syntax-check")
     cmd = [sys.executable, "-m", "dscoder.cli", "data", "build", str(tmp_path / "src"), "--out",
-           str(tmp_path / "out"), "--workers", "1", "--no-decontaminate", "--shard-size", "1", "--no-syntax-check"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=ROOT)
+           str(tmp_path / "out"), "--workers", "2", "--no-decontaminate", "--shard-size", "1", "--no-syntax-check"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     done = tmp_path / "out" / "_done"
     deadline = time.monotonic() + 120
     while not (done.is_dir() and any(done.glob("*.json"))) and time.monotonic() < deadline:
         time.sleep(0.001)
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and (_proc_stat(int(p)) or ("", 0))[1] == proc.pid]
+    assert len(workers) == 2 and all(b"spawn_main" not in Path(f"/proc/{w}/cmdline").read_bytes() for w in workers)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while any((_proc_stat(w) or ("Z",))[0] != "Z" for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    alive = [w for w in workers if (_proc_stat(w) or ("Z",))[0] != "Z"]    # else gone, or dead and not yet reaped
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "workers outlived their driver"
     assert not (tmp_path / "out" / "stats.json").exists()                     # the run really was cut short
     n_done = len(list(done.glob("*.json")))
     assert 1 <= n_done < 100, n_done                                          # killed early in the shard phase
