@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import mmap
@@ -183,6 +184,8 @@ def _collect(results: Iterator[ChunkResult], stats: Stats, spool: _Spool, progre
     open_repos: dict[str, _Repo] = {}
     first = True                                    # the result is its unit's first chunk
     for res in results:
+        if stats.chunks_done == 0:
+            import pyarrow.parquet  # noqa: F401  (0.1 CPU-s: taken while workers run, not after them in write_shards)
         if first:
             drops = listed.popleft()
             stats.add({"read": len(drops)}, drops)
@@ -280,11 +283,11 @@ def write_shards(out: Path, spool: Path, rows: list[_Row], shard_size: int) -> t
     (out / "_done").mkdir(exist_ok=True)
     written = skipped = 0
     with open(spool, "rb") as f, (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if spool.stat().st_size
-                                  else io.BytesIO(b"")) as mm:
+                                  else contextlib.nullcontext(b"")) as mm, memoryview(mm) as view:
         n_shards = max(1, -(-len(rows) // shard_size))
         for k in range(n_shards):
             part = rows[k * shard_size:(k + 1) * shard_size]
-            texts = [b"".join(mm[a:a + n] for a, n in r.spans) for r in part]
+            texts = [b"".join([view[a:a + n] for a, n in r.spans]) for r in part]     # one copy of each block
             if write_shard(out, k, part, texts):
                 written += 1
             else:
