@@ -146,6 +146,7 @@ def test_deepseek_v2_every_tensor_reads_back(tok_dir, tmp_path, kind):
             f[a + "expert_count"], f[a + "expert_used_count"], f[a + "expert_shared_count"],
             f[a + "expert_feed_forward_length"], f[a + "feed_forward_length"], f[a + "rope.dimension_count"]) == \
         (4, 4, 1, 1, 64, 80, 64, 48, 32, 8, 2, 1, 128, 512, 16)
+    assert f[a + "attention.q_lora_rank"] == 0          # no q compression; llama.cpp refuses a file without the key
     assert f[a + "rope.scaling.type"] == "yarn" and f[a + "rope.scaling.factor"] == 4.0
     assert f[a + "rope.scaling.original_context_length"] == 1024
     assert abs(f[a + "rope.scaling.yarn_log_multiplier"] - 0.0707) < 1e-6

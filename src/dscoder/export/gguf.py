@@ -28,6 +28,9 @@ context, betas, log-multiplier 0.1 x mscale_all_dim). No q/k permutation: V2 che
 dimensions as adjacent pairs, which is GGML's layout. The pre-tokenizer is "deepseek-coder" when tokenizer.json
 holds `tokenizer/bpe.py`'s regexes, else "deepseek-llm", the released V2 tokenizer's (the released tokenizer.json).
 
+`scripts/check_llamacpp.py` runs both architectures' files through llama.cpp (llama-cpp-python 0.3.36): F32
+logits equal dscoder's within fp32 rounding, greedy and fill-in-the-middle tokens are identical.
+
 The file is written under a temporary name in the output's folder and renamed into place when complete, so a
 failed or interrupted export leaves nothing at the output path.
 """
@@ -178,8 +181,8 @@ def _v2_hparams(writer, config) -> None:
     d_c, d_r = config.kv_lora_rank, config.qk_rope_head_dim
     writer.add_head_count_kv(1)                 # MLA runs as multi-query attention over the latent
     writer.add_leading_dense_block_count(config.first_k_dense_replace)
-    if config.q_lora_rank:
-        writer.add_q_lora_rank(config.q_lora_rank)
+    # 0 = no query compression (V2-Lite's q_proj): llama.cpp 0.3.36 requires the key and reads 0 as "use attn_q"
+    writer.add_q_lora_rank(config.q_lora_rank or 0)
     writer.add_kv_lora_rank(d_c)
     writer.add_key_length(d_c + d_r)
     writer.add_value_length(d_c)
