@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from dscoder.errors import UserError
 from dscoder.train.grpo import (MicroBatch, PolicyLoss, completion_logps, group_advantages, grpo_loss, micro_batches,
-                                policy_backward, task_at)
-from dscoder.train.rewards import load_tasks, make_task, sandbox_reward
+                                policy_backward)
+from dscoder.train.rewards import load_tasks, make_task, sandbox_reward, task_at
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

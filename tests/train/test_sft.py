@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import ENV, run_cli, weights
+from pretrain_runs import ENV, weights
 
 from dscoder.train.loop import IGNORE_INDEX
 from dscoder.train.metrics import read_metrics
@@ -52,6 +52,24 @@ def data(tmp_path_factory) -> Path:
     rows += ["{not json", {"instruction": "x"}, {"instruction": "x", "output": 3}, {"instruction": "x", "output": " "},
              {"messages": [{"role": "user", "content": "hi"}]}]
     return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", rows)
+
+
+def run_cli(args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    """`dscoder ARGS` in this process, through the CLI's entry point (no interpreter start-up per run): exit
+    status, stdout and stderr as `subprocess.run` gives them; `input` is stdin."""
+    import contextlib
+    import io
+
+    from dscoder.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        sys.stdin = stdin
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def sft_args(base, data, out, *extra) -> list[str]:
@@ -236,9 +254,8 @@ def test_tiny_model_learns_replies_but_not_prompts(base, tmp_path):
     assert r1 < 0.1 * r0                    # replies learnt
     assert abs(p1 - p0) < 0.25 * p0         # the instruction tokens, never scored, stay near where they started
     for q, a in PAIRS:
-        r = subprocess.run([sys.executable, "-m", "dscoder.cli", "chat", "--model", str(out / "final"), "--system",
-                            SYSTEM, "--temperature", "0", "--max-new-tokens", "12"], input=q + "\n", env=ENV,
-                           capture_output=True, text=True, timeout=120)
+        r = run_cli(["chat", "--model", str(out / "final"), "--system", SYSTEM, "--temperature", "0",
+                     "--max-new-tokens", "12"], input=q + "\n")
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == a, (q, r.stdout)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from . import parallel
 from .loop import GracefulStop, TrainState, set_rng_state
 from .metrics import MetricsLog, Progress, read_metrics, save_figure
 from .pretrain import _gathered_model, _plan_start, _RunFolder, _save_checkpoint, _seed_all, _stopped
+from .rewards import task_at, task_prompts
 
 PROG = "dscoder grpo"
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
@@ -235,15 +235,6 @@ def policy_backward(model: torch.nn.Module, micro: list[MicroBatch], loss: Polic
 
 
 # ------------------------------------------------------------------------------------------- rollouts
-def task_at(slot: int, n_tasks: int, seed: int) -> int:
-    """The task of group slot `slot` (0, 1, 2, ... over the whole run): epochs of seeded permutations read in
-    order, so every task comes once per epoch and a resumed run draws exactly what an uninterrupted one would."""
-    epoch, i = divmod(slot, n_tasks)
-    order = list(range(n_tasks))
-    random.Random(f"grpo-tasks-{seed}-{epoch}").shuffle(order)
-    return order[i]
-
-
 def group_seed(seed: int, slot: int) -> int:
     """The sampling seed of one group: a hash of the run seed and the group's slot (0 ... 2**63-1). One seed per
     group, not per batch, so what a group samples does not depend on how groups are spread over processes."""
@@ -525,23 +516,6 @@ def _load_tasks(args):
     return load_tasks(args.tasks), hashlib.sha256(data).hexdigest()
 
 
-def _prompt_ids(tasks, tokenizer, context: int, max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
-    """Every task's prompt ids (BOS + prompt, or the chat template's rendering) and kind, checked to fit."""
-    from ..infer.text import chat_ids, completion_ids
-    ids, kinds = [], []
-    for t in tasks:
-        if t.prompt is not None:
-            ids.append(completion_ids(tokenizer, t.prompt))
-            kinds.append("completion")
-        else:
-            ids.append(chat_ids(tokenizer, [{"role": "user", "content": t.instruction}]))
-            kinds.append("chat")
-        if len(ids[-1]) + max_new_tokens > context:
-            raise UserError(f"task {t.task_id}: prompt of {len(ids[-1])} tokens + --max-new-tokens "
-                            f"{max_new_tokens} exceeds the model's context of {context} tokens")
-    return ids, kinds
-
-
 def main(argv: list[str] | None = None) -> int:
     """Reinforcement learning against unit tests (GRPO, DeepSeekMath §4.1; DeepSeek-Coder-V2 §3.5).
 
@@ -587,7 +561,7 @@ Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy
     from ..models.config import config_from_hf
     tokenizer = dscoder.load_tokenizer(str(model_dir))
     cfg = config_from_hf(json.loads((model_dir / "config.json").read_text()))
-    prompt_ids, kinds = _prompt_ids(tasks, tokenizer, cfg.max_position_embeddings, args.max_new_tokens)
+    prompt_ids, kinds = task_prompts(tasks, tokenizer, cfg.max_position_embeddings, args.max_new_tokens)
     run_args = _run_args(args, digest)
     with parallel.training_process(None, device.type) as dist:
         with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
@@ -634,8 +608,6 @@ def _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, resum
 
     def save(st: TrainState) -> None:
         _save_checkpoint(out, ck_dir, st, model, optimizer, run, tokenizer, cfg, run_args, dist, args.keep_last)
-        if main_rank:
-            plot_reward(out / "metrics.jsonl", out / "reward.png")
 
     saved_step = state.step
     try:
@@ -661,12 +633,13 @@ def _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, resum
     finally:
         for log in logs:
             log.close()
+    if main_rank:                  # the curve is drawn once, when the run ends or stops (metrics.jsonl is live)
+        plot_reward(out / "metrics.jsonl", out / "reward.png")
     if state.step < args.steps:
         return _stopped(stop.received, state.step, args.steps, ck_dir, dist, PROG)
     final = _gathered_model(model, cfg, dist)
     if main_rank:
         ckpt.save_hf_folder(out / "final", final, tokenizer, meta={"step": state.step})
-        plot_reward(out / "metrics.jsonl", out / "reward.png")
         rows = read_metrics(out / "metrics.jsonl")
         print(f"{PROG}: {state.step} steps; mean reward {rows[0]['reward_mean']} at step 1 -> "
               f"{rows[-1]['reward_mean']} at step {state.step}; final model in {out / 'final'}", file=sys.stderr)

@@ -8,7 +8,8 @@ A task is one JSONL record (DeepSeek-Coder-V2 §3.5: every code prompt of the RL
       (the whole answer when there is none).
 `tests` is Python (a string, or a list of strings joined by newlines); `entry_point` (optional) appends
 `check(entry_point)` as HumanEval's tests expect; `task_id` and `language` (only "python") are optional.
-The default task set is MBPP's train split (task_ids 601-974), never an evaluation split.
+The default task set is MBPP's train split (task_ids 601-974), never an evaluation split. `task_at` says which
+task each group of the run samples; `task_prompts` renders every task's prompt ids with the one prompt builder.
 
 The reward is the verdict of `eval.runners.check_python`, the two-process check `dscoder eval` uses: the program
 runs in one sandbox and the harness-owned tests are replayed in another, so `sys.exit(0)`, printed PASS lines and
@@ -22,6 +23,7 @@ import ast
 import builtins
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -160,6 +162,32 @@ def _classes(code: str) -> set[str]:
         return {n.name for n in ast.parse(code.replace("\t", "    ")).body if isinstance(n, ast.ClassDef)}
     except SyntaxError:
         return set()
+
+
+def task_at(slot: int, n_tasks: int, seed: int) -> int:
+    """The task of group slot `slot` (0, 1, 2, ... over the whole run): epochs of seeded permutations read in
+    order, so every task comes once per epoch and a resumed run draws exactly what an uninterrupted one would."""
+    epoch, i = divmod(slot, n_tasks)
+    order = list(range(n_tasks))
+    random.Random(f"grpo-tasks-{seed}-{epoch}").shuffle(order)
+    return order[i]
+
+
+def task_prompts(tasks, tokenizer, context: int, max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+    """Every task's prompt ids (BOS + prompt, or the chat template's rendering) and kind, checked to fit."""
+    from ..infer.text import chat_ids, completion_ids
+    ids, kinds = [], []
+    for t in tasks:
+        if t.prompt is not None:
+            ids.append(completion_ids(tokenizer, t.prompt))
+            kinds.append("completion")
+        else:
+            ids.append(chat_ids(tokenizer, [{"role": "user", "content": t.instruction}]))
+            kinds.append("chat")
+        if len(ids[-1]) + max_new_tokens > context:
+            raise UserError(f"task {t.task_id}: prompt of {len(ids[-1])} tokens + --max-new-tokens "
+                            f"{max_new_tokens} exceeds the model's context of {context} tokens")
+    return ids, kinds
 
 
 def program_of(task: Task, answer: str) -> str:
