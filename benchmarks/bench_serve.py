@@ -36,6 +36,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp/bin/python").is_file() else "none"
+# `python -m llama_cpp.server` with extra buffer types off (llama.cpp's --no-repack): on CPUs with AMX, 0.3.36's AMX
+# Q8_0 matmul segfaults on batches of more than one token (scripts/check_llamacpp.py)
+_LLAMA_SERVER = """
+import runpy, llama_cpp.llama_cpp as C
+_default = C.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+C.llama_model_default_params = _params
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 
 
 def parse() -> argparse.Namespace:
@@ -161,14 +173,15 @@ def reuse_mode(url: str, prefix: str, suffix: str, typed: str, cache: bool) -> d
 def psm_one(url: str, name: str, prompt: str, _suffix: None, new: int) -> tuple[float, float, int]:
     """`one` for servers without DeepSeek FIM through `suffix` (vLLM rejects the field; llama-cpp-python 0.3.36 writes
     token 0 for its FIM sentinels): the PSM prompt as text, sentinels included, which both servers' tokenizers map to
-    the sentinel ids. Tokens: the streamed usage where the server sends it (vLLM), else the streamed text chunks
-    (llama-cpp-python streams one per token)."""
+    the sentinel ids. Tokens: the streamed usage where the server sends it (vLLM); else `new` when the stream ends
+    for length, and the streamed text chunks when it stops early (llama-cpp-python streams one chunk per token,
+    less any held back as an incomplete UTF-8 sequence)."""
     body = {"model": name, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     req = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    first, used, chunks = None, None, 0
+    first, used, chunks, finish = None, None, 0, None
     with urllib.request.urlopen(req, timeout=600) as r:
         for line in r:
             if line.startswith(b"data: {"):
@@ -176,15 +189,16 @@ def psm_one(url: str, name: str, prompt: str, _suffix: None, new: int) -> tuple[
                 event = json.loads(line[6:])
                 if event.get("usage"):
                     used = event["usage"]["completion_tokens"]
-                elif any(c.get("text") for c in event.get("choices") or []):
-                    chunks += 1
-    return first, time.perf_counter() - t0, chunks if used is None else used
+                for c in event.get("choices") or []:
+                    chunks += bool(c.get("text"))
+                    finish = c.get("finish_reason") or finish
+    return first, time.perf_counter() - t0, used if used is not None else new if finish == "length" else chunks
 
 
 def others(args, model: Path, prompts) -> None:
     """The same requests, one at a time and concurrent, against vLLM (--url) and against llama.cpp's server
-    (llama_cpp.server in the --llama-python venv, its defaults but the thread count) on `dscoder export gguf` files
-    of the same weights."""
+    (llama_cpp.server in the --llama-python venv, its defaults but the thread count and `--interrupt_requests false`:
+    by default a new request cancels the running one) on `dscoder export gguf` files of the same weights."""
     from dscoder.tokenizer.special import FIM_BEGIN, FIM_END, FIM_HOLE
     psm = [(FIM_BEGIN + prefix + FIM_HOLE + suffix + FIM_END, None) for prefix, suffix in prompts]
     targets = [(f"vLLM ({args.url})", None)] if args.url else []
@@ -201,9 +215,9 @@ def others(args, model: Path, prompts) -> None:
                     port = s.getsockname()[1]
                 url = f"http://127.0.0.1:{port}"
                 server = subprocess.Popen(
-                    [args.llama_python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                    [args.llama_python, "-c", _LLAMA_SERVER, "--model", str(gguf), "--host", "127.0.0.1",
                      "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-                     "--n_ctx", str(args.prompt_tokens + args.new + 64)],
+                     "--n_ctx", str(args.prompt_tokens + args.new + 64), "--interrupt_requests", "false"],
                     env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)),
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while True:
