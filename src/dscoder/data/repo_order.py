@@ -183,12 +183,18 @@ class _Index:
         return list(self.by_suffix.get(rel.lstrip("/"), ()))
 
     def first(self, candidates: Iterable[str]) -> list[str]:
-        """The first candidate path that exists (exactly), as a 0/1-element list."""
+        """The first candidate path that exists (exactly, once normalised), as a 0/1-element list."""
         for c in candidates:
-            c = posixpath.normpath(c)
+            if not c or c[0] == "." or "/." in c or "//" in c or c[-1] == "/":     # else normpath(c) == c
+                c = posixpath.normpath(c)
             if c in self.paths:
                 return [c]
         return []
+
+
+def _join(a: str, b: str) -> str:
+    """posixpath.join(a, b) for a `b` that does not start with "/" (resolution's hot path)."""
+    return a + b if not a or a[-1] == "/" else f"{a}/{b}"
 
 
 def _resolve_python(spec: str, path: str, ix: _Index) -> list[str]:
@@ -204,9 +210,10 @@ def _resolve_python(spec: str, path: str, ix: _Index) -> list[str]:
         return []
     # script-style sibling import first, then the best suffix match (src/ layouts): shortest path, then name
     here = posixpath.dirname(path)
-    sibling = ix.first([posixpath.join(here, mod + ".py"), posixpath.join(here, mod, "__init__.py")])
+    stem = _join(here, mod)                  # mod starts with spec's first non-dot character, never "/"
+    sibling = ix.first([stem + ".py", stem + "/__init__.py"])
     hits = sibling or ix.suffix(mod + ".py") or ix.suffix(mod + "/__init__.py")
-    return sorted(hits, key=lambda p: (p.count("/"), p))[:1]
+    return [min(hits, key=lambda p: (p.count("/"), p))] if hits else []
 
 
 _JS_EXTS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".mts", ".cts", ".d.ts")
