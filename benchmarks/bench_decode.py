@@ -56,8 +56,7 @@ def main() -> None:
     ours, hf = ours.eval(), hf.eval()
 
     prompts = torch.randint(0, args.vocab, (args.batch, args.prompt))
-    engine_plain = Engine(copy.deepcopy(ours), fuse=False)  # q, k, v, gate, up as five products
-    engine = Engine(ours)                                    # fused: qkv and gate_up (the default for eval models)
+    engine = Engine(ours)
     relaid = copy.deepcopy(ours)  # same values again, stored column-major for the GEMV fast path
     engine_gemv = Engine(relaid).use_gemv_layout()
 
@@ -68,7 +67,6 @@ def main() -> None:
         return out[:, args.prompt:].tolist()
 
     runs = {
-        "dscoder Engine(fuse=False)": lambda: [o.tokens for o in engine_plain.generate(prompts.tolist(), args.new)],
         "dscoder Engine.generate": lambda: [o.tokens for o in engine.generate(prompts.tolist(), args.new)],
         "dscoder Engine + use_gemv_layout()": lambda: [o.tokens for o in engine_gemv.generate(prompts.tolist(),
                                                                                                args.new)],

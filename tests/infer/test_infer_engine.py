@@ -173,18 +173,6 @@ def test_gemv_layout_keeps_values_and_output(llama):
     assert [o.tokens for o in engine.generate(PROMPTS, max_new_tokens=NEW)] == before
 
 
-def test_engine_fuses_projections_of_an_eval_model_only(llama):
-    train = _tiny("llama").train()
-    Engine(train)                                               # a model being trained keeps plain leaves
-    assert train.model.layers[0].self_attn._qkv is None
-    plain = Engine(_tiny("llama"), fuse=False)
-    assert plain.model.model.layers[0].mlp._gate_up is None
-    fused = Engine(llama)                                       # eval mode, as load_model returns a model
-    assert llama.model.layers[0].self_attn._qkv is not None and llama.model.layers[0].mlp._gate_up is not None
-    assert [o.tokens for o in plain.generate(PROMPTS, max_new_tokens=NEW)] == \
-        [o.tokens for o in fused.generate(PROMPTS, max_new_tokens=NEW)]
-
-
 def test_concurrent_streams_use_separate_caches(llama):
     engine = Engine(llama)
     a = engine.generate_stream(PROMPTS[0], max_new_tokens=NEW)

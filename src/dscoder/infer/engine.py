@@ -139,17 +139,10 @@ class Engine:
 
     `speculate="ngram"` decodes with prompt-lookup drafts verified in one forward pass (`infer.speculative`):
     greedy output is token for token that of plain greedy decoding, sampled output has the same distribution.
-    `draft_tokens` caps a draft's length.
-
-    `fuse` computes each layer's q/k/v and gate/up projections as one matrix product (`model.fuse_projections`,
-    same parameters and state dict; fewer, longer passes over the weights). The default (None) fuses a model
-    that arrives in eval mode, as `load_model` returns it, and leaves one in training mode alone (GRPO samples
-    from the policy it trains, whose parameters must stay plain leaves)."""
+    `draft_tokens` caps a draft's length."""
 
     def __init__(self, model: torch.nn.Module, max_len: int | None = None, speculate: str | None = None,
-                 draft_tokens: int = DRAFT_TOKENS, fuse: bool | None = None):
-        if (fuse if fuse is not None else not model.training) and hasattr(model, "fuse_projections"):
-            model.fuse_projections()
+                 draft_tokens: int = DRAFT_TOKENS):
         self.model = model.eval()
         self.speculate = check_speculate(speculate)
         if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:

@@ -11,8 +11,7 @@ before the weight; RoPE tables are built in fp32 and cast to the activations' dt
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,90 +38,6 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
 
-def _row_tensors(m: nn.Module) -> tuple[str, ...] | None:
-    """Names of the tensors of a bias-free Linear that are indexed by output row ("weight"; an int8 Linear
-    declares its own `ROW_TENSORS`), or None for a module that cannot be fused."""
-    if getattr(m, "bias", 0) is not None:
-        return None
-    return ("weight",) if type(m) is nn.Linear else getattr(m, "ROW_TENSORS", None)
-
-
-class FusedLinears:
-    """Bias-free Linears that read the same input (q/k/v, gate/up) computed as ONE matrix product at inference.
-
-    Batch-1 decode on a CPU is a chain of matrix-vector products; one product over the concatenated rows makes
-    fewer, longer passes over memory and fewer operator calls (measured on the 169M model of
-    benchmarks/bench_decode.py, 1 thread: 4.5% less CPU time per token, the same greedy tokens). The parts keep
-    their parameters -- each becomes a row view of the fused matrix, so the state dict, `load_state_dict` and
-    in-place updates are unchanged and no weight is stored twice. `intact` notices anything that gave a part
-    new storage (`.to()`, a deepcopy, `quantize_int8` replacing the module) and the caller then falls back to
-    the separate products. Used only with gradients off: the fused matrix is not a leaf the parts' grads reach."""
-
-    def __init__(self, names: tuple[str, ...], attrs: tuple[str, ...], sizes: list[int],
-                 fn: Callable[[torch.Tensor], torch.Tensor], ptrs: tuple[int, ...]):
-        self.names, self.attrs, self.sizes, self.fn, self.ptrs = names, attrs, sizes, fn, ptrs
-
-    @staticmethod
-    def _ptrs(parent: nn.Module, names: Sequence[str], attrs: Sequence[str]) -> tuple[int, ...] | None:
-        try:
-            return tuple(getattr(getattr(parent, n), a).data_ptr() for n in names for a in attrs)
-        except AttributeError:
-            return None
-
-    @classmethod
-    def build(cls, parent: nn.Module, names: Sequence[str]) -> "FusedLinears | None":
-        """Fuse `parent`'s Linears `names` (same type, input size, dtype and device), or None if they differ."""
-        mods = [getattr(parent, n) for n in names]
-        attrs = _row_tensors(mods[0])
-        if attrs is None or any(type(m) is not type(mods[0]) or _row_tensors(m) != attrs
-                                or m.in_features != mods[0].in_features for m in mods):
-            return None
-        if any(len({(getattr(m, a).dtype, getattr(m, a).device) for m in mods}) != 1 for a in attrs):
-            return None
-        sizes = [m.out_features for m in mods]
-        with torch.no_grad():
-            cats = [torch.cat([getattr(m, a) for m in mods]) for a in attrs]  # (sum N, K) / (sum N,)
-            row = 0
-            for m, n in zip(mods, sizes):
-                for a, c in zip(attrs, cats):
-                    t = getattr(m, a)
-                    if isinstance(t, nn.Parameter):
-                        t.data = c[row:row + n]
-                    else:
-                        setattr(m, a, c[row:row + n])  # a registered buffer stays registered
-                row += n
-        fn = partial(F.linear, weight=cats[0]) if type(mods[0]) is nn.Linear else type(mods[0])(*cats)
-        return cls(tuple(names), attrs, sizes, fn, cls._ptrs(parent, names, attrs))
-
-    def intact(self, parent: nn.Module) -> bool:
-        return self._ptrs(parent, self.names, self.attrs) == self.ptrs
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.fn(x).split(self.sizes, dim=-1)
-
-    def __deepcopy__(self, memo) -> None:
-        return None  # a copied module's parts get storage of their own: the copy starts unfused
-
-    @classmethod
-    def refresh(cls, parent: nn.Module, attr: str, names: Sequence[str]) -> None:
-        """(Re)build `parent.<attr>` unless it is still intact."""
-        f = getattr(parent, attr, None)
-        if f is None or not f.intact(parent):
-            setattr(parent, attr, cls.build(parent, names))
-
-
-def fused(parent: nn.Module, attr: str) -> FusedLinears | None:
-    """`parent.<attr>` (a FusedLinears) when it may be used now: gradients off and the parts untouched since
-    fusing; a stale one is dropped."""
-    f = getattr(parent, attr, None)
-    if f is None or torch.is_grad_enabled():
-        return None
-    if not f.intact(parent):
-        setattr(parent, attr, None)
-        return None
-    return f
-
-
 class SwiGLU(nn.Module):
     """The Llama MLP: down(silu(gate(x)) * up(x)), no biases (parameter names as in HF checkpoints)."""
 
@@ -131,16 +46,9 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
-        self._gate_up: FusedLinears | None = None
-
-    def fuse_projections(self) -> None:
-        """Compute gate and up as one product at inference (`FusedLinears`); idempotent."""
-        FusedLinears.refresh(self, "_gate_up", ("gate_proj", "up_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = fused(self, "_gate_up")
-        gate, up = f(x) if f is not None else (self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def linear_inv_freq(head_dim: int, theta: float, factor: float = 1.0) -> torch.Tensor:

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import (FusedLinears, LMOutput, RMSNorm, RopeTable, SwiGLU, apply_rope, fused, linear_inv_freq,
-                     sdpa_mask)
+from .layers import LMOutput, RMSNorm, RopeTable, SwiGLU, apply_rope, linear_inv_freq, sdpa_mask
 
 
 class KVCache:
@@ -73,16 +72,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
-        self._qkv: FusedLinears | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 is_causal: bool, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        f = fused(self, "_qkv")
-        q, k, v = f(x) if f is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, L+T, D)
@@ -128,15 +124,6 @@ class Transformer(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=std)
             elif isinstance(m, RMSNorm):
                 m.reset_parameters()
-
-    def fuse_projections(self) -> "Transformer":
-        """For inference: each layer computes q/k/v and gate/up as one matrix product each
-        (`layers.FusedLinears`); parameters, names and the state dict are unchanged. Idempotent; call it again
-        after `quantize_int8` (the engine does)."""
-        for layer in self.model.layers:
-            FusedLinears.refresh(layer.self_attn, "_qkv", ("q_proj", "k_proj", "v_proj"))
-            layer.mlp.fuse_projections()
-        return self
 
     def make_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
         p = self.model.norm.weight  # a float parameter even when the Linears hold int8 (models/quant.py)

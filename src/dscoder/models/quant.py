@@ -7,13 +7,29 @@ W (N, K) -> q = round(W / s) clamped to [-127, 127] with s = max_k |W[n, k]| / 1
 y = x Wᵀ ≈ (x qᵀ) * s. Batch-1 decode reads every weight once per token, so a quarter of the bytes is up to four
 times fewer cycles waiting on memory.
 
-Kernel choice, measured on a 2-core AMD EPYC machine (torch 2.13, 1 thread,
-W 5632 x 2048, x 1 x 2048, mean of 50 calls):
+Kernel choice, measured (1 thread, batch 1, torch 2.13). First on a 2-core AMD EPYC machine, W 5632 x 2048:
     fp32 F.linear (MKL GEMV)                                10.3 ms
     torch.ops.aten._weight_int8pack_mm, bf16 activations     4.7 ms  (casts in and out included)
     torch.ops.aten._weight_int8pack_mm, fp32 activations    46.0 ms  (no vectorised fp32 path)
     dequantize to fp32 + F.linear                          214   ms
-so `Int8Linear` casts the activations to bfloat16 around the int8 kernel and casts the output back to the input
+Then on a 2-core Intel Xeon with AVX512-VNNI and AMX (a shared machine: CPU time, best of 5, weights cycled
+through > 300 MB so that they come from memory), microseconds for the decode shapes of the 169M model
+(3072 x 1024 fused qkv, 1024 x 2816 down, 32256 x 1024 lm_head):
+    fp32 F.linear (MKL)                                     913 / 837 / 9227
+    _weight_int8pack_mm, bf16 activations                   599 / 381 / 5095   <- used
+    _weight_int8pack_mm, fp32 activations                  2010 / 1956 / 23331
+    bf16 weights, F.linear (oneDNN)                         816 / 615 / 8093
+    fp16 weights, quantized.linear_dynamic_fp16 (fbgemm)    709 / 572 / 7158
+    int8 x int8 torch._int_mm, per-token activation scale   644 / 487 / 6028
+    quantized.linear_dynamic (fbgemm), int8 activations     402 / 315 / 3646
+    quantized.linear_dynamic (onednn), int8 activations     358 / 382 / 3770
+    inductor: fused int8->fp32 convert + row reduction      as fast as the aten kernel
+    inductor max-autotune C++ template for the aten op      slower, and wrong outputs in torch 2.13
+The dynamic-quantisation kernels are 1.3-1.5x faster but round the activations to 8 bits with one scale per
+tensor: a different accuracy contract from weight-only int8, so they are not used. The weight-only kernel reads
+weights at about 45% of the speed MKL's fp32 GEMV does (it reaches 15-18 GMAC/s when the weight is in cache, 6-7
+from memory): its loads are not overlapped with its arithmetic, which bounds int8 decode on one thread.
+So `Int8Linear` casts the activations to bfloat16 around the int8 kernel and casts the output back to the input
 dtype. The kernel accumulates in fp32; rounding x and y to bf16 adds about 2^-9 relative error per element, below
 the int8 weight rounding itself. For prefill (128 rows) the same kernel is about 1.25x slower than fp32 GEMM (211
 against 169 ms), a one-off cost per request that the decode steps repay.
@@ -50,7 +66,6 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """y = (x qᵀ) * scale (+ bias) through `aten._weight_int8pack_mm`; the output has the input's dtype."""
-    ROW_TENSORS = ("weight_int8", "scale")                                  # what `layers.FusedLinears` concatenates
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
