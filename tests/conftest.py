@@ -13,7 +13,9 @@ def pytest_configure(config):
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dscoder-test-cache-")   # subprocesses inherit it
     try:
         import torch
-        torch.set_num_threads(int(os.environ.get("DSCODER_THREADS", "2")))
+        # one thread per pytest-xdist worker (`-n 2` on 2 cores), two in a single pytest process
+        default = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+        torch.set_num_threads(int(os.environ.get("DSCODER_THREADS", default)))
     except ImportError:
         pass
 

@@ -89,7 +89,9 @@ def test_damaged_record_in_the_middle_costs_only_that_record(tmp_path, gz):
     assert drops[0].path == f"@{off}" and drops[0].detail
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not a WARC file\n" * 100, gzip.compress(b"hello\n" * 50)])
+# mtime=0: the same bytes (and test id) in every process that collects them (pytest-xdist workers must agree)
+@pytest.mark.parametrize("content", [b"", b"this is not a WARC file\n" * 100, gzip.compress(b"hello\n" * 50, mtime=0)],
+                         ids=["empty", "text", "gzip-not-warc"])
 def test_a_file_that_is_not_a_warc_is_one_counted_drop(tmp_path, content):
     path = tmp_path / "fake.warc.gz"
     path.write_bytes(content)
