@@ -9,7 +9,8 @@ whole: each is one chunk.
 `stage_process` runs the per-file stages over a chunk: read (bad input costs only itself), rule filters [§2.1], quality
 [§2.4], decontamination [§2.4] (each file's verdict), then for every file read its exact-dedup key, its
 dependency facts [§2.2] and the MinHash signature [§2.3] of its block (`# path` line + content, what a sample
-concatenates). A component's
+concatenates). The blocks' words are hashed once, in one numpy pass per chunk, for both decontamination (the
+content's words) and MinHash (the block's). A component's
 signature is the element-wise minimum of its files' signatures: the MinHash of the union of their shingle sets,
 i.e. of the concatenated sample without the few shingles that straddle two files, whatever the chunking.
 `stage_order` runs Algorithm 1 over one whole repository from those facts (paths and imports only).
