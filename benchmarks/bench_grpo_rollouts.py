@@ -1,6 +1,8 @@
 """GRPO rollout throughput, side by side: dscoder's `Engine.generate` (what `dscoder grpo` samples with) against
 transformers' `generate`, same fp32 weights, same left-padded batch of P prompts x G samples, temperature 1.0,
-every completion forced to --new-tokens tokens (no end token), same thread count.
+every completion forced to --new-tokens tokens (no end token), same thread count. The first row is `dscoder grpo
+--rollout-batch P` (one batch for the step); the third is its default, --rollout-batch 1: one batch of G samples
+per task, P calls in a row.
 
     .venv/bin/python benchmarks/bench_grpo_rollouts.py [--prompts 4] [--group 8] [--new-tokens 64] [--threads 2]
 
@@ -59,6 +61,11 @@ def main() -> None:
         out = engine.generate(prompts, max_new_tokens=N, temperature=1.0, seed=0)
         assert all(len(o.tokens) == N for o in out)
 
+    def run_grouped():
+        for i, t in enumerate(tasks):
+            out = engine.generate([t] * a.group, max_new_tokens=N, temperature=1.0, seed=i)
+            assert all(len(o.tokens) == N for o in out)
+
     L = max(map(len, prompts))
     ids = torch.zeros(B, L, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)
@@ -72,7 +79,8 @@ def main() -> None:
         assert out.shape[1] == L + N
 
     rows = []
-    for name, fn in (("dscoder Engine.generate", run_ours), ("transformers generate", run_hf)):
+    for name, fn in (("Engine, --rollout-batch P", run_ours), ("transformers generate", run_hf),
+                     ("Engine, --rollout-batch 1", run_grouped)):
         fn()                                                     # warm-up (allocations, first-call paths)
         s = best(fn, a.repeats)
         rows.append((name, B / s, B * N / s, s))
@@ -82,7 +90,8 @@ def main() -> None:
     print(f"{'':26} {'completions/s':>14} {'tokens/s':>10} {'seconds':>8}")
     for name, cps, tps, s in rows:
         print(f"{name:26} {cps:14.2f} {tps:10.0f} {s:8.2f}")
-    print(f"speed-up: {rows[0][1] / rows[1][1]:.2f}x")
+    print(f"speed-up over transformers: {rows[0][1] / rows[1][1]:.2f}x one batch, {rows[2][1] / rows[1][1]:.2f}x "
+          "a batch per task")
 
 
 if __name__ == "__main__":

@@ -79,20 +79,25 @@ class Stack:
 
 
 DOC_SOURCES = {
-    "javascript": ("/**\n * Add two numbers.\n * @param {number} a\n */\nexport function add(a, b) {\n  return a + b;\n}\n"
+    "javascript": ("/**\n * Add two numbers.\n * @param {number} a\n */\n"
+                   "export function add(a, b) {\n  return a + b;\n}\n"
                    "/** too short */\nfunction f() {}\n// A plain comment, not JSDoc.\nfunction g() {}\n",
                    [(5, "function with the signature `function add(a, b)`.\n\nAdd two numbers.\n@param {number} a",
                      "export function add(a, b) {\n  return a + b;\n}")]),
     "typescript": ("/** Parse a number from text. */\nfunction parse(t: string): number {\n  return Number(t);\n}\n",
-                   [(2, "function with the signature `function parse(t: string): number`.\n\nParse a number from text.",
+                   [(2, "function with the signature `function parse(t: string): number`.\n\n"
+                        "Parse a number from text.",
                      "function parse(t: string): number {\n  return Number(t);\n}")]),
-    "java": ("class M {\n    /**\n     * Returns the sum of a and b.\n     */\n    @Override\n    public int add(int a, int b) "
-             "{\n        return a + b;\n    }\n\n    /** Abstract: no body to learn. */\n    abstract int h();\n}\n",
+    "java": ("class M {\n    /**\n     * Returns the sum of a and b.\n     */\n    @Override\n"
+             "    public int add(int a, int b) {\n        return a + b;\n    }\n\n"
+             "    /** Abstract: no body to learn. */\n    abstract int h();\n}\n",
              [(5, "method with the signature `public int add(int a, int b)`.\n\nReturns the sum of a and b.",
                "@Override\npublic int add(int a, int b) {\n    return a + b;\n}")]),
-    "rust": ("/// Adds two numbers, wrapping.\n#[inline]\npub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}\n"
+    "rust": ("/// Adds two numbers, wrapping.\n#[inline]\n"
+             "pub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}\n"
              "//// Four slashes: not a doc comment.\nfn nope() {}\n",
-             [(2, "function with the signature `pub fn add(a: i32, b: i32) -> i32`.\n\nAdds two numbers, wrapping.",
+             [(2, "function with the signature `pub fn add(a: i32, b: i32) -> i32`.\n\n"
+                  "Adds two numbers, wrapping.",
                "#[inline]\npub fn add(a: i32, b: i32) -> i32 {\n    a.wrapping_add(b)\n}")]),
     "go": ("package m\n\n// Add returns the sum.\nfunc Add(a, b int) int {\n\treturn a + b\n}\n\n"
            "// Does not start with the name.\nfunc Sub(a, b int) int { return a - b }\n",

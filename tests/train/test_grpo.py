@@ -371,8 +371,8 @@ def test_sigterm_checkpoint_then_exact_resume_that_refuses_changed_hyperparamete
     import time
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *small_args(toy, "--out", str(killed), "--steps",
-                                                                          "1000", "--save-every", "1000")],
+    args = ["--out", str(killed), "--steps", "1000", "--save-every", "1000", "--rollout-batch", "2"]   # one batch
+    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *small_args(toy, *args)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 300
@@ -384,7 +384,7 @@ def test_sigterm_checkpoint_then_exact_resume_that_refuses_changed_hyperparamete
     step = len(rows(metrics))
     assert (killed / "checkpoints" / f"step-{step:08d}" / "manifest.json").is_file() and "--resume" in err
     before = metrics.read_text()
-    args = ["--out", str(killed), "--steps", str(step + 2), "--save-every", "1000"]
+    args = ["--out", str(killed), "--steps", str(step + 2), "--save-every", "1000", "--rollout-batch", "2"]
     code, err = cli(*small_args(toy, *args, "--resume", "--beta", "0.1"))
     assert code == 2 and "beta: 0.04 -> 0.1" in err and len(err.strip().splitlines()) == 1, err
     assert metrics.read_text() == before
@@ -423,7 +423,7 @@ def test_chat_rollouts_end_with_the_template_end_token(toy):
         model.lm_head.weight[eot] = 0.5
     task = make_task({"instruction": "Write f.", "tests": "assert f() == 1"}, "t:1")
     prompt = chat_ids(tok, [{"role": "user", "content": task.instruction}])
-    ids, texts, reasons = rollout(Engine(model), tok, prompt, "chat", 8, 6, 1.0, seed=1)
+    ids, texts, reasons = rollout(Engine(model), tok, [prompt] * 8, ["chat"] * 8, 6, 1.0, seed=1)
     assert "stop" in reasons
     for i, t, r in zip(ids, texts, reasons):
         assert (i[-1] == eot) == (r == "stop") and len(i) <= 6

@@ -1,9 +1,10 @@
 """`dscoder grpo`: Group Relative Policy Optimization against unit tests run in the sandbox (DeepSeekMath
 arXiv 2402.03300 §4.1 eq. 3-4; DeepSeek-Coder-V2 §3.5 uses it for code with test-case rewards).
 
-Each step: P tasks (`train.rewards`), G completions each sampled by the inference `Engine` (one batched, seeded
-call per task), each scored by the sandbox's two-process test verdict; advantages normalised within each group;
-then μ AdamW updates of the clipped surrogate with a k3 KL penalty to the frozen starting model (`grpo_loss`).
+Each step: P tasks (`train.rewards`), G completions each sampled by the inference `Engine` (batched, a seed per
+batch of --rollout-batch tasks), each scored by the sandbox's two-process test verdict; advantages normalised
+within each group; then μ AdamW updates of the clipped surrogate with a k3 KL penalty to the frozen starting model
+(`grpo_loss`).
 
     loss, metrics = grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta=0.04, epsilon_low=0.2,
                               epsilon_high=0.2, loss_type="grpo")      # (B, T) tensors, advantages (B,)
@@ -236,24 +237,33 @@ def policy_backward(model: torch.nn.Module, micro: list[MicroBatch], loss: Polic
 
 # ------------------------------------------------------------------------------------------- rollouts
 def group_seed(seed: int, slot: int) -> int:
-    """The sampling seed of one group: a hash of the run seed and the group's slot (0 ... 2**63-1). One seed per
-    group, not per batch, so what a group samples does not depend on how groups are spread over processes."""
+    """The sampling seed of the Engine batch whose first group has slot `slot`: a hash of the run seed and the slot
+    (0 ... 2**63-1). Seeds follow the batches, not the processes, so how batches are spread over processes does
+    not change what they sample."""
     return int.from_bytes(hashlib.sha256(f"grpo-{seed}-{slot}".encode()).digest()[:8], "big") >> 1
 
 
-def rollout(engine, tokenizer, prompt: list[int], kind: str, n: int, max_new_tokens: int, temperature: float,
-            seed: int) -> tuple[list[list[int]], list[str], list[str]]:
-    """n completions of one prompt in one batched, seeded `Engine.generate`: (ids incl. the end token when one
-    was produced, texts, finish reasons). The end token is the kind's: EOS for a completion, the chat template's
-    (<|EOT|> for v1) for a chat prompt."""
+def rollout(engine, tokenizer, prompt_ids: list[list[int]], kinds: list[str], max_new_tokens: int,
+            temperature: float, seed: int) -> tuple[list[list[int]], list[str], list[str]]:
+    """Sample one completion per row in a batched, seeded `Engine.generate`: (ids incl. the end token when one was
+    produced, texts, finish reasons). Rows of the two kinds (completion, chat) are generated apart: each kind has
+    its own end token (EOS for a completion, the chat template's, <|EOT|> for v1, for a chat prompt)."""
     from ..infer.text import decoder, stop_ids
 
-    end = stop_ids(tokenizer, kind)[0]
-    outs = engine.generate([prompt] * n, max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=[end],
-                           seed=seed)
+    ids: list[list[int]] = [[] for _ in prompt_ids]
+    texts, reasons = [""] * len(prompt_ids), [""] * len(prompt_ids)
     dec = decoder(tokenizer)
-    return ([o.tokens + ([end] if o.finish_reason == "stop" else []) for o in outs], [dec(o.tokens) for o in outs],
-            [o.finish_reason for o in outs])
+    for kind in ("completion", "chat"):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        if not rows:
+            continue
+        end = stop_ids(tokenizer, kind)[0]
+        outs = engine.generate([prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
+                               temperature=temperature, stop_ids=[end], seed=seed + (kind == "chat"))
+        for i, o in zip(rows, outs):
+            ids[i] = o.tokens + ([end] if o.finish_reason == "stop" else [])
+            texts[i], reasons[i] = dec(o.tokens), o.finish_reason
+    return ids, texts, reasons
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -299,7 +309,8 @@ class _Run:
         while True:     # one round of P groups; with --dynamic-sampling, more rounds until P groups teach something
             slots = list(range(self.cursor, self.cursor + P))
             self.cursor += P
-            mine = self._sample(slots[self.dist.rank::self.dist.world])
+            batches = [slots[i:i + a.rollout_batch] for i in range(0, P, a.rollout_batch)]
+            mine = self._sample(batches[self.dist.rank::self.dist.world])
             groups += sorted((g for part in parallel.all_gather_objects(mine, self.dist) for g in part),
                              key=lambda g: g["slot"])
             rewards = torch.tensor([r for g in groups for r in g["rewards"]], dtype=torch.float32)
@@ -338,16 +349,20 @@ class _Run:
                                "finish_reason": g["reasons"][i]})
         return row, logged, sum(n_tok)
 
-    def _sample(self, slots: list[int]) -> list[dict[str, Any]]:
-        """This process's groups: G completions each, and their test verdicts and rewards."""
+    def _sample(self, batches: list[list[int]]) -> list[dict[str, Any]]:
+        """This process's groups (G completions of each slot's task, one Engine batch per list of slots), with
+        their test verdicts and rewards."""
         a, G = self.args, self.args.group_size
         self.sampler.eval()
         groups = []
-        for k in slots:
-            t = task_at(k, len(self.tasks), a.seed)
-            ids, texts, reasons = rollout(self.engine, self.tokenizer, self.prompt_ids[t], self.kinds[t], G,
-                                          a.max_new_tokens, a.temperature, group_seed(a.seed, k))
-            groups.append({"slot": k, "task": t, "completions": ids, "texts": texts, "reasons": reasons})
+        for slots in batches:
+            tasks = [task_at(k, len(self.tasks), a.seed) for k in slots]
+            ids, texts, reasons = rollout(self.engine, self.tokenizer, [self.prompt_ids[t] for t in tasks for _ in
+                                                                         range(G)],
+                                          [self.kinds[t] for t in tasks for _ in range(G)], a.max_new_tokens,
+                                          a.temperature, group_seed(a.seed, slots[0]))
+            groups += [{"slot": k, "task": t, "completions": ids[j * G:(j + 1) * G], "texts": texts[j * G:(j + 1) * G],
+                        "reasons": reasons[j * G:(j + 1) * G]} for j, (k, t) in enumerate(zip(slots, tasks))]
         if groups:
             rows = [(g, i) for g in groups for i in range(G)]
             scored, rewards = self._rewards([self.tasks[g["task"]] for g, _ in rows],
@@ -415,7 +430,7 @@ def _nanstd_value(x: torch.Tensor) -> float | None:
 # settings a resumed run must share with its checkpoint: they decide what each step samples and how it learns
 _RESUME_FIXED = ("model", "tasks", "tasks_sha256", "group_size", "prompts_per_step", "beta", "epsilon",
                  "epsilon_high", "mu", "loss_type", "scale_rewards", "temperature", "max_new_tokens", "reward",
-                 "lr", "clip", "skip_zero_std", "dynamic_sampling", "fsdp", "seed")
+                 "lr", "clip", "skip_zero_std", "dynamic_sampling", "rollout_batch", "fsdp", "seed")
 
 
 def _run_args(args, tasks_digest: str) -> dict[str, Any]:
@@ -426,6 +441,7 @@ def _run_args(args, tasks_digest: str) -> dict[str, Any]:
             "scale_rewards": args.scale_rewards, "temperature": args.temperature,
             "max_new_tokens": args.max_new_tokens, "reward": args.reward, "lr": args.lr, "clip": args.clip,
             "skip_zero_std": bool(args.skip_zero_std), "dynamic_sampling": args.dynamic_sampling,
+            "rollout_batch": args.rollout_batch,
             "fsdp": bool(args.fsdp), "micro_batch_size": args.micro_batch_size, "seed": args.seed,
             "steps": args.steps}
 
@@ -487,6 +503,9 @@ def _parser() -> Parser:
     a("--dynamic-sampling", type=int_range(0), default=0, metavar="ROUNDS",
       help="DAPO's dynamic sampling: leave out groups whose rewards are all equal and sample more rounds of P "
            "tasks, up to ROUNDS rounds in all, until P groups are left (0: off)")
+    a("--rollout-batch", type=positive_int, default=1, metavar="K",
+      help="tasks sampled together in one Engine batch (K x G completions); the batches of a step are dealt out to "
+           "the processes, each with its own seed, so a run samples the same on any number of processes")
     a("--micro-batch-size", type=positive_int, default=None, metavar="N",
       help="completions per forward/backward on each process; gradients are accumulated, the update is the "
            "same (default: all of them at once)")
@@ -522,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     dscoder grpo --model DIR [--tasks FILE] --out DIR --steps N [--group-size G] [--prompts-per-step P]
                  [--beta F] [--epsilon F] [--epsilon-high F] [--mu N] [--loss-type grpo|dapo|dr_grpo]
                  [--scale-rewards group|batch|none] [--skip-zero-std | --dynamic-sampling ROUNDS]
-                 [--micro-batch-size N] [--temperature T] [--max-new-tokens N] [--reward tests|rm:DIR]
-                 [--lr F] [--save-every N] [--resume] [--seed N]
+                 [--rollout-batch K] [--micro-batch-size N] [--temperature T] [--max-new-tokens N]
+                 [--reward tests|rm:DIR] [--lr F] [--save-every N] [--resume] [--seed N] [--fsdp]
 Several processes (DDP; --fsdp for FSDP2):
     python -m torch.distributed.run --nproc-per-node 2 -m dscoder.cli grpo ...
 
@@ -531,11 +550,12 @@ Tasks JSONL, one per line: {"prompt": CODE, "tests": PY} (the program is prompt 
 {"instruction": TEXT, "tests": PY} (rendered with the model's chat template; the program is the answer's first
 ```python block), optional "entry_point" (the tests end with check(entry_point)), "task_id", "language".
 Each step samples --group-size completions for each of --prompts-per-step tasks (one seeded Engine batch per
-task; the tasks of a step are spread over the processes), scores them with the sandbox's two-process test
-verdict (the one `dscoder eval` uses), normalises the rewards within each group, and applies --mu AdamW updates
-of the GRPO loss over all the step's completions (in --micro-batch-size chunks on each process; the gradient is
-the same). Writes OUT/rollouts.jsonl (every completion: step, task_id, completion, reward, passed),
-OUT/metrics.jsonl (per step: reward_mean/std, pass_rate, kl, clip_frac, completion_len_mean/max, truncated_frac,
+--rollout-batch tasks; the batches of a step are dealt out to the processes: on N processes, --rollout-batch
+P/N keeps them all busy), scores them with the sandbox's two-process test verdict (the one `dscoder eval` uses),
+normalises the rewards within each group, and applies --mu AdamW updates of the GRPO loss over all the step's
+completions (in --micro-batch-size chunks on each process; the gradient is the same).
+Writes OUT/rollouts.jsonl (every completion: step, task_id, completion, reward, passed), OUT/metrics.jsonl
+(per step: reward_mean/std, pass_rate, kl, clip_frac, completion_len_mean/max, truncated_frac,
 frac_reward_zero_std, groups_sampled/skipped, rollout_s, learn_s), OUT/reward.png, OUT/checkpoints/step-N/
 (atomic; exact resume with --resume, which refuses changed hyperparameters) and OUT/final/ (an HF folder).
 SIGTERM: checkpoint, exit 143 (continue with --resume).
