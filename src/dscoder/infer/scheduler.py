@@ -112,13 +112,15 @@ Event = Tokens | Finished | Failed
 @dataclass(eq=False)
 class Job:
     """One request: a prompt and `n` independent choices decoded from it. `emit` is called from the scheduler
-    thread with each event; it must not block (hand the event to another thread or event loop). `cached_tokens`
-    is set at prefill: how many prompt tokens came from a kept prefix."""
+    thread with each event; it must not block (hand the event to another thread or event loop). `flush`, if given,
+    is called after every scheduler step (once for all the jobs that share it), so an owner can hand over the
+    events of a step together. `cached_tokens` is set at prefill: how many prompt tokens came from a kept prefix."""
     prompt: list[int]
     params: Params
     emit: Callable[[Event], Any]
     n: int = 1
     decode: Decode | None = None
+    flush: Callable[[], Any] | None = None
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -337,6 +339,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.counters = {"generated_tokens": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "finished": 0,
                          "cancelled": 0}
+        self.flushes: dict[Callable[[], Any], None] = {}   # the jobs' distinct `flush` callables, called per step
 
     # --- the caller's side (any thread) -------------------------------------------------------------
     def start(self) -> "Scheduler":
@@ -365,6 +368,8 @@ class Scheduler:
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(len(self.queue))
             self.queue.append(job)
+            if job.flush is not None:
+                self.flushes[job.flush] = None
             self.cv.notify()
         return job
 
@@ -400,6 +405,18 @@ class Scheduler:
                         self._step()
             except Exception as e:  # one bad step must not take the server down: fail what ran, start clean
                 self._fail_all(f"{type(e).__name__}: {e}")
+            self._flush()
+
+    def _flush(self) -> None:
+        """Call each owner's `flush` once; the jobs of an owner that cannot take it any more are cancelled."""
+        for f in list(self.flushes):
+            try:
+                f()
+            except Exception:  # noqa: BLE001 -- as in _tell: the owner has gone, the scheduler carries on
+                del self.flushes[f]
+                for job in [s.job for s in self.seqs] + list(self.queue) + (self.group.jobs if self.group else []):
+                    if job.flush is f:
+                        job.cancel()
 
     def _fail_all(self, message: str) -> None:
         for job in {s.job for s in self.seqs}:

@@ -17,22 +17,26 @@ from .schema import ApiError, bad
 
 class Mailbox:
     """Events from the scheduler thread onto one event loop, with one wake-up of the loop for all the events of a
-    decode step (every running request gets a token per step) instead of one per event."""
+    scheduler step (every running request gets a token per step) instead of one per event: `put` only collects,
+    the scheduler calls `flush` (the jobs' `flush`) after each step."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop, self.items, self.pending = loop, deque(), False
 
     def put(self, q: asyncio.Queue, item: Any) -> None:
-        """From any thread. Raises once the loop is closed (the scheduler then drops the job)."""
+        """From the scheduler thread. Raises once the loop is closed (the scheduler then drops the job)."""
         if self.loop.is_closed():
             raise RuntimeError("the event loop is closed")
         self.items.append((q, item))
-        if not self.pending:                # set until the loop drains: later events of this step ride along
+
+    def flush(self) -> None:
+        """From the scheduler thread: wake the loop to hand over what was put, unless a wake-up is pending."""
+        if self.items and not self.pending:
             self.pending = True
             self.loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        self.pending = False                # before draining: an event put meanwhile schedules another drain
+        self.pending = False                # before draining: what is put meanwhile is handed over by a later flush
         while self.items:
             q, item = self.items.popleft()
             q.put_nowait(item)
@@ -66,7 +70,8 @@ class Run:
             for i, ids in enumerate(checked):
                 # called from the scheduler thread; once the loop is closed it raises and the scheduler drops the job
                 emit = (lambda ev, i=i: box.put(self.q, (i, ev)))
-                self.jobs.append(served.scheduler.submit(Job(ids, params, emit, n=n, decode=served.decode)))
+                self.jobs.append(served.scheduler.submit(Job(ids, params, emit, n=n, decode=served.decode,
+                                                             flush=box.flush)))
         except BaseException:
             self.cancel()
             raise
