@@ -246,3 +246,23 @@ def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(engine):
             assert sched.stats()["cached_prompt_tokens"] >= 26 + 35
         finally:
             sched.shutdown(10)
+
+
+def test_jobs_sharing_a_flush_are_flushed_once_per_step_after_their_events(engine):
+    """Three jobs decoded together share one `flush` (a server's event loop): it is called once per step, after
+    the step's events, so the owner can hand a step's events over with one wake-up."""
+    events, flushed = [], []
+
+    def flush():
+        flushed.append(len(events))
+    sched = Scheduler(engine, max_batch=4, max_queue=4)
+    c = Collector()
+    for k in range(3):
+        sched.submit(Job([1 + k, 2, 3], Params(6), emit=lambda e, k=k: (events.append(e), c.q.put((k, e))),
+                         flush=flush))
+    try:
+        sched.start()
+        c.wait(3)
+    finally:
+        sched.shutdown(10)
+    assert flushed[-1] == len(events) and len(set(flushed)) <= 7 < len(events)   # 1 prefill + 6 steps at most
