@@ -14,10 +14,10 @@ experts + 1 shared, a leading dense layer and YaRN), each exported as F32 and as
 1 thread with an F32 KV cache:
 * tokens: llama.cpp's tokenizer (from the GGUF: vocab, merges, pre-tokenizer type) gives dscoder's ids for the
   prompt, the FIM prefix and the FIM suffix;
-* logits over the code prompt: F32 max |difference| <= F32_ATOL + F32_RTOL x max |logit|; Q8_0: at Q8_WITHIN of the
-  positions every logit within Q8_TOL x the standard deviation of dscoder's fp32 logits (a MoE model's top-k
-  routing can flip where two experts' gate scores are closer than the quantisation error, which moves that
-  position's logits by more), and the same top-1 wherever fp32's top-1 margin exceeds twice the largest difference;
+* logits over the code prompt: F32 max |difference| <= F32_ATOL + F32_RTOL x max |logit|; Q8_0 against dscoder
+  running the very weights the Q8_0 file stores (`q8_rounded`; what is left is llama.cpp rounding activations to
+  8 bits for its Q8_0 dot products): at Q8_WITHIN of the positions every logit within Q8_TOL x the standard
+  deviation of dscoder's fp32 logits. Q8_0 against fp32, and the weight rounding's own effect, are printed;
 * greedy: N new tokens from llama.cpp's greedy sampler equal dscoder's Engine (F32; Q8_0 is reported, not
   required, since its weights differ);
 * infill: llama-server's /infill prompt (BOS per the file's add-BOS flag, then FIM prefix / suffix / middle ids as
@@ -151,6 +151,41 @@ def texts() -> tuple[str, str, str]:
     return src[:1200], body[:700], body[760:1100]
 
 
+def q8_rounded(model):
+    """A copy of `model` holding exactly the weights the Q8_0 file stores: each matrix through gguf's Q8_0 round
+    trip in the layout the export quantises (blocks of 32 along a row; kv_b's key half transposed, as attn_k_b;
+    rows not a multiple of 32 in F16; norms and the MoE router in F32)."""
+    import copy
+
+    import gguf
+    import numpy as np
+    import torch
+
+    Q = gguf.GGMLQuantizationType
+
+    def round_trip(a):
+        try:
+            return gguf.quants.dequantize(gguf.quants.quantize(a, Q.Q8_0), Q.Q8_0)
+        except gguf.QuantError:
+            return a.astype(np.float16).astype(np.float32)
+    m, cfg = copy.deepcopy(model), model.config
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.ndim < 2 or name.endswith("mlp.gate.weight"):
+                continue
+            w = p.detach().float().numpy()
+            if name.endswith("kv_b_proj.weight"):
+                dn = cfg.qk_nope_head_dim
+                kv = w.reshape(cfg.num_attention_heads, dn + cfg.v_head_dim, w.shape[-1]).copy()
+                kv[:, :dn] = round_trip(np.ascontiguousarray(kv[:, :dn].transpose(0, 2, 1))).transpose(0, 2, 1)
+                kv[:, dn:] = round_trip(np.ascontiguousarray(kv[:, dn:]))
+                w = kv
+            else:
+                w = round_trip(w)
+            p.copy_(torch.from_numpy(np.ascontiguousarray(w).reshape(p.shape)))
+    return m
+
+
 def ours(model_dir: Path, prompt: str, prefix: str, suffix: str) -> dict:
     import torch
 
@@ -164,6 +199,7 @@ def ours(model_dir: Path, prompt: str, prefix: str, suffix: str) -> dict:
     ids = completion_ids(tok, prompt)
     with torch.inference_mode():
         logits = model(torch.tensor([ids]))[0].float().numpy()
+        logits_q8 = q8_rounded(model)(torch.tensor([ids]))[0].float().numpy()
     engine = Engine(model)
     greedy = engine.generate([ids], NEW)[0].tokens
     fim = infill_ids(tok, prefix, suffix)
@@ -178,7 +214,7 @@ def ours(model_dir: Path, prompt: str, prefix: str, suffix: str) -> dict:
     if cli.returncode != 0:
         sys.exit(f"error: dscoder infill failed:\n{cli.stderr[-2000:]}")
     return {"prompt": ids, "infill_prompt": fim, "infill_ids": middle,
-            "tokens": [encode(tok, t) for t in (prompt, prefix, suffix)], "logits": logits, "greedy": greedy,
+            "tokens": [encode(tok, t) for t in (prompt, prefix, suffix)], "logits": logits, "logits_q8": logits_q8, "greedy": greedy,
             "gap": gap, "infill": cli.stdout, "vocab": model.config.vocab_size}
 
 
@@ -237,14 +273,17 @@ def check_model(name: str, model_dir: Path, python: str, work: Path, failures: l
                   f"{middle[:48]!r}" + ("" if same else f" vs {mine['infill'][:48]!r}"), failures)
         else:
             bound = Q8_TOL * ref.std()
-            top2 = np.sort(ref, axis=-1)[:, -2:]
-            clear = top2[:, 1] - top2[:, 0] > 2 * diff.max()     # no error within the bound can flip these argmaxes
-            agree = logits.argmax(-1)[clear] == ref.argmax(-1)[clear]
-            within = float((diff.max(-1) <= bound).mean())
-            check("Q8_0 logits", within >= Q8_WITHIN and agree.all(),
-                  f"{within:.1%} of positions within max |diff| {bound:.3f} (= {Q8_TOL} x std {ref.std():.3f}; "
-                  f"need {Q8_WITHIN:.0%}), worst {diff.max():.3f}, mean |diff| {diff.mean():.4f}; top-1 agree {top1:.1%} of all positions, {agree.mean():.0%} of the "
-                  f"{clear.sum()} whose fp32 margin exceeds 2 x max |diff|", failures)
+
+            def spread(a, b) -> str:
+                d = np.abs(a - b)
+                return (f"{(d.max(-1) <= bound).mean():.1%} of positions within {bound:.3f}, worst {d.max():.3f}, "
+                        f"mean {d.mean():.4f}, top-1 agree {(a.argmax(-1) == b.argmax(-1)).mean():.1%}")
+            within = float((np.abs(logits - mine["logits_q8"]).max(-1) <= bound).mean())
+            check("Q8_0 logits", within >= Q8_WITHIN, f"llama.cpp vs dscoder on the same Q8_0-rounded weights: "
+                  f"{spread(logits, mine['logits_q8'])} (bound {Q8_TOL} x std of the logits, at >= "
+                  f"{Q8_WITHIN:.0%} of positions)", failures)
+            print(f"  [info] Q8_0 vs fp32: llama.cpp Q8_0 vs dscoder fp32: {spread(logits, ref)}; the weight rounding "
+                  f"alone (dscoder on Q8_0-rounded weights vs fp32): {spread(mine['logits_q8'], ref)}")
             n_same = sum(a == b for a, b in zip(got["greedy"], mine["greedy"]))
             print(f"  [info] Q8_0 greedy: {n_same}/{NEW} tokens equal to dscoder fp32's")
 
