@@ -1,6 +1,6 @@
 """Local decode speed, one table: transformers fp32 greedy, dscoder fp32, dscoder int8, dscoder int8 + n-gram
-speculation (and llama.cpp F32 / Q8_0 when `llama_cpp` imports), same weights, same prompts, same threads,
-batch 1, every new token forced (no EOS stop).
+speculation, and llama.cpp F32 / Q8_0 on the same weights exported with `dscoder export gguf`; same prompts, same
+threads, batch 1, every new token forced (no EOS stop).
 
 Two prompts: "code" (a plain completion) and "edit" (a file, then the instruction to write it again with one
 change, then the file's first lines: the continuation is mostly in the prompt, where prompt-lookup drafts pay).
@@ -20,11 +20,22 @@ int8 quality, printed once: fp32 against int8 logits on held-out text -- with `-
 repository's own source, which the demo model (trained on the Python standard library) never saw -- as the mean
 next-token loss of each and the share of positions where both pick the same top-1 token; the targets are a loss
 within 1% of fp32 and >= 98% agreement. Random weights give near-uniform logits, where that check means little.
+
+llama.cpp runs in its own venv (llama-cpp-python compiles it from source; dscoder's venv never gets it), in a
+subprocess of that venv's Python: `--llama-python` (default $LLAMA_CPP_PYTHON, else /work/venvs/llamacpp/bin/python
+when it exists; `none` skips the rows). It loads each GGUF with its default settings but the thread count (F16 KV
+cache) and extra buffer types off (llama.cpp's --no-repack: on CPUs with AMX, 0.3.36's AMX Q8_0 matmul segfaults
+on batches of more than one token; see scripts/check_llamacpp.py), and times prompt + new tokens from its greedy
+sampler like the other rows. Its roofline bytes are the GGUF's tensors (one embedding row) plus the F16 K/V cache.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +53,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--new", type=int, default=128, help="new tokens per run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per row (best is reported)")
+    p.add_argument("--llama-python", default=os.environ.get("LLAMA_CPP_PYTHON", _LLAMA_VENV_PY),
+                   help="Python of a venv with llama-cpp-python for the llama.cpp rows ('none': skip them)")
     return p.parse_args()
 
 
@@ -116,6 +129,7 @@ def main() -> None:
         m.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     engines = {"dscoder fp32": Engine(ours), "dscoder fp32 + ngram": Engine(ours, speculate="ngram"),
                "dscoder int8": Engine(q8), "dscoder int8 + ngram": Engine(q8, speculate="ngram")}
+    llama, llama_why = llama_cpp_rows(args, ours, prompts(tokenizer, ours.config.vocab_size))
     bw = read_bandwidth()
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"batch 1, {args.new} new tokens (forced), {args.threads} thread(s), {n_params / 1e6:.0f}M params "
@@ -151,20 +165,92 @@ def main() -> None:
             roof = sum(decode_bytes(model, len(ids), args.new)) * passes[name] / t / bw
             same = sum(a == b for a, b in zip(outs[name], ref))
             print(f"| {name} | {args.new / t:.1f} | {passes[name] / args.new:.2f} | {same}/{args.new} | {roof:.0%} |")
-        print("| llama.cpp F32 / Q8_0 | not run: `llama_cpp` is not installed | | | |"
-              if not _has_llama_cpp() else "| llama.cpp | installed, not wired into this script yet | | | |")
+        for kind, (res, n_bytes) in llama.items():
+            r = res[pname]
+            same = sum(a == b for a, b in zip(r["tokens"], ref))
+            roof = (n_bytes + _llama_kv_bytes(ours.config, len(ids), args.new)) * args.new / r["seconds"] / bw
+            print(f"| llama.cpp {kind.upper()} | {args.new / r['seconds']:.1f} | 1.00 | {same}/{args.new} | "
+                  f"{roof:.0%} |")
+        if not llama:
+            print(f"| llama.cpp F32 / Q8_0 | not run: {llama_why} | | | |")
         spec, plain = outs["dscoder int8 + ngram"], outs["dscoder int8"]
         first = next((i for i, (a, b) in enumerate(zip(spec, plain)) if a != b), None)
         print(f"int8 + ngram vs int8 greedy: {'identical' if first is None else f'first differs at token {first}'}")
     print(f"\nint8 quality: {int8_quality(ours, q8, heldout(tokenizer, ours.config.vocab_size))}")
 
 
-def _has_llama_cpp() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+_LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp/bin/python").is_file() else "none"
+
+# run by the llama.cpp venv's Python: greedy decode of every prompt, first run untimed, best of the others
+_LLAMA_WORKER = r"""
+import json, sys, time
+import llama_cpp.llama_cpp as C
+from llama_cpp import Llama
+_default = C.llama_model_default_params
+def _params():  # use_extra_bufts off: llama.cpp's AMX Q8_0 matmul segfaults on batches > 1 on this Xeon
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+C.llama_model_default_params = _params
+job = json.loads(sys.argv[1])
+llm = Llama(model_path=job["gguf"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_threads_batch=job["threads"],
+            verbose=False)
+out = {}
+for name, ids in job["prompts"].items():
+    best = float("inf")
+    for r in range(job["repeats"] + 1):
+        llm.reset()                  # no prompt reuse between runs
+        t0 = time.perf_counter()
+        got = []
+        for t in llm.generate(ids, temp=0.0, reset=True):
+            got.append(int(t))
+            if len(got) == job["new"]:
+                break
+        if r:
+            best = min(best, time.perf_counter() - t0)
+    out[name] = {"seconds": best, "tokens": got}
+print(json.dumps(out))
+"""
+
+
+def llama_cpp_rows(args, model, prompt_ids: dict[str, list[int]]) -> tuple[dict, str]:
+    """({"f32": (results, decode weight bytes), "q8_0": ...}, why-not): the model exported to GGUF (its folder with
+    --model; else saved with a small BPE tokenizer, since the GGUF embeds one) and timed in llama.cpp."""
+    if args.llama_python == "none":
+        return {}, "--llama-python none"
+    if not Path(args.llama_python).is_file():
+        return {}, f"{args.llama_python} does not exist"
+    import gguf
+
+    from dscoder.export.gguf import export_gguf
+    from dscoder.models.hf import save_pretrained
+    from dscoder.tokenizer.bpe import train_tokenizer
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-llamacpp-") as tmp:
+        folder = Path(args.model) if args.model else Path(tmp) / "ckpt"
+        if not args.model:
+            src = Path(__file__).resolve().parents[1] / "src" / "dscoder"
+            train_tokenizer([p.read_text() for p in sorted(src.rglob("*.py"))], 512, folder)
+            save_pretrained(model, folder)
+        for kind in ("f32", "q8_0"):
+            path = export_gguf(folder, Path(tmp) / f"m-{kind}.gguf", kind)
+            tensors = gguf.GGUFReader(path).tensors
+            n_bytes = sum(int(t.n_bytes) for t in tensors if t.name != "token_embd.weight")
+            emb = next(t for t in tensors if t.name == "token_embd.weight")
+            n_bytes += int(emb.n_bytes) // int(emb.shape[-1])       # one row (GGUF shapes are (columns, rows))
+            job = {"gguf": str(path), "prompts": prompt_ids, "new": args.new, "repeats": args.repeats,
+                   "threads": args.threads, "n_ctx": max(map(len, prompt_ids.values())) + args.new + 8}
+            proc = subprocess.run([args.llama_python, "-c", _LLAMA_WORKER, json.dumps(job)], capture_output=True,
+                                  text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+            if proc.returncode != 0:
+                return {}, f"llama.cpp failed: {proc.stderr.strip().splitlines()[-1:]}"
+            out[kind] = (json.loads(proc.stdout.strip().splitlines()[-1]), n_bytes)
+    return out, ""
+
+
+def _llama_kv_bytes(config, prompt: int, new: int) -> float:
+    """Mean F16 K/V-cache bytes one decode step reads (llama.cpp's default cache type)."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2 * (prompt + (new + 1) / 2)
 
 
 if __name__ == "__main__":
