@@ -1,9 +1,11 @@
 """The official `openai` client against a real `dscoder serve` on loopback: completions with and without `suffix`,
-chat, streaming and not, n > 1, stop strings, logprobs, echo; and llama.cpp's /infill with repository context.
-Greedy answers must equal what the in-process prompt builder + Engine produce for the same checkpoint."""
+chat, streaming and not, n > 1, stop strings, logprobs, echo; llama.cpp's /infill with repository context; a
+resent prompt reusing its kept prefix; a server with int8 weights. Greedy answers must equal what the in-process
+prompt builder + Engine produce for the same checkpoint."""
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -156,9 +158,13 @@ def test_a_resent_prompt_reuses_the_kept_prefix_and_answers_the_same(server, cli
 def test_an_int8_server_answers_as_the_int8_engine(serve_ckpt, launch, tmp_path):
     """`dscoder serve --quantize int8` serves int8 Linear weights: its greedy answers equal the in-process int8
     engine's (models/quant.py), with and without FIM."""
-    engine, tok = load(str(serve_ckpt), quantize="int8")
-    server = launch(serve_ckpt, tmp_path / "server.log", "--quantize", "int8", "--max-batch", "2")
+    server = launch(serve_ckpt, tmp_path / "server.log", "--quantize", "int8", "--max-batch", "2", wait=False)
     try:
+        engine, tok = load(str(serve_ckpt), quantize="int8")          # while the server starts
+        end = time.monotonic() + 90
+        while not _healthy(server):
+            assert server.proc.poll() is None and time.monotonic() < end, server.log.read_text()
+            time.sleep(0.05)
         assert "int8 weights" in server.log.read_text()
         c = openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=60)
         r = c.completions.create(model=MODEL, prompt="import os\n\ndef", max_tokens=12, temperature=0)
@@ -167,3 +173,10 @@ def test_an_int8_server_answers_as_the_int8_engine(serve_ckpt, launch, tmp_path)
         assert r.choices[0].text == infill(engine, tok, PREFIX, SUFFIX, max_new_tokens=10)
     finally:
         assert server.stop() == 0
+
+
+def _healthy(server) -> bool:
+    try:
+        return server.healthy()
+    except OSError:                 # not listening yet
+        return False
