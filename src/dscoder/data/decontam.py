@@ -84,9 +84,10 @@ class BenchmarkIndex:
     def match_many(self, texts: Sequence[str], words: Words | None = None,
                    spans: Sequence[tuple[int, int]] | None = None) -> list[tuple[str, str] | None]:
         """`match` of each text. `words` may hold the texts' words already: text i is words spans[i] = (a, b)
-        of it (by default `text_words(texts)`, one span per text)."""
+        of it (by default `text_words(texts)`, and one span per text of `words`)."""
         if words is None:
             words = text_words(texts)
+        if spans is None:
             spans = list(zip(words.first[:-1].tolist(), words.first[1:].tolist()))
         hits: list[tuple[str, str] | None] = [None] * len(texts)
         if self.exact:
