@@ -213,12 +213,10 @@ def policy_backward(model: torch.nn.Module, micro: list[MicroBatch], loss: Polic
     (or FSDP's) mean over processes the gradient is that of `grpo_loss` over all the rows at once, whatever the
     micro-batch size and the number of processes. Returns this process's sums: its part of the loss ("loss"),
     k3 KL and clipped tokens summed over completion tokens ("kl", "clip"), and those tokens ("tokens")."""
-    from .parallel import grad_sync
-
     device = next(model.parameters()).device
     sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "tokens": 0.0}
     for i, m in enumerate(micro):
-        with grad_sync(model, i == len(micro) - 1):
+        with parallel.grad_sync(model, i == len(micro) - 1):
             logps, mask = completion_logps(model, m.prompts, m.completions, loss.temperature)
             value, figures = grpo_loss(logps, logps.detach() if m.old is None else m.old, m.ref,
                                        m.advantages.to(device), mask, beta=loss.beta, epsilon_low=loss.epsilon_low,
