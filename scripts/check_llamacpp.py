@@ -303,6 +303,9 @@ def main() -> int:
                          capture_output=True, text=True)
     if ver.returncode != 0:
         sys.exit(f"error: {args.llama_python} cannot import llama_cpp:\n{ver.stderr[-1000:]}")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        print(f"error: --model {args.model!r} is not a checkpoint folder (no config.json)", file=sys.stderr)
+        return 2
     demo = ROOT / "runs" / "demo" / "final"
     v1 = Path(args.model) if args.model else demo if (demo / "config.json").is_file() else None
     print(f"llama-cpp-python {ver.stdout.strip()} ({args.llama_python}); 1 thread, F32 KV cache")
