@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VPY) -m dscoder.demo --out runs/demo
 
+# two pytest-xdist workers (one torch thread each); --dist loadfile keeps a test file on one worker, so its
+# module fixtures are built once
 test: setup
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n 2 --dist loadfile
 
 bench: setup
 	test -f runs/demo/final/config.json || $(MAKE) demo   # bench_repo_completion measures the demo model
