@@ -8,7 +8,8 @@ A line is masked when it is one simple statement on one line (no comment, ASCII)
 with `from ... import name` from another file of the same repository, where that name is defined at top level.
 Up to --per-repo such lines per repository, at most --per-file from one file, are drawn with --seed.
 
-Each masked line is filled in by the same model (greedy, stopping at the newline), within the same token budget:
+Each masked line (its indentation too: BPE merges indentation with the word after it) is filled in by the same
+model (greedy, stopping at the newline), within the same token budget:
   without context  `# {path}` and the file above the line as the FIM prefix, the file below it as the suffix;
   with context     the same, after the file's in-repo dependencies (the import parser, Algorithm 1 order, each
                    under its path comment), fitted to the budget by `infer.repo_context.fit_context`, the one
@@ -19,8 +20,9 @@ file defining the masked line's symbol made it into the prompt.
     .venv/bin/python benchmarks/bench_repo_completion.py                    # runs/demo/final (make demo)
     .venv/bin/python benchmarks/bench_repo_completion.py --model DIR --repos PATH [PATH ...] --context 2048
 
---context defaults to 512 tokens (prompt and new tokens together): the demo pretrains at --seq-len 512, so its model
-never saw a later position.
+--context (prompt and new tokens together) defaults to 512 and 2048 tokens: the demo pretrains at --seq-len 512, so
+its model never saw a later position; but fit_context drops every dependency before it trims the current file, so a
+dependency reaches the prompt only when it fits beside the whole current file.
 """
 from __future__ import annotations
 
@@ -105,7 +107,7 @@ class Masked:
     repo: str
     path: str
     line: int             # 1-based
-    target: str           # the line's text without its indentation
+    target: str           # the line's text, stripped (compared with the stripped middle)
     homes: list[str]      # the other files that define the symbols it uses
 
 
@@ -161,8 +163,7 @@ def prompts(m: Masked, text: str, deps, count, budget: int, longest: int) -> dic
     nothing fit_context keeps (no run of lines within the budget is longer) but spares it tokenizing whole files."""
     from dscoder.infer.repo_context import fit_context
     lines = text.splitlines(keepends=True)
-    indent = lines[m.line - 1][:len(lines[m.line - 1]) - len(lines[m.line - 1].lstrip())]
-    prefix = clip(lines[:m.line - 1], budget * longest, keep_end=True) + indent
+    prefix = clip(lines[:m.line - 1], budget * longest, keep_end=True)    # the hole is the whole line, indent too
     suffix = "\n" + clip(lines[m.line:], budget * longest, keep_end=False)
     return {"without": fit_context([], prefix, suffix, count, budget, current=m.path),
             "with": fit_context(deps, prefix, suffix, count, budget, current=m.path)}
