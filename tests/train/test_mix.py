@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import ENV, pretrain_args, run_cli, weights
+from pretrain_runs import kill_at_step, pretrain_args, run_cli, weights
 
 from dscoder.cli import main as cli_main
 from dscoder.train.metrics import read_metrics
@@ -135,16 +131,7 @@ def test_resume_after_sigkill_with_a_mix_is_bitwise(mixed, tok_dir, corpus_dir, 
     ref_dir = mixed[0]
     out = tmp_path / "killed"
     args = mixed_args(tok_dir, corpus_dir, web_dir, out)
-    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    metrics, deadline = out / "metrics.jsonl", time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= 6 for r in read_metrics(metrics)):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_step(args, out, 6)
     r = run_cli(mixed_args(tok_dir, corpus_dir, web_dir, out, extra=["--resume"]))
     assert r.returncode == 0, r.stderr
     keys = ("step", "loss", "grad_norm", "lr", "eval_loss", "mix", "tokens")

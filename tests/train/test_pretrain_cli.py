@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import torch
-from pretrain_runs import ENV, pretrain_args, run_cli, weights
+from pretrain_runs import ENV, kill_at_step, pretrain_args, run_cli, weights
 
 from dscoder.cli import main as cli_main
 from dscoder.train.metrics import read_metrics
@@ -31,16 +29,7 @@ def test_outputs_of_a_run(straight):
 
 def test_resume_after_sigkill_is_bitwise(straight, tok_dir, corpus_dir, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics, deadline = out / "metrics.jsonl", time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= 6 for r in read_metrics(metrics)):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_step(pretrain_args(tok_dir, corpus_dir, out), out, 6)
     assert not (out / "final").exists()
     r = run_cli(pretrain_args(tok_dir, corpus_dir, out, extra=["--resume"]))
     assert r.returncode == 0, r.stderr

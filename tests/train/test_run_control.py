@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pretrain_runs import ENV, copy_run, pretrain_args, run_cli, weights
+from pretrain_runs import ENV, copy_run, pretrain_args, run_cli, start_cli, wait_for_step, weights
 
 from dscoder.cli import main as cli_main
 from dscoder.train.checkpoint import verify
@@ -25,25 +25,12 @@ def _snapshot(run: Path) -> dict[str, bytes]:
     return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
-def _start(args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dscoder.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= step for r in read_metrics(metrics)):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended (rc {proc.poll()}) or stalled before step {step}")
-
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_then_resume_is_exact(straight, tok_dir, corpus_dir, tmp_path, capsys):
     out = tmp_path / "term"
-    proc = _start(pretrain_args(tok_dir, corpus_dir, out))
-    _wait_for_step(proc, out / "metrics.jsonl", 5)
+    proc = start_cli(pretrain_args(tok_dir, corpus_dir, out), stderr=subprocess.PIPE)
+    wait_for_step(proc, out / "metrics.jsonl", 5)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)          # a second signal while it winds down is ignored
@@ -76,7 +63,7 @@ def test_sigterm_to_torchrun_checkpoints_once_for_all_ranks(tok_dir, corpus_dir,
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                             "-m", "dscoder.cli", *pretrain_args(tok_dir, corpus_dir, out, steps=200)],
                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(job, out / "metrics.jsonl", 3)
+    wait_for_step(job, out / "metrics.jsonl", 3)
     job.send_signal(signal.SIGTERM)
     err = job.communicate(timeout=120)[1]
     assert job.returncode != 0                    # torchrun reports the signal it got
@@ -141,9 +128,9 @@ def test_resume_with_every_checkpoint_damaged_exits_2_and_touches_nothing(straig
 @pytest.mark.slow
 def test_second_run_into_the_same_folder_exits_2_naming_the_holder(tok_dir, corpus_dir, tmp_path, capsys):
     out = tmp_path / "busy"
-    first = _start(pretrain_args(tok_dir, corpus_dir, out, steps=200))
+    first = start_cli(pretrain_args(tok_dir, corpus_dir, out, steps=200), stderr=subprocess.PIPE)
     try:
-        _wait_for_step(first, out / "metrics.jsonl", 1)
+        wait_for_step(first, out / "metrics.jsonl", 1)
         assert cli_main(pretrain_args(tok_dir, corpus_dir, out, steps=200, extra=["--resume"])) == 2
         err = capsys.readouterr().err
         assert f"in use by pid {first.pid}" in err and first.poll() is None, err

@@ -3,15 +3,13 @@ tiny model that learns a handful of replies (asked through `dscoder chat`)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from pretrain_runs import ENV, weights
+from pretrain_runs import ENV, kill_at_step, weights
 
 from dscoder.train.loop import IGNORE_INDEX
 from dscoder.train.metrics import read_metrics
@@ -202,16 +200,7 @@ def test_resume_after_sigkill_is_bitwise(base, data, tmp_path):
     ref = tmp_path / "straight"
     assert run_cli(sft_args(base, data, ref, *args)).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dscoder.cli", *sft_args(base, data, out, *args)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics, deadline = out / "metrics.jsonl", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= 12 for r in read_metrics(metrics)):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_step(sft_args(base, data, out, *args), out, 12)
     assert not (out / "final").exists()
     r = run_cli(sft_args(base, data, out, *args, "--resume"))
     assert r.returncode == 0, r.stderr
