@@ -1,6 +1,32 @@
 """Shared by the side-by-side benchmarks: the model-shape flags, one random v1 model with the same weights in dscoder
-and in transformers, and the bytes a batch-1 decode step reads."""
+and in transformers, the bytes a batch-1 decode step reads, and llama.cpp's model loading without extra buffer types.
+Nothing here imports torch or dscoder at module level: the llama.cpp venv imports this file too."""
 from __future__ import annotations
+
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def no_extra_buffers() -> None:
+    """Load llama.cpp models with `use_extra_bufts` off (llama.cpp's --no-repack): on CPUs with AMX (this machine's
+    Xeon), llama.cpp 0.3.36 puts Q8_0 weights in its AMX buffer type, and ggml_backend_amx_mul_mat segfaults on any
+    batch of more than one token (gdb backtrace). Without it, Q8_0 runs on ggml's AVX512-VNNI dot products; F32 is
+    unaffected. Runs in the llama.cpp venv's Python."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    C.llama_model_default_params = params
+
+
+def llama_preamble() -> str:
+    """Code that a `python -c` in the llama.cpp venv runs first: import this file and call no_extra_buffers()."""
+    return f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); from _pair import no_extra_buffers; no_extra_buffers()\n"
 
 
 def llama_pair(args):

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from _pair import add_shape_args, decode_bytes, llama_pair  # benchmarks/ is on sys.path when a script runs
+from _pair import add_shape_args, decode_bytes, llama_pair, llama_preamble  # benchmarks/ is on sys.path when a script runs
 
 EDIT_INSTRUCTION = "\n# The same module with `total` renamed to `result`:\n"
 
@@ -163,7 +163,7 @@ def main() -> None:
                 passes[name] = calls["n"] or args.new    # transformers' forwards are not hooked: one per token
         ref = outs["transformers fp32 greedy"]
         print(f"\n{pname} prompt ({len(ids)} tokens)")
-        print(f"| engine | tokens/s | CPU tokens/s | passes/token | same tokens as transformers | roofline |")
+        print("| engine | tokens/s | CPU tokens/s | passes/token | same tokens as transformers | roofline |")
         print("|---|---|---|---|---|---|")
         for name, (_, model) in rows.items():
             t, c = best[name], cpu[name]
@@ -188,16 +188,9 @@ def main() -> None:
 _LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp/bin/python").is_file() else "none"
 
 # run by the llama.cpp venv's Python: greedy decode of every prompt, first run untimed, best of the others
-_LLAMA_WORKER = r"""
+_LLAMA_WORKER = llama_preamble() + r"""
 import json, sys, time
-import llama_cpp.llama_cpp as C
 from llama_cpp import Llama
-_default = C.llama_model_default_params
-def _params():  # use_extra_bufts off: llama.cpp's AMX Q8_0 matmul segfaults on batches > 1 on this Xeon
-    p = _default()
-    p.use_extra_bufts = False
-    return p
-C.llama_model_default_params = _params
 job = json.loads(sys.argv[1])
 llm = Llama(model_path=job["gguf"], n_ctx=job["n_ctx"], n_threads=job["threads"], n_threads_batch=job["threads"],
             verbose=False)

@@ -34,20 +34,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _pair import llama_preamble  # benchmarks/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 _LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp/bin/python").is_file() else "none"
-# `python -m llama_cpp.server` with extra buffer types off (llama.cpp's --no-repack): on CPUs with AMX, 0.3.36's AMX
-# Q8_0 matmul segfaults on batches of more than one token (scripts/check_llamacpp.py)
-_LLAMA_SERVER = """
-import runpy, llama_cpp.llama_cpp as C
-_default = C.llama_model_default_params
-def _params():
-    p = _default()
-    p.use_extra_bufts = False
-    return p
-C.llama_model_default_params = _params
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
-"""
+# `python -m llama_cpp.server` with extra buffer types off (_pair.no_extra_buffers)
+_LLAMA_SERVER = llama_preamble() + 'import runpy; runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)\n'
 
 
 def parse() -> argparse.Namespace:

@@ -44,26 +44,13 @@ NEW = 32
 
 
 # --------------------------------------------------------------------------- llama.cpp side (its own venv)
-def no_extra_buffers() -> None:
-    """Load models with `use_extra_bufts` off (llama.cpp's --no-repack): on CPUs with AMX (this machine's Xeon),
-    llama.cpp 0.3.36 puts Q8_0 weights in its AMX buffer type, and ggml_backend_amx_mul_mat segfaults on any batch
-    of more than one token (gdb backtrace). Without it, Q8_0 runs on ggml's AVX512-VNNI dot products; F32 is
-    unaffected."""
-    import llama_cpp.llama_cpp as C
-
-    default = C.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-    C.llama_model_default_params = params
-
-
 def worker(job_file: str) -> None:
     import numpy as np
     import llama_cpp.llama_cpp as C
     from llama_cpp import Llama
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _pair import no_extra_buffers
 
     no_extra_buffers()
     job = json.loads(Path(job_file).read_text())
