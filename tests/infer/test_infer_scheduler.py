@@ -3,6 +3,7 @@ join and leave mid-run, the cache is compacted, cancelled and timed-out requests
 bounded, and sampling with a seed is reproducible."""
 import queue
 import random
+import threading
 import time
 
 import pytest
@@ -147,15 +148,26 @@ def test_cancel_timeout_queue_bound_and_bad_requests(engine):
     sched = Scheduler(engine, max_batch=1, max_queue=1).start()
     try:
         c = Collector()
-        long = sched.submit(c.job([1, 2, 3], Params(MAX_LEN - 3), key="long"))
-        time.sleep(0.05)
+        running, resume = threading.Event(), threading.Event()
+
+        def held(e):                                    # the scheduler thread stops at long's first event until
+            c.q.put(("long", e))                        # the test has queued, overflowed and cancelled
+            running.set()
+            resume.wait(30)
+        long = sched.submit(Job([1, 2, 3], Params(MAX_LEN - 3), emit=held))
+        assert running.wait(30)
         waiting = sched.submit(c.job([4, 5], Params(5), key="waiting"))
         with pytest.raises(QueueFull):
             sched.submit(c.job([6], Params(5)))
         long.cancel()                                   # its row is freed; the waiting one runs
+        resume.set()
         out = c.wait(1)
         assert "long" not in out and out["waiting"][0].output.tokens == engine.generate([[4, 5]], 5)[0].tokens
-        timed = sched.submit(c.job([1, 2], Params(MAX_LEN - 2, timeout=0.03), key="t"))
+
+        def slow(e):                                    # 10 ms per event: the full length would take 0.6 s
+            c.q.put(("t", e))
+            time.sleep(0.01)
+        timed = sched.submit(Job([1, 2], Params(MAX_LEN - 2, timeout=0.03), emit=slow))
         fin = c.wait(1)["t"][0]
         assert fin.output.finish_reason == "length" and len(fin.output.tokens) < MAX_LEN - 2
         assert timed.first_token_at is not None
