@@ -46,7 +46,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .loop import GracefulStop, TrainState, set_rng_state
 from .metrics import MetricsLog, Progress, read_metrics, save_figure
-from .pretrain import _gathered_model, _plan_start, _RunFolder, _save_checkpoint, _seed_all, _stopped
+from .pretrain import RunFolder, gathered_model, plan_start, save_run_checkpoint, seed_all, stopped_status
 from .rewards import task_at, task_prompts
 
 PROG = "dscoder grpo"
@@ -582,8 +582,8 @@ Toy run that learns on CPU in minutes (a random tiny model; see scripts/grpo_toy
     prompt_ids, kinds = task_prompts(tasks, tokenizer, cfg.max_position_embeddings, args.max_new_tokens)
     run_args = _run_args(args, digest)
     with parallel.training_process(None, device.type) as dist:
-        with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
-            start = folder.decide(lambda: _plan_start(args, cfg, folder.path, run_args, _RESUME_FIXED, PROG))
+        with GracefulStop(dist) as stop, RunFolder(Path(args.out), dist) as folder:
+            start = folder.decide(lambda: plan_start(args, cfg, folder.path, run_args, _RESUME_FIXED, PROG))
             if start.done:
                 return 0
             return _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, start.resume_from, stop)
@@ -595,7 +595,7 @@ def _setup(args, cfg, dist, saved: dict | None, resume_from: Path | None):
     from ..models.hf import load_model
     from .optim import build_optimizer
 
-    _seed_all(args.seed)
+    seed_all(args.seed)
     model = load_model(str(resume_from or args.model), device=dist.device)
     ref = None
     if args.beta > 0:
@@ -625,7 +625,7 @@ def _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, resum
     progress = Progress(args.steps, state.step, every=1) if main_rank else None
 
     def save(st: TrainState) -> None:
-        _save_checkpoint(out, ck_dir, st, model, optimizer, run, tokenizer, cfg, run_args, dist, args.keep_last)
+        save_run_checkpoint(out, ck_dir, st, model, optimizer, run, tokenizer, cfg, run_args, dist, args.keep_last)
 
     saved_step = state.step
     try:
@@ -654,8 +654,8 @@ def _train(args, cfg, run_args, tasks, prompt_ids, kinds, tokenizer, dist, resum
     if main_rank:                  # the curve is drawn once, when the run ends or stops (metrics.jsonl is live)
         plot_reward(out / "metrics.jsonl", out / "reward.png")
     if state.step < args.steps:
-        return _stopped(stop.received, state.step, args.steps, ck_dir, dist, PROG)
-    final = _gathered_model(model, cfg, dist)
+        return stopped_status(stop.received, state.step, args.steps, ck_dir, dist, PROG)
+    final = gathered_model(model, cfg, dist)
     if main_rank:
         ckpt.save_hf_folder(out / "final", final, tokenizer, meta={"step": state.step})
         rows = read_metrics(out / "metrics.jsonl")

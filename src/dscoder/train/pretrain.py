@@ -4,8 +4,8 @@ Wires the pieces: tokenizer -> model config (preset or --init-from, vocab/bos/eo
 for long-context extension, v1 §3.6) -> `packing.PackedStream` (FIM at the document level, §3.1.2; several named
 corpora interleaved by weight through `packing.MixedStream`, Coder-V2 §2) -> `loop.run`
 (AdamW + 3-stage or cosine LR, §3.4) -> `checkpoint` (atomic, verifiable, exact resume) and OUT/final/.
-Order of work: every input is checked; rank 0 creates and locks OUT (`_RunFolder`) and decides where the run
-starts (`_plan_start`: fresh, resume, nothing to do, or a refusal that touches nothing); then the model is built,
+Order of work: every input is checked; rank 0 creates and locks OUT (`RunFolder`) and decides where the run
+starts (`plan_start`: fresh, resume, nothing to do, or a refusal that touches nothing); then the model is built,
 wrapped (`parallel.parallelize`) and trained under `loop.GracefulStop` (SIGTERM -> checkpoint, exit 143).
 Usage is in `main`'s docstring (= `dscoder pretrain --help`).
 """
@@ -147,11 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_LOOP_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}    # --dtype -> the loop's autocast setting
+LOOP_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}    # --dtype -> the loop's autocast setting
 
 
 def _validate(args) -> None:
-    if args.dtype not in ("auto", *_LOOP_DTYPES):
+    if args.dtype not in ("auto", *LOOP_DTYPES):
         raise UserError(f"--dtype {args.dtype}: pretraining runs in float32 or with bfloat16 autocast")
     if args.batch_size % args.grad_accum:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by --grad-accum {args.grad_accum}")
@@ -285,7 +285,7 @@ def _setup_model(args, cfg, dist, resume_from: Path | None):
     return model.to(dist.device)
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed if seed < 2**32 else [seed & 0xFFFFFFFF, seed >> 32])   # numpy takes 32-bit words
     torch.manual_seed(seed)
@@ -353,21 +353,21 @@ held out for the eval loss. --batch-size is the global batch in sequences per op
         if micro_rows % dist.world:
             raise UserError(f"--batch-size / --grad-accum = {micro_rows} rows per micro-batch is not divisible by "
                             f"{dist.world} processes")
-        with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
-            start = folder.decide(lambda: _plan_start(args, cfg, folder.path))
+        with GracefulStop(dist) as stop, RunFolder(Path(args.out), dist) as folder:
+            start = folder.decide(lambda: plan_start(args, cfg, folder.path))
             if start.done:
                 return 0
             return _train(args, cfg, tokenizer, dist, start.resume_from, stop)
 
 
-class _RunFolder:
+class RunFolder:
     """OUT, taken by rank 0 after every input has been checked: created, locked (`durable.lock_run_folder`) and,
     when this process created it and an error leaves it empty, removed again on the way out."""
 
     def __init__(self, path: Path, dist: parallel.Dist):
         self.path, self.dist, self.lock, self.created = path, dist, None, False
 
-    def __enter__(self) -> "_RunFolder":
+    def __enter__(self) -> "RunFolder":
         error = None
         if self.dist.is_main:
             self.created = not self.path.exists()
@@ -410,7 +410,7 @@ class _Start:
     done: bool = False                       # OUT/final already holds --steps: nothing to do
 
 
-def _plan_start(args, cfg, out: Path, run_args: dict | None = None, fixed: tuple[str, ...] = _RESUME_FIXED,
+def plan_start(args, cfg, out: Path, run_args: dict | None = None, fixed: tuple[str, ...] = _RESUME_FIXED,
                 prog: str = "dscoder pretrain") -> _Start:
     """Where the run starts, read from OUT (rank 0, under the lock). Refusals are UserErrors and touch nothing.
     Also `dscoder sft`'s, with its own `run_args` (default: pretraining's) and settings a resume must keep."""
@@ -460,7 +460,7 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     ck_dir = out / "checkpoints"
     run_args = _run_args(args)
     saved = ckpt.load_train_state(resume_from) if resume_from else None
-    _seed_all(args.seed)
+    seed_all(args.seed)
     model = _setup_model(args, cfg, dist, resume_from)
     model = parallel.parallelize(model, dist, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing)
     optimizer = build_optimizer(model, args.lr)
@@ -479,15 +479,15 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     loop_cfg = LoopConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                           warmup=warmup, schedule=args.schedule, grad_accum=args.grad_accum,
                           save_every=args.save_every, eval_every=args.eval_every,
-                          dtype=_LOOP_DTYPES.get(args.dtype) or ("bf16" if dist.device.type == "cuda" else "fp32"))
+                          dtype=LOOP_DTYPES.get(args.dtype) or ("bf16" if dist.device.type == "cuda" else "fp32"))
 
     def save(st: TrainState) -> None:
-        _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last)
+        save_run_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last)
 
     state = run(model, optimizer, stream, loop_cfg, dist, state, out, save, evals, stop=stop)
     if state.step < args.steps:
-        return _stopped(stop.received, state.step, args.steps, ck_dir, dist)
-    final_model = _gathered_model(model, cfg, dist)
+        return stopped_status(stop.received, state.step, args.steps, ck_dir, dist)
+    final_model = gathered_model(model, cfg, dist)
     if dist.is_main:
         ckpt.save_hf_folder(out / "final", final_model, tokenizer, meta={"step": state.step})
         _write_summary(out, state, stream)
@@ -497,7 +497,7 @@ def _train(args, cfg, tokenizer, dist, resume_from: Path | None, stop: GracefulS
     return 0
 
 
-def _stopped(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist,
+def stopped_status(signal_name: str | None, step: int, steps: int, ck_dir: Path, dist,
              prog: str = "dscoder pretrain") -> int:
     """The message and exit status (143 = 128 + SIGTERM: not finished) of a run stopped by a signal."""
     if dist.is_main:
@@ -528,7 +528,7 @@ def _write_summary(out: Path, state, stream: PackedStream | MixedStream) -> None
     os.replace(tmp, out / "summary.json")
 
 
-def _gathered_model(model, cfg, dist):
+def gathered_model(model, cfg, dist):
     """The plain model to write on rank 0 (under FSDP, a CPU copy built from the all-gathered state)."""
     if not dist.fsdp:
         return parallel.unwrap(model)
@@ -542,12 +542,12 @@ def _gathered_model(model, cfg, dist):
     return plain
 
 
-def _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last,
+def save_run_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, keep_last,
                      export: Callable | None = None):
     """`export(plain) -> (model to write, extra train_state entries)`: how a wrapped model (LoRA) is written."""
     # every rank's RNG: identical today (nothing draws per rank), cheap insurance for dropout-like features
     rngs = parallel.all_gather_objects(rng_state(), dist)
-    plain = _gathered_model(model, cfg, dist)
+    plain = gathered_model(model, cfg, dist)
     opt_state = parallel.full_optimizer_state(model, optimizer, dist)
     if dist.is_main:
         plain, extra = export(plain) if export is not None else (plain, {})

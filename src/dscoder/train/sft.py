@@ -41,7 +41,7 @@ from . import checkpoint as ckpt
 from . import parallel
 from .loop import IGNORE_INDEX, Batch, GracefulStop, LoopConfig, TrainState, run, set_rng_state
 from .optim import build_optimizer
-from .pretrain import _LOOP_DTYPES, _gathered_model, _plan_start, _RunFolder, _save_checkpoint, _seed_all, _stopped
+from .pretrain import LOOP_DTYPES, RunFolder, gathered_model, plan_start, save_run_checkpoint, seed_all, stopped_status
 
 PROG = "dscoder sft"
 TEMPLATES = ("v1", "v2", "v1-finetune-script")
@@ -285,7 +285,7 @@ def _validate(args) -> None:
         raise UserError(f"--lora-rank must be >= 1, got {args.lora_rank} (leave it out for full fine-tuning)")
     if args.lora_rank is None and args.lora_alpha is not None:
         raise UserError("--lora-alpha needs --lora-rank")
-    if args.dtype not in ("auto", *_LOOP_DTYPES):
+    if args.dtype not in ("auto", *LOOP_DTYPES):
         raise UserError(f"--dtype {args.dtype}: fine-tuning runs in float32 or with bfloat16 autocast")
     if not (Path(args.model) / "config.json").is_file():
         raise UserError(f"--model {args.model}: not an HF checkpoint folder (no config.json)")
@@ -360,8 +360,8 @@ SIGTERM: checkpoint, exit 143 (continue with --resume)."""
             args.steps = max(1, math.ceil((args.epochs or 3.0) * len(stream.epoch_rows(0)) / args.batch_size))
         from ..models.config import config_from_hf
         cfg = config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
-        with GracefulStop(dist) as stop, _RunFolder(Path(args.out), dist) as folder:
-            start = folder.decide(lambda: _plan_start(args, cfg, folder.path, _run_args(args), _RESUME_FIXED, PROG))
+        with GracefulStop(dist) as stop, RunFolder(Path(args.out), dist) as folder:
+            start = folder.decide(lambda: plan_start(args, cfg, folder.path, _run_args(args), _RESUME_FIXED, PROG))
             if start.done:
                 return 0
             return _train(args, cfg, tokenizer, stream, stats, dist, start.resume_from, stop)
@@ -393,7 +393,7 @@ def _train(args, cfg, tokenizer, stream: SFTStream, stats, dist, resume_from: Pa
     ck_dir = out / "checkpoints"
     saved = ckpt.load_train_state(resume_from) if resume_from else None
     args.resume_from = resume_from
-    _seed_all(args.seed)
+    seed_all(args.seed)
     model = parallel.parallelize(_setup_model(args, dist, saved), dist)
     optimizer = build_optimizer(model, args.lr)
     state = TrainState()
@@ -405,19 +405,19 @@ def _train(args, cfg, tokenizer, stream: SFTStream, stats, dist, resume_from: Pa
     warmup = args.warmup if args.warmup is not None else min(10, max(1, args.steps // 10))
     loop_cfg = LoopConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                           warmup=warmup, schedule="cosine", min_ratio=0.0, save_every=args.save_every or args.steps,
-                          log_every=1, dtype=_LOOP_DTYPES.get(args.dtype) or
+                          log_every=1, dtype=LOOP_DTYPES.get(args.dtype) or
                           ("bf16" if dist.device.type == "cuda" else "fp32"))
     run_args = _run_args(args)
     export = _lora_export if args.lora_rank else None
 
     def save(st: TrainState) -> None:
-        _save_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last,
+        save_run_checkpoint(out, ck_dir, st, model, optimizer, stream, tokenizer, cfg, run_args, dist, args.keep_last,
                          export)
 
     state = run(model, optimizer, stream, loop_cfg, dist, state, out, save, stop=stop)
     if state.step < args.steps:
-        return _stopped(stop.received, state.step, args.steps, ck_dir, dist, PROG)
-    plain = _gathered_model(model, cfg, dist)
+        return stopped_status(stop.received, state.step, args.steps, ck_dir, dist, PROG)
+    plain = gathered_model(model, cfg, dist)
     if dist.is_main:
         if args.lora_rank:
             save_adapter(out / "adapter", plain, args.model)
