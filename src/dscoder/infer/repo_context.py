@@ -7,9 +7,19 @@ repository (transitively), Algorithm 1 orders them, each is written as `# {path}
 under its own path comment, split at the cursor into the FIM prefix and suffix (PSM, v1 paper §3.1).
 
 `fit_context` is the one budget rule, used here, by `dscoder serve` (/infill's input_extra, /v1/completions'
-extra_files) and by `dscoder complete`: over the token budget, the farthest dependency is dropped first (then the
-earliest of equally far ones), then the prefix is trimmed from the top and the suffix from the bottom, whole lines
-first.
+extra_files) and by `dscoder complete`. Over the token budget, the farthest dependencies give way first, then the
+prefix is trimmed from the top and the suffix from the bottom, whole lines first; but the current file's window at
+the cursor is first guaranteed a share of the budget (`local_share`, half by default), so that the dependencies are
+not all dropped to keep lines of the current file far from the cursor. Dependencies fill the rest in three passes,
+each farthest first (among equally far ones, first those whose definitions the current file uses farthest from the
+cursor or not at all, then the earliest): a Python dependency is cut to its outline (function bodies replaced by
+`...`, docstrings removed; signatures, class headers and other statements kept), then to its definitions of names
+the current file uses, then dependencies are dropped. Hierarchical Context Pruning (Zhang et al. 2024, arXiv
+2406.18294) found that keeping dependency files in topological order matters, that the first level of dependencies
+matters most, and that pruning function implementations in them barely costs accuracy; RepoCoder (Zhang et al.
+2023, arXiv 2303.12570) and CrossCodeEval (Ding et al. 2023, arXiv 2310.11248) likewise build the prompt from the
+cursor's own window and cross-file context, each under a token budget of its own. The cursor window then takes
+whatever the dependencies left.
 
 Run it:
     dscoder complete --repo . --file src/app.py --line 42 --col 9 --model ckpt
@@ -17,8 +27,10 @@ Run it:
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -62,19 +74,107 @@ def _trim(text: str, count: Count, room: int, keep_end: bool) -> str:
     return "".join(lines[len(lines) - lo:] if keep_end else lines[:lo])
 
 
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")      # the line breaks `ast` counts, and only those
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _pieces(text: str) -> list[tuple[frozenset[str], str]] | None:
+    """The top-level statements of a Python file in outline form, each with the names it defines (functions,
+    classes, assignment targets; none for imports and compound statements): function bodies become `...`,
+    docstrings are removed, everything else stays as written. None when `text` does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    lines = _LINES.findall(text)
+
+    def docstring(node: ast.stmt) -> bool:
+        return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value,
+                                                                                                   str)
+
+    def short(node: ast.stmt) -> list[str]:
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+        inner = getattr(node, "body", None)
+        if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and inner[0].lineno > node.lineno):                # a one-line def or class stays as it is
+            return lines[start:node.end_lineno]
+        out = lines[start:inner[0].lineno - 1]                      # decorators and signature
+        body = [x for n in inner if not docstring(n) for x in short(n)] if isinstance(node, ast.ClassDef) else []
+        return out + (body or [" " * inner[0].col_offset + "...\n"])
+
+    def names(node: ast.stmt) -> frozenset[str]:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return frozenset([node.name])
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        return frozenset(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return [(names(n), "".join(x if x.endswith(("\n", "\r")) else x + "\n" for x in short(n)))
+            for n in tree.body if not docstring(n)]
+
+
+def outline(text: str, used: set[str] | None = None) -> str | None:
+    """A Python file with every function body replaced by `...` and docstrings removed (signatures, decorators,
+    class headers and other statements kept as written); with `used`, only its top-level definitions of those
+    names. None when `text` does not parse as Python or nothing would be removed."""
+    return _join(_pieces(text), text, used)
+
+
+def _join(pieces: list[tuple[frozenset[str], str]] | None, text: str, used: set[str] | None) -> str | None:
+    if pieces is None:
+        return None
+    short = "".join(t for names, t in pieces if used is None or names & used)
+    return short if len(short) < len(text) else None
+
+
+def _nearness(prefix: str, suffix: str) -> dict[str, int]:
+    """Each identifier of the current file -> its distance in characters from the cursor at its nearest use."""
+    near: dict[str, int] = {}
+    for m in _NAME.finditer(prefix):
+        near[m.group()] = len(prefix) - m.end()                     # later in the prefix is nearer
+    for m in _NAME.finditer(suffix):
+        near[m.group()] = min(near.get(m.group(), m.start()), m.start())
+    return near
+
+
 def fit_context(files: list[ContextFile], prefix: str, suffix: str, count: Count, budget: int,
-                current: str | None = None) -> tuple[str, str]:
+                current: str | None = None, *, local_share: float = 0.5, prune: bool = True) -> tuple[str, str]:
     """(FIM prefix, suffix) within `budget` tokens: `files` (in prompt order) as path-comment blocks, then the
-    current file's path comment (when `current` names it) and `prefix`; `suffix` after the hole."""
+    current file's path comment (when `current` names it) and `prefix`; `suffix` after the hole.
+
+    The rule: the cursor window keeps min(its size, `local_share` of the budget). Over what is left, dependencies
+    give way farthest first -- among equally far ones, first those whose definitions the current file uses
+    farthest from the cursor or not at all, then the earliest: with `prune`, each is first cut to its outline
+    (`outline`), then, in a second pass, to its definitions of names the current file uses; then they are
+    dropped. The cursor window takes the rest, trimming the prefix from the top and the suffix from the bottom,
+    whole lines first. `local_share=1, prune=False` drops every dependency before the current file loses a line."""
+    if not 0.0 <= local_share <= 1.0:
+        raise ValueError(f"local_share must be within 0 ... 1, not {local_share}")
     head = f"# {current}\n" if current else ""
-    sizes = [count(block(f)) for f in files]
-    own = count(head + prefix) + count(suffix) + FIM_OVERHEAD
-    keep = list(range(len(files)))
-    by_far = sorted(keep, key=lambda i: (-files[i].distance, i))       # farthest first, then earliest
-    while keep and own + sum(sizes[i] for i in keep) > budget:
-        keep.remove(by_far.pop(0))
-    context = "".join(block(files[i]) for i in keep)
-    room = budget - FIM_OVERHEAD - count(context) - count(head)
+    room = budget - FIM_OVERHEAD - count(head)
+    reserve = max(0, min(count(prefix) + count(suffix), int(room * local_share)))
+    blocks = [block(f) for f in files]
+    sizes = [count(b) for b in blocks]
+    keep = [True] * len(files)
+    over = lambda: sum(s for s, k in zip(sizes, keep) if k) > room - reserve     # noqa: E731
+    near = _nearness(prefix, suffix) if over() else {}
+    pieces = [_pieces(f.text) if prune and near else None for f in files]
+    defined = [frozenset().union(*(n for n, _ in p)) if p else frozenset() for p in pieces]
+    nearest = [min((near[n] for n in d if n in near), default=len(prefix) + len(suffix)) for d in defined]
+    by_far = sorted(range(len(files)), key=lambda i: (-files[i].distance, -nearest[i], i))
+    for used in (None, set(near)) if prune and near else ():
+        for i in by_far:
+            if not over():
+                break
+            short = _join(pieces[i], files[i].text, used)
+            if short is not None and count(b := block(ContextFile(files[i].path, short))) < sizes[i]:
+                blocks[i], sizes[i] = b, count(b)
+                keep[i] = bool(short)
+    for i in by_far:
+        if not over():
+            break
+        keep[i] = False
+    context = "".join(b for b, k in zip(blocks, keep) if k)
+    room -= count(context)
     if count(prefix) + count(suffix) > room:
         suffix = _trim(suffix, count, max(room // 4, room - count(prefix)), keep_end=False)
         prefix = _trim(prefix, count, room - count(suffix), keep_end=True)
