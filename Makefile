@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt src/dscoder/models/_int8mm.c
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	-@bash scripts/install_system_deps.sh
@@ -28,4 +28,4 @@ bench: setup
 	for b in benchmarks/bench_*.py; do $(VPY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info src/dscoder/models/_int8mm*.so
