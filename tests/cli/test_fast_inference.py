@@ -63,6 +63,30 @@ def test_eval_int8_on_a_checkpoint_with_room_for_humaneval(cli_env, tmp_path):
     assert (tmp_path / "o" / "summary.json").is_file()
 
 
+@pytest.mark.parametrize("dtype, code", [("bfloat16", 2), ("float32", 0)])
+def test_int8_layer_without_a_path_is_one_error_line(cli_env, tmp_path, dtype, code):
+    """in_features 100 (not a multiple of 16): torch's int8 kernel, which a bf16 model's layers use, has no path
+    for it, so `--dtype bfloat16 --quantize int8` is one error line; in fp32 dscoder's own kernel takes it."""
+    import torch
+
+    from dscoder.models.hf import build_model, save_pretrained
+    from dscoder.models.presets import get_preset
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cli_env.tok, ckpt)
+    torch.manual_seed(0)
+    save_pretrained(build_model(get_preset("tiny", vocab_size=320, hidden_size=32, intermediate_size=100,
+                                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)), ckpt)
+    r = run_cli(["generate", "--model", str(ckpt), "--max-new-tokens", "3", "--quantize", "int8", "--dtype", dtype,
+                 "--device", "cpu", "def f("], tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == code, err
+    if code:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("dscoder generate: error: no int8 path for 1 layer(s): model.layers.0.mlp.down_proj "
+                              "(in_features 100)")
+
+
 def test_export_gguf_writes_a_readable_file(cli_env, tmp_path):
     import gguf
 
