@@ -148,3 +148,21 @@ def test_refused_pickle_weights_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.stdout == "" and r.stderr == f"error: {msg}\n"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+def test_loading_skips_weight_init_and_leaves_nn_init_as_it_was(tmp_path, preset):
+    """The model is built on the meta device with torch.nn.init switched off (the checkpoint overwrites every
+    weight; `normal_` on meta would import torch._dynamo, ~0.7 CPU-s per process), then nn.init is restored."""
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset))
+    save_pretrained(model, tmp_path / "m")
+    code = ("import sys, torch; from dscoder.models.hf import load_model; m = load_model(sys.argv[1]); "
+            "import torch.nn.init as I; t = I.normal_(torch.zeros(4096)); "
+            "print('torch._dynamo' in sys.modules, float(t.std()) > 0.5)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
+    loaded = load_model(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

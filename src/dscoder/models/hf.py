@@ -27,6 +27,7 @@ import importlib
 import json
 import os
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,25 @@ def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], where: str) -> 
         raise UserError(f"weights in {where} do not match config.json: " + "; ".join(parts))
 
 
+_INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def _no_init():
+    """torch.nn.init's functions do nothing inside (as transformers' `no_init_weights` does): a model built on the
+    meta device is overwritten by its checkpoint, and `normal_` on a meta tensor imports torch._dynamo, about 0.7
+    CPU-s in every process that loads a model."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None,
                quantize: str | None = None) -> nn.Module:
     """The model of an HF folder, on `device` in `dtype`, in eval mode. `quantize="int8"` stores every Linear
@@ -259,7 +279,7 @@ def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None,
     if tied and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied checkpoints store the matrix once
     # Build without allocating or initialising weights (the checkpoint overwrites them), then adopt its tensors.
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = cls(config)
     _check_keys(sd, set(model.state_dict()), str(path))
     sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
