@@ -9,7 +9,7 @@ import torch
 
 from dscoder.errors import UserError
 from dscoder.infer.engine import Engine
-from dscoder.infer.speculative import NgramDrafter, accept_greedy
+from dscoder.infer.speculative import NgramDrafter, accept_greedy, next_draft_length
 from dscoder.models.hf import build_model
 from dscoder.models.presets import get_preset
 from dscoder.models.quant import quantize_int8
@@ -71,13 +71,27 @@ def test_ngram_drafter_prefers_the_longest_most_recent_match():
     assert NgramDrafter([4, 5, 6]).draft(4) == []   # no earlier occurrence; the suffix never matches itself
     assert NgramDrafter([7, 1, 2, 7]).draft(3) == []                    # one-token matches do not draft ...
     assert NgramDrafter([7, 1, 2, 7], min_ngram=1).draft(3) == [1, 2, 7]  # ... unless asked
-    assert NgramDrafter([4, 4, 4], min_ngram=1).draft(4) == [4]         # a draft may run up to the newest token
+    assert NgramDrafter([4, 4, 4], min_ngram=1).draft(4) == [4, 4, 4, 4]  # a match next to the newest token ...
+    assert NgramDrafter([5, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]      # ... repeats its period
+    assert NgramDrafter([3, 1, 2, 3, 1, 2]).draft(7) == [3, 1, 2, 3, 1, 2, 3]
 
 
 def test_accept_greedy_keeps_the_draft_up_to_the_first_mismatch():
     assert accept_greedy([5, 6, 7, 8], [5, 6, 7]) == [5, 6, 7, 8]    # all accepted + the bonus token
     assert accept_greedy([5, 9, 7, 8], [5, 6, 7]) == [5, 9]          # the argmax replaces the first miss
     assert accept_greedy([4], []) == [4]
+
+
+def test_draft_length_doubles_on_full_acceptance_and_falls_to_what_was_accepted():
+    assert next_draft_length(4, 4, 4, 16) == 8          # all kept: double ...
+    assert next_draft_length(8, 8, 8, 16) == 16
+    assert next_draft_length(16, 16, 16, 16) == 16      # ... up to the cap
+    assert next_draft_length(16, 16, 0, 16) == 1        # first token wrong: one token next time
+    assert next_draft_length(16, 16, 3, 16) == 7        # 2a + 1
+    assert next_draft_length(4, 4, 3, 16) == 3          # at least one below what it was
+    assert next_draft_length(1, 1, 0, 16) == 1
+    assert next_draft_length(6, 0, 0, 16) == 6          # no draft: unchanged
+    assert next_draft_length(8, 3, 3, 16) == 16         # a short draft (the run's end) fully kept still grows
 
 
 def test_bad_options():
