@@ -13,28 +13,43 @@ model (greedy, stopping at the newline), within the same token budget:
   without context  `# {path}` and the file above the line as the FIM prefix, the file below it as the suffix;
   with context     the same, after the file's in-repo dependencies (the import parser, Algorithm 1 order, each
                    under its path comment), fitted to the budget by `infer.repo_context.fit_context`, the one
-                   builder behind `dscoder complete`, /infill and /v1/completions' extra_files.
-Exact match: the generated line equals the masked one, surrounding whitespace stripped. Also printed: how often the
-file defining the masked line's symbol made it into the prompt.
+                   builder behind `dscoder complete`, /infill and /v1/completions' extra_files (the cursor window
+                   keeps half the budget; the dependencies fill the rest, farthest first outlined, then cut to the
+                   definitions the file uses, then dropped).
+Measures (CrossCodeEval, Ding et al. 2023, arXiv 2310.11248, reports code EM/ES and identifier EM/F1):
+  EM     the generated line equals the masked one, surrounding whitespace stripped;
+  ES     edit similarity of the two stripped lines, difflib's ratio (2 * matched characters / both lengths);
+  ID-EM  the identifiers (Python NAME tokens that are not keywords) of both lines are the same, in order;
+  ID-F1  F1 of the two lines' identifier multisets.
+Each is printed without and with context and as the ratio with / without, per repository and overall; so is how
+often the file defining the masked line's symbol reached the prompt (`# {path}` present), how often the symbol's own
+definition line did (`def NAME`, `class NAME` or `NAME =` at the start of a line, whole or in an outline), and, for
+comparison, how often the defining file reached the prompt under the former rule (every dependency dropped before
+the current file loses a line: `fit_context(..., local_share=1, prune=False)`; not generated).
 
     .venv/bin/python benchmarks/bench_repo_completion.py                    # runs/demo/final (make demo)
     .venv/bin/python benchmarks/bench_repo_completion.py --model DIR --repos PATH [PATH ...] --context 2048
 
 --context (prompt and new tokens together) defaults to 512 and 2048 tokens: the demo pretrains at --seq-len 512, so
-its model never saw a later position; but fit_context drops every dependency before it trims the current file, so a
-dependency reaches the prompt only when it fits beside the whole current file.
+its model never saw a later position.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import functools
+import io
+import keyword
 import random
+import re
 import shutil
 import sys
 import sysconfig
 import tempfile
 import time
+import tokenize
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +124,7 @@ class Masked:
     line: int             # 1-based
     target: str           # the line's text, stripped (compared with the stripped middle)
     homes: list[str]      # the other files that define the symbols it uses
+    symbols: list[str]    # those symbols, as the defining files name them
 
 
 def masked_lines(records, repo: str, rng: random.Random, per_repo: int, per_file: int) -> list[Masked]:
@@ -125,12 +141,14 @@ def masked_lines(records, repo: str, rng: random.Random, per_repo: int, per_file
     picked: list[Masked] = []
     for path, (text, tree) in sorted(trees.items()):
         foreign: dict[str, list[str]] = {}       # local name -> the other files defining it
+        original: dict[str, str] = {}            # local name -> the name it has in those files
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in roots):
                 for a in node.names:
                     homes = sorted(p for p, names in defined.items() if p != path and a.name in names)
                     if homes and a.name != "*" and (a.asname or a.name) not in defined[path]:
                         foreign[a.asname or a.name] = homes
+                        original[a.asname or a.name] = a.name
         lines = text.splitlines()
         here = {}
         for node in ast.walk(tree):
@@ -141,7 +159,8 @@ def masked_lines(records, repo: str, rng: random.Random, per_repo: int, per_file
             if (used and line.isascii() and line[node.col_offset:node.end_col_offset] == line.strip()
                     and len(line.strip()) >= 6):
                 here[node.lineno] = Masked(repo, path, node.lineno, line.strip(),
-                                           sorted({h for u in used for h in foreign[u]}))
+                                           sorted({h for u in used for h in foreign[u]}),
+                                           sorted({original[u] for u in used}))
         picked += rng.sample(sorted(here.values(), key=lambda m: m.line), min(per_file, len(here)))
     return sorted(rng.sample(picked, min(per_repo, len(picked))), key=lambda m: (m.path, m.line))
 
@@ -158,7 +177,8 @@ def clip(lines: list[str], chars: int, keep_end: bool) -> str:
 
 
 def prompts(m: Masked, text: str, deps, count, budget: int, longest: int) -> dict[str, tuple[str, str]]:
-    """(FIM prefix, suffix) without and with repository context, both within `budget` tokens. The file is first
+    """(FIM prefix, suffix) without and with repository context, both within `budget` tokens, and ("former") with
+    context under the rule that drops every dependency before the current file loses a line. The file is first
     clipped to budget * `longest` (the longest token's length) characters either side of the line, which changes
     nothing fit_context keeps (no run of lines within the budget is longer) but spares it tokenizing whole files."""
     from dscoder.infer.repo_context import fit_context
@@ -166,7 +186,9 @@ def prompts(m: Masked, text: str, deps, count, budget: int, longest: int) -> dic
     prefix = clip(lines[:m.line - 1], budget * longest, keep_end=True)    # the hole is the whole line, indent too
     suffix = "\n" + clip(lines[m.line:], budget * longest, keep_end=False)
     return {"without": fit_context([], prefix, suffix, count, budget, current=m.path),
-            "with": fit_context(deps, prefix, suffix, count, budget, current=m.path)}
+            "with": fit_context(deps, prefix, suffix, count, budget, current=m.path),
+            "former": fit_context(deps, prefix, suffix, count, budget, current=m.path, local_share=1.0,
+                                  prune=False)}
 
 
 def generate(engine, tok, pairs: list[tuple[str, str]], args) -> list[str]:
@@ -182,36 +204,82 @@ def generate(engine, tok, pairs: list[tuple[str, str]], args) -> list[str]:
     return [done[p] for p in pairs]
 
 
+def identifiers(line: str) -> list[str]:
+    """The Python NAME tokens of `line` that are not keywords, in order (up to a token error, as in a cut line)."""
+    out = []
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(line).readline):
+            if t.type == tokenize.NAME and not keyword.iskeyword(t.string):
+                out.append(t.string)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return out
+
+
+def scores(got: str, want: str) -> dict[str, float]:
+    """EM, ES, ID-EM and ID-F1 of one generated line against the masked one (module docstring)."""
+    got, want = got.strip(), want.strip()
+    a, b = identifiers(got), identifiers(want)
+    common = sum((Counter(a) & Counter(b)).values())
+    f1 = 2 * common / (len(a) + len(b)) if a or b else 1.0
+    return {"EM": float(got == want), "ES": difflib.SequenceMatcher(None, got, want, autojunk=False).ratio(),
+            "ID-EM": float(a == b), "ID-F1": f1}
+
+
+def context_part(m: Masked, prompt: str) -> str:
+    """The repository context of a FIM prefix: what precedes the current file's path comment."""
+    return prompt[:max(0, prompt.rfind(f"# {m.path}\n"))]
+
+
+def defines(m: Masked, context: str) -> bool:
+    """Whether a line of `context` defines one of the symbols the masked line uses."""
+    names = "|".join(map(re.escape, m.symbols))
+    return re.search(rf"^[ \t]*(?:(?:async[ \t]+)?def|class)[ \t]+(?:{names})\b|^(?:{names})[ \t]*[:=]", context,
+                     re.M) is not None
+
+
 def report(rows: list[tuple[Masked, dict]], got: dict[str, list[str]], context: int, budget: int) -> None:
     n = len(rows)
-    hit = {mode: [g.strip() == m.target for (m, _), g in zip(rows, got[mode])] for mode in got}
-    home = [any(f"# {h}\n" in p["with"][0] for h in m.homes) for m, p in rows]
-    dep = [p["with"] != p["without"] for _, p in rows]
-    rate = lambda v, idx: sum(v[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
+    sc = {mode: [scores(g, m.target) for (m, _), g in zip(rows, got[mode])] for mode in got}
+    home = {mode: [any(f"# {h}\n" in context_part(m, p[mode][0]) for h in m.homes) for m, p in rows]
+            for mode in ("without", "with", "former")}
+    define = [defines(m, context_part(m, p["with"][0])) for m, p in rows]
+    dep = [bool(context_part(m, p["with"][0])) for m, p in rows]
+    mean = lambda v, idx: sum(v[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
+    col = lambda mode, key: [s[key] for s in sc[mode]]                                 # noqa: E731
     print(f"\n--- {context} tokens of context ({budget} for the prompt) ---")
-    print(f"{'repository':14} {'lines':>5} {'EM without':>11} {'EM with':>8} {'defining file in prompt':>24}")
+    print("measure: without / with repository context (percent); file = defining file in the prompt")
+    print(f"{'repository':12} {'lines':>5} {'EM':>11} {'ES':>11} {'ID-EM':>11} {'ID-F1':>11} {'file':>9} "
+          f"{'definition':>10}")
     for repo in sorted({m.repo for m, _ in rows}) + ["all"]:
         idx = [i for i, (m, _) in enumerate(rows) if repo in ("all", m.repo)]
-        print(f"{repo:14} {len(idx):5d} {rate(hit['without'], idx):11.1%} {rate(hit['with'], idx):8.1%} "
-              f"{rate(home, idx):24.1%}")
-    em = {mode: sum(v) / n for mode, v in hit.items()}
-    ratio = f"{em['with'] / em['without']:.2f}" if em["without"] else "n/a (no exact match without context)"
-    print(f"exact match without repository context {em['without']:.1%}, with {em['with']:.1%}: ratio {ratio}")
-    idx = [i for i in range(n) if home[i]]
-    print(f"some dependency fitted in {sum(dep) / n:.0%} of the prompts, the file defining the symbol in "
-          f"{len(idx) / n:.0%}; on those {len(idx)} lines: exact match without {rate(hit['without'], idx):.1%}, "
-          f"with {rate(hit['with'], idx):.1%}")
+        cells = " ".join(f"{100 * mean(col('without', k), idx):5.1f}/{100 * mean(col('with', k), idx):5.1f}"
+                         for k in ("EM", "ES", "ID-EM", "ID-F1"))
+        print(f"{repo:12} {len(idx):5d} {cells} {100 * mean(home['without'], idx):3.0f}/"
+              f"{100 * mean(home['with'], idx):3.0f}% {100 * mean(define, idx):9.0f}%")
+    every = list(range(n))
+    for k in ("EM", "ES", "ID-EM", "ID-F1"):
+        a, b = mean(col("without", k), every), mean(col("with", k), every)
+        ratio = f"{b / a:.2f}" if a else "n/a (0 without context)"
+        print(f"{k:6} without repository context {a:6.1%}, with {b:6.1%}: ratio with/without {ratio}")
+    print(f"defining file in the prompt: without context {mean(home['without'], every):.0%} (by construction), with "
+          f"{mean(home['with'], every):.0%} (under the former rule {mean(home['former'], every):.0%}); the symbol's "
+          f"definition line in {mean(define, every):.0%}; some dependency in {mean(dep, every):.0%}")
+    idx = [i for i in every if home["with"][i]]
+    print(f"on the {len(idx)} lines whose defining file was in the prompt: EM without "
+          f"{mean(col('without', 'EM'), idx):.1%}, with {mean(col('with', 'EM'), idx):.1%}; ES without "
+          f"{mean(col('without', 'ES'), idx):.1%}, with {mean(col('with', 'ES'), idx):.1%}")
     for mode in ("without", "with"):
-        pair = [(m, g) for (m, _), g in zip(rows, got[mode])]
-        m, g = next(((m, g) for m, g in pair if g.strip() == m.target), pair[0])
-        print(f"e.g. {mode:7} {m.repo}/{m.path}:{m.line}  want {m.target!r}  got {g.strip()!r}")
+        pair = [(m, g, s["ES"]) for (m, _), g, s in zip(rows, got[mode], sc[mode])]
+        m, g, _ = max(pair, key=lambda x: x[2])
+        print(f"e.g. {mode:7} {m.repo}/{m.path}:{m.line}  want {m.target!r}  got {g.strip()!r}  (best ES)")
 
 
 def main() -> int:
     args = parse()
     import torch
 
-    from dscoder.infer.repo_context import dependency_files, read_repo
+    from dscoder.infer.repo_context import FIM_OVERHEAD, dependency_files, read_repo
     from dscoder.infer.text import encode, load
     torch.set_num_threads(args.threads)
     engine, tok = load(args.model, "cpu")
@@ -236,6 +304,9 @@ def main() -> int:
     for context in args.context:
         budget = min(context, engine.max_len) - args.max_new_tokens
         rows = [(m, prompts(m, text, deps, count, budget, longest)) for m, text, deps in cases]
+        over = [m for m, r in rows for p, s in r.values() if count(p) + count(s) + FIM_OVERHEAD > budget]
+        if over:
+            sys.exit(f"error: a prompt for {over[0].path}:{over[0].line} is over the {budget}-token budget")
         got = {mode: generate(engine, tok, [p[mode] for _, p in rows], args) for mode in ("without", "with")}
         report(rows, got, context, budget)
     print(f"\n{time.monotonic() - t0:.0f} s in all")
