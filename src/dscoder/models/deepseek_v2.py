@@ -344,9 +344,11 @@ class DeepseekV2(nn.Module):
         offset = cache.length if cache is not None else 0
         if cache is not None and offset + t > cache.max_len:
             raise ValueError(f"cache full: {offset} + {t} tokens > max_len {cache.max_len}")
-        if positions is None and offset:
-            positions = torch.arange(offset, offset + t, device=input_ids.device).expand(b, t)
-        cos, sin = self.rope(positions, t, input_ids.device, torch.float32)      # (B|1, T, d_r)
+        if positions is None:       # slots offset..offset+t-1: a slice of the table, no gather or host sync per step
+            cos, sin = self.rope.table(offset + t, input_ids.device, torch.float32)
+            cos, sin = cos[None, offset:offset + t], sin[None, offset:offset + t]  # (1, T, d_r)
+        else:
+            cos, sin = self.rope(positions, t, input_ids.device, torch.float32)  # (B, T, d_r)
         mask, is_causal = sdpa_mask(b, t, offset, attn_mask, input_ids.device)
         if cache is not None and is_causal:     # the absorbed path folds heads into T: SDPA's is_causal cannot apply
             mask, is_causal = attention_mask(t, 0, None, input_ids.device), False
