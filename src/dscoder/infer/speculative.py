@@ -17,7 +17,8 @@ draft length adapts (`next_draft_length`): it starts at half of `draft_tokens`, 
 draft (up to `draft_tokens`), and after a rejection with a tokens accepted falls to at most 2a + 1 (and at least
 one below what it was). transformers' assisted generation grows by 2 and shrinks by 1; doubling reaches a long
 copy's full length in a few passes, and cutting to what was accepted stops paying for long drafts where the
-output has left the copied text (on the demo model's edit prompt, +10% tokens/s over +2 / -1 with a cap of 8).
+output has left the copied text (the demo model, 1 thread, CPU time, best / median of 7 against +2 / -1 with
+a cap of 8: edit prompt +6% / +9% tokens/s, code prompt +12% / +11%).
 
 Verify: one forward pass over [last token, d_1 .. d_k] gives the target distributions p_1 .. p_{k+1}.
 * Greedy: keep d_i while it equals argmax p_i; the first mismatch emits the argmax instead. The emitted tokens
