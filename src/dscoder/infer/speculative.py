@@ -24,9 +24,10 @@ Verify: one forward pass over [last token, d_1 .. d_k] gives the target distribu
 * Greedy: keep d_i while it equals argmax p_i; the first mismatch emits the argmax instead. The emitted tokens
   are the ones plain greedy decoding picks, up to floating point: the verification pass multiplies 1 + k rows
   at once, and a kernel may round them differently from a single row, so an exact or near-exact tie between the
-  two best logits can break the other way. int8 weights make this likelier: their kernel returns bf16 logits, and
-  on a random 169M model (near-uniform logits) the int8 paths parted at tokens 101 and 10 of two 128-token runs,
-  each time where the two best logits were at most one bf16 step (1/64) apart; fp32 never parted.
+  two best logits can break the other way. torch's int8 kernel (a bf16 model's int8 layers) makes this likelier,
+  as it returns bf16 logits: on a random 169M model (near-uniform logits) it parted at tokens 101 and 10 of two
+  128-token runs, each time where the two best logits were at most one bf16 step (1/64) apart. fp32, and
+  dscoder's own int8 kernel (fp32 activations and outputs), never parted.
 * Sampling: speculative sampling (Leviathan et al. 2023, arXiv 2211.17192, Algorithm 1; Chen et al. 2023,
   arXiv 2302.01318). The draft is deterministic, q = one-hot(d_i), so "accept with probability
   min(1, p(x)/q(x))" is "accept d_i with probability p_i(d_i)", and the residual norm(max(0, p - q)) is p_i with
