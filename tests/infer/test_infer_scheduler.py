@@ -230,6 +230,34 @@ def test_batched_and_chunked_prefill_of_different_lengths(engine):
             assert max(b * t for b, t in shapes) <= 8 and len(shapes) >= 41 // 8 + 30 // 8
 
 
+def test_cpu_default_reads_long_prompts_one_per_forward_and_counts_forward_time(engine, monkeypatch):
+    """By default a CPU reads waiting prompts together only while rows x padded length stays within GROUP_TOKENS
+    (a padded forward needs a key mask, slower there than one forward per long prompt); an explicit prefill budget
+    groups up to itself. The scheduler counts its CPU time in prefill and decode forwards, steps and rows."""
+    from dscoder.infer import scheduler
+    monkeypatch.setitem(scheduler.GROUP_TOKENS, "cpu", 40)
+    rng = random.Random(5)
+    reqs = [([rng.randrange(1, 101) for _ in range(n)], 4) for n in (30, 17, 8, 3)]
+    alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
+    for budget, want in [(None, [(1, 30), (2, 17), (1, 3)]), (1024, [(4, 30)])]:
+        sched = Scheduler(engine, max_batch=8, max_queue=8, prefill_tokens=budget)
+        c = Collector()
+        for i, (p, m) in enumerate(reqs):           # all queued before the thread starts
+            sched.submit(c.job(p, Params(m), key=i))
+        shapes, hook = _prefill_shapes(engine)
+        try:
+            sched.start()
+            out = c.wait(len(reqs))
+        finally:
+            hook.remove()
+            sched.shutdown(10)
+        assert [out[i][0].output.tokens for i in range(len(reqs))] == alone, budget
+        assert shapes == want, budget
+        st = sched.stats()
+        assert st["prefill_seconds"] > 0 and st["decode_seconds"] > 0, st
+        assert st["decode_steps"] >= 3 and st["decode_steps"] <= st["decode_rows"] <= 4 * st["decode_steps"], st
+
+
 def test_prefix_reuse_gives_the_tokens_of_a_full_prefill(engine):
     """A prompt sharing a long prefix with a finished request (its prompt and generated tokens) prefills only the
     rest; the tokens equal a full prefill's. cache_prompt=False reads nothing kept; a small store stays in its

@@ -102,5 +102,8 @@ def test_disconnect_mid_stream_cancels_within_a_step(server, long_prompt):
     assert after["dscoder_running_sequences"] == 0 and after["dscoder_queue_depth"] == 0, (before, after)
     assert after["dscoder_cancelled_total"] == before["dscoder_cancelled_total"] + 1, (before, after)
     assert after["dscoder_generated_tokens_total"] - before["dscoder_generated_tokens_total"] < 150, (before, after)
+    for name in ("dscoder_decode_steps_total", "dscoder_decode_rows_total", "dscoder_decode_cpu_seconds_total",
+                 "dscoder_prefill_cpu_seconds_total"):
+        assert after[name] > before[name], (name, before, after)
     status, _, raw = server.request("POST", "/v1/completions", {**body, "max_tokens": 4})
     assert status == 200

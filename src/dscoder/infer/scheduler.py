@@ -8,7 +8,8 @@ cancelled request costs at most one more step). This is the scheduling idea of O
 
 Prefill. Waiting requests are prefilled together, several prompts in one forward (left-padded so that every prompt
 ends at the same slot, with each row's RoPE positions and key mask, the padded-batch path `Engine.generate` uses),
-up to `prefill_tokens` tokens (rows x padded length) per forward. A longer prompt is prefilled in chunks of at most
+up to `prefill_tokens` tokens (rows x padded length) per forward (by default on a CPU, several prompts only up to
+`GROUP_TOKENS`: see there). A longer prompt is prefilled in chunks of at most
 that many tokens, one chunk per decode step, so the running sequences keep producing tokens while it is read (the
 chunked prefill of Sarathi-Serve, Agrawal et al., OSDI 2024).
 
@@ -51,10 +52,14 @@ from .sampling import Sampler, check_sampling
 
 SEED_MOD = 2**64        # torch.Generator.manual_seed takes 0 ... 2**64-1; choice i of n draws with seed + i
 # rows x padded length of one prefill forward by default (a longer prompt is read in chunks). On a CPU a forward
-# is compute-bound from a few hundred tokens on (tiny preset, 1 thread: 8 prompts of 512 tokens took the same time
-# in one forward as in eight, within the noise of a shared machine), so more rows per forward only delay the first
-# tokens; on an accelerator (not measured here) a forward of many rows costs little more than one of a few.
+# is compute-bound from a few hundred tokens on, and prompts of different lengths read together need a key mask,
+# which takes SDPA off its causal kernel: tiny preset, 1 thread, prompts a few tokens apart, B rows together vs one
+# forward each: 16 tokens x 4 rows 4.6 vs 8.9 ms, 128 x 4 26.5 vs 28.9 ms, 256 x 2 27.2 vs 27.7 ms, 512 x 2 70.6
+# vs 66.8 ms, 512 x 4 150 vs 126 ms, 512 x 8 346-374 vs 266-284 ms. So by default a CPU reads several prompts in
+# one forward only up to GROUP_TOKENS (rows x padded length), a longer one alone; on an accelerator (not measured
+# here) a forward of many rows costs little more than one of a few.
 PREFILL_TOKENS = {"cpu": 1024, "other": 8192}
+GROUP_TOKENS = {"cpu": 512, "other": 8192}
 MIN_REUSE = 16          # a shared prefix shorter than this is prefilled again (not worth a copy)
 PROMPT_CACHE_CONTEXTS = 2   # kept prefixes by default: twice the context in tokens
 
@@ -142,8 +147,7 @@ class _Seq:
         self.out: list[int] = []
         self.lps: list[dict] | None = [] if job.params.logprobs is not None else None
         self.sent = 0                       # tokens already emitted
-        self.next_token = -1                # sampled, not yet fed
-        self.pos = len(job.prompt)          # RoPE position of next_token
+        self.next_token = -1                # sampled, not yet fed (at slot L, RoPE position L - start)
         self.reason: str | None = None
 
     @property
@@ -311,22 +315,29 @@ class _Group:
 
 class Scheduler:
     """Continuous batching over `engine`'s model (see the module docstring). `max_len` comes from the engine;
-    `prefill_tokens` bounds one prefill forward (rows x padded length; default `PREFILL_TOKENS` for the device);
+    `prefill_tokens` bounds one prefill forward (rows x padded length; default `PREFILL_TOKENS` for the device, and
+    then a forward of several prompts at most `GROUP_TOKENS`);
     `prompt_cache_tokens` bounds the kept prefixes (0: none kept; default twice max_len)."""
 
     def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64, timeout: float | None = None,
                  prefill_tokens: int | None = None, prompt_cache_tokens: int | None = None):
+        kind = "cpu" if engine.device.type == "cpu" else "other"
+        self.group_tokens = prefill_tokens or min(GROUP_TOKENS[kind], PREFILL_TOKENS[kind])
         if prefill_tokens is None:
-            prefill_tokens = PREFILL_TOKENS["cpu" if engine.device.type == "cpu" else "other"]
+            prefill_tokens = PREFILL_TOKENS[kind]
         if max_batch < 1 or max_queue < 0 or prefill_tokens < 1:
             raise UserError(f"max_batch and prefill_tokens must be >= 1 and max_queue >= 0, got {max_batch}, "
                             f"{prefill_tokens}, {max_queue}")
-        self.engine, self.model = engine, engine.model
+        self.engine, self.model, self.device = engine, engine.model, engine.device
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
         self.prefill_tokens = prefill_tokens
         self.max_len = engine.max_len
-        self.cache = self.model.make_cache(max_batch, self.max_len, device=engine.device)
+        self.cache = self.model.make_cache(max_batch, self.max_len, device=self.device)
         self.fields = _cache_fields(self.cache)
+        # the running rows' starts, as a key mask over every slot and as a column, rebuilt only when a row
+        # joins, leaves or moves (not every step): see `_step`
+        self.mask_starts: list[int] | None = None
+        self.mask = self.starts = torch.empty(0)
         if prompt_cache_tokens is None:
             prompt_cache_tokens = PROMPT_CACHE_CONTEXTS * self.max_len
         self.prefixes = PrefixStore(prompt_cache_tokens, self.fields) if prompt_cache_tokens > 0 else None
@@ -337,8 +348,11 @@ class Scheduler:
         self.cv = threading.Condition()
         self.stopping = False
         self.thread: threading.Thread | None = None
+        # prefill/decode_seconds: the scheduler thread's CPU time in prefill and decode forwards (time.thread_time);
+        # decode_rows: rows summed over decode steps
         self.counters = {"generated_tokens": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0, "finished": 0,
-                         "cancelled": 0}
+                         "cancelled": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0, "decode_steps": 0,
+                         "decode_rows": 0}
         self.flushes: dict[Callable[[], Any], None] = {}   # the jobs' distinct `flush` callables, called per step
 
     # --- the caller's side (any thread) -------------------------------------------------------------
@@ -373,7 +387,7 @@ class Scheduler:
             self.cv.notify()
         return job
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """Queue depth, running sequences and counters (read without locking: a snapshot for metrics)."""
         return {"queued": len(self.queue), "running": len(self.seqs), **self.counters}
 
@@ -463,14 +477,14 @@ class Scheduler:
                     break
                 kept = self._reuse(job)
                 width = max([len(j.prompt) - r for j, (_, r) in zip(jobs, reuse)] + [len(job.prompt) - kept[1]])
-                if jobs and (len(jobs) + 1) * width > self.prefill_tokens:
+                if jobs and (len(jobs) + 1) * width > self.group_tokens:
                     break
                 jobs.append(self.queue.popleft())
                 reuse.append(kept)
         if not jobs:
             return
         try:
-            self.group = _Group(self.model, jobs, reuse, self.fields, self.engine.device)
+            self.group = _Group(self.model, jobs, reuse, self.fields, self.device)
         except Exception as e:  # e.g. out of memory on a long prompt: these requests fail, the batch goes on
             for job in jobs:
                 _tell(job, Failed(f"{type(e).__name__}: {e}"))
@@ -486,7 +500,9 @@ class Scheduler:
             return
         try:
             if g.logits is None:
+                t = time.thread_time()
                 g.forward(self.model, self.prefill_tokens)
+                self.counters["prefill_seconds"] += time.thread_time() - t
             if g.logits is None or not self._fits([j for j in g.jobs if not j.cancelled]):
                 return                              # more chunks to read, or waiting for rows to finish
             self.group = None
@@ -513,7 +529,7 @@ class Scheduler:
                 g.copy_row(b, self.cache, row, self.L)
                 gen = None
                 if p.seed is not None and p.temperature > 0:
-                    gen = torch.Generator(device=self.engine.device)
+                    gen = torch.Generator(device=self.device)
                     gen.manual_seed((p.seed + i) % SEED_MOD)
                 stops = StopStrings(p.stop_strings, job.decode) if p.stop_strings else None
                 seq = _Seq(job, i, self.L - len(job.prompt), Sampler(p.temperature, p.top_k, p.top_p, gen), stops)
@@ -554,16 +570,23 @@ class Scheduler:
 
     def _step(self) -> None:
         """One decode forward for every running row (packed in rows 0..n-1), then one token each."""
-        seqs, n, dev = self.seqs, len(self.seqs), self.engine.device
-        tokens = torch.tensor([[s.next_token] for s in seqs], device=dev)           # (n, 1)
-        positions = torch.tensor([[s.pos] for s in seqs], device=dev)               # (n, 1)
-        starts = torch.tensor([s.start for s in seqs], device=dev)
-        mask = torch.arange(self.L + 1, device=dev)[None] >= starts[:, None]        # (n, L+1)
-        view = self._rows(n)
-        logits = self.model(tokens, positions=positions, cache=view, attn_mask=mask)[:, -1]   # (n, V)
+        seqs, n, L = self.seqs, len(self.seqs), self.L
+        starts = [s.start for s in seqs]
+        if starts != self.mask_starts:               # a row joined, left or moved since the last step
+            self.mask_starts = starts
+            self.starts = torch.tensor(starts, device=self.device)[:, None]                  # (n, 1)
+            self.mask = torch.arange(self.max_len, device=self.device)[None] >= self.starts  # (n, max_len)
+        tokens = torch.tensor([[s.next_token] for s in seqs], device=self.device)          # (n, 1)
+        # row r's next token sits at slot L; its prompt starts at slot start_r, so its RoPE position is L - start_r.
+        # The key mask (n, 1, 1, L+1) is whole (4-D): slots [start_r, L] of row r, its own slot L included
+        mask = self.mask[:, None, None, :L + 1]
+        t = time.thread_time()
+        logits = self.model(tokens, positions=L - self.starts, cache=self._rows(n), attn_mask=mask)[:, -1]  # (n, V)
+        c = self.counters
+        c["decode_seconds"] += time.thread_time() - t
+        c["decode_steps"] += 1
+        c["decode_rows"] += n
         self.L += 1
-        for s in seqs:
-            s.pos += 1
         self._take(list(seqs), logits)
 
     def _rows(self, n: int):

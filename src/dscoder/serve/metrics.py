@@ -7,6 +7,10 @@
     dscoder_prompt_tokens_total                prompt tokens of the requests that started
     dscoder_prompt_tokens_cached_total         of those, tokens reused from a kept prefix instead of prefilled
     dscoder_cancelled_total                    requests cancelled (client gone) or timed out while queued
+    dscoder_prefill_cpu_seconds_total          the scheduler thread's CPU time in prefill forwards
+    dscoder_decode_cpu_seconds_total           ... and in decode forwards (one per step, every running row)
+    dscoder_decode_steps_total                 decode forwards
+    dscoder_decode_rows_total                  rows summed over decode forwards (/ steps: the mean batch)
     dscoder_time_to_first_token_seconds        histogram, from arrival to the first sampled token
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ class Metrics:
             self.ttft[bisect.bisect_left(TTFT_BUCKETS, seconds)] += 1
             self.ttft_sum += seconds
 
-    def render(self, stats: dict[str, int] | None) -> str:
+    def render(self, stats: dict[str, float] | None) -> str:
         """The exposition text; `stats` is `Scheduler.stats()` (None while the model loads)."""
         s = stats or {}
         lines = ["# HELP dscoder_requests_total Answered HTTP requests.", "# TYPE dscoder_requests_total counter"]
@@ -46,7 +50,11 @@ class Metrics:
                                 ("generated_tokens_total", "counter", "generated_tokens"),
                                 ("prompt_tokens_total", "counter", "prompt_tokens"),
                                 ("prompt_tokens_cached_total", "counter", "cached_prompt_tokens"),
-                                ("cancelled_total", "counter", "cancelled")]:
+                                ("cancelled_total", "counter", "cancelled"),
+                                ("prefill_cpu_seconds_total", "counter", "prefill_seconds"),
+                                ("decode_cpu_seconds_total", "counter", "decode_seconds"),
+                                ("decode_steps_total", "counter", "decode_steps"),
+                                ("decode_rows_total", "counter", "decode_rows")]:
             lines += [f"# TYPE dscoder_{name} {kind}", f"dscoder_{name} {s.get(key, 0)}"]
         lines.append("# TYPE dscoder_time_to_first_token_seconds histogram")
         cum = 0

@@ -477,7 +477,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-prefill-tokens", type=positive_int, default=None, metavar="N",
                    help="prompt tokens (rows x padded length) read in one forward at most; waiting prompts are "
                         "read together up to it, a longer one in chunks between decode steps (default: 1024 on "
-                        "CPU, 8192 on an accelerator)")
+                        "CPU, where only prompts of at most 512 tokens in all are read together, since a padded "
+                        "forward is slower there than one per prompt; 8192 on an accelerator)")
     p.add_argument("--prompt-cache-tokens", type=int_range(0), default=None, metavar="N",
                    help="keep the cache slots of finished requests, up to N tokens, and reuse the longest shared "
                         "prompt prefix (0: off; default twice the context)")

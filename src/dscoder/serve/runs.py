@@ -88,13 +88,15 @@ class Run:
         gone = asyncio.ensure_future(_disconnected(watch)) if watch is not None else None
         try:
             while left:
-                get = asyncio.ensure_future(self.q.get())
-                if gone is not None:
+                if gone is None:                    # streaming: a plain await (no task per event)
+                    i, ev = await self.q.get()
+                else:
+                    get = asyncio.ensure_future(self.q.get())
                     await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
                     if not get.done():
                         get.cancel()
                         raise ClientGone()
-                i, ev = await get
+                    i, ev = await get
                 if isinstance(ev, Failed):
                     raise ApiError(500, f"generation failed: {ev.message}", type_="server_error")
                 left -= isinstance(ev, Finished)
