@@ -11,7 +11,10 @@ keystrokes with and without prompt-prefix reuse.
    share of prompt tokens reused.
 
 The server runs as a real subprocess on loopback; time to first token is measured by the client (first streamed
-event).
+event). Beside wall time each mode reports the server process's CPU time (Linux /proc; on a shared machine the wall
+clock also holds other processes' time) and how the scheduler thread spent it, from GET /metrics: CPU time in
+prefill forwards, in decode forwards (steps, mean rows per step) and the rest of the process (HTTP, streaming,
+tokenizing, scheduling). `--repeat N` runs both modes N times, alternating, and reports medians.
 
     .venv/bin/python benchmarks/bench_serve.py                         # the tiny preset, random weights
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/final  # the demo model (`make demo`)
@@ -42,6 +45,12 @@ _LLAMA_VENV_PY = "/work/venvs/llamacpp/bin/python" if Path("/work/venvs/llamacpp
 _LLAMA_SERVER = llama_preamble() + 'import runpy; runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)\n'
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder (default: a tiny random one)")
@@ -56,6 +65,7 @@ def parse() -> argparse.Namespace:
                         "same weights as GGUF F32 and Q8_0 ('none': skip)")
     p.add_argument("--keystrokes", type=int, default=16, help="requests of the prefix-reuse scenario, per mode")
     p.add_argument("--serve-args", default="", help="more `dscoder serve` flags, e.g. '--max-prefill-tokens 512'")
+    p.add_argument("--repeat", type=positive, default=1, help="runs of each batching mode, alternating (medians shown)")
     return p.parse_args()
 
 
@@ -115,8 +125,30 @@ def one(url: str, name: str, prefix: str, suffix: str, new: int) -> tuple[float,
     return first, total, last["usage"]["completion_tokens"]
 
 
-def run_mode(url: str, name: str, prompts, new: int, concurrent: bool, send=None) -> dict:
+def server_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of process `pid` (all its threads) from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scheduler_counters(url: str) -> dict[str, float]:
+    """The scheduler's CPU split from `dscoder serve`'s /metrics (empty for a server without them)."""
+    try:
+        raw = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    except OSError:
+        return {}
+    keys = {"dscoder_prefill_cpu_seconds_total": "prefill", "dscoder_decode_cpu_seconds_total": "decode",
+            "dscoder_decode_steps_total": "steps", "dscoder_decode_rows_total": "rows"}
+    return {keys[k]: float(v) for k, v in (line.rsplit(" ", 1) for line in raw.splitlines()
+                                          if not line.startswith("#")) if k in keys}
+
+
+def run_mode(url: str, name: str, prompts, new: int, concurrent: bool, send=None, pid: int | None = None) -> dict:
     results: list = [None] * len(prompts)
+    cpu0, split0 = server_cpu(pid), scheduler_counters(url) if pid else {}
 
     def go(i: int) -> None:
         results[i] = (send or one)(url, name, *prompts[i], new)
@@ -131,10 +163,34 @@ def run_mode(url: str, name: str, prompts, new: int, concurrent: bool, send=None
         for i in range(len(prompts)):
             go(i)
     wall = time.perf_counter() - t0
+    cpu1, split1 = server_cpu(pid), scheduler_counters(url) if pid else {}
     ttft = sorted(r[0] for r in results)
     tokens = sum(r[2] for r in results)
-    return {"p50_ttft_ms": 1000 * statistics.median(ttft), "p99_ttft_ms": 1000 * ttft[min(len(ttft) - 1,
-            int(0.99 * len(ttft)))], "tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall}
+    out = {"p50_ttft_ms": 1000 * statistics.median(ttft), "p99_ttft_ms": 1000 * ttft[min(len(ttft) - 1,
+           int(0.99 * len(ttft)))], "tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall}
+    if cpu0 is not None and cpu1 is not None:
+        out["cpu_s"] = cpu1 - cpu0
+    if split0 and split1:
+        out.update({k: split1[k] - split0[k] for k in split1})
+    return out
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Per key, the median over runs."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0] if all(k in r for r in runs)}
+
+
+def describe(label: str, r: dict) -> str:
+    line = (f"  {label:>14}: p50 TTFT {r['p50_ttft_ms']:7.1f} ms  p99 TTFT {r['p99_ttft_ms']:7.1f} ms  "
+            f"{r['tokens']:.0f} tokens in {r['wall_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
+    if "cpu_s" in r:
+        line += f"\n{'':18}server CPU {r['cpu_s']:.2f} s = {r['tokens'] / r['cpu_s']:.1f} tokens per CPU second"
+        if "prefill" in r and r["steps"]:
+            rest = r["cpu_s"] - r["prefill"] - r["decode"]
+            line += (f": prefill forwards {r['prefill']:.2f} s, decode forwards {r['decode']:.2f} s "
+                     f"({r['steps']:.0f} steps, {r['rows'] / r['steps']:.1f} rows/step, "
+                     f"{1000 * r['decode'] / r['steps']:.2f} ms/step), rest {rest:.2f} s")
+    return line
 
 
 def editor(model: Path, tokens: int, keystrokes: int) -> tuple[str, str, str]:
@@ -222,16 +278,16 @@ def others(args, model: Path, prompts) -> None:
                     time.sleep(0.2)
             name = (args.url_name if not kind else None) or models["data"][0]["id"]
             psm_one(url, name, *psm[0], 4)                                  # warm-up
-            seq = run_mode(url, name, psm, args.new, concurrent=False, send=psm_one)
-            par = run_mode(url, name, psm, args.new, concurrent=True, send=psm_one)
+            pid = server.pid if server is not None else None
+            seq = run_mode(url, name, psm, args.new, concurrent=False, send=psm_one, pid=pid)
+            par = run_mode(url, name, psm, args.new, concurrent=True, send=psm_one, pid=pid)
         finally:
             if server is not None:
                 server.terminate()
                 server.wait()
         print(f"{label}: the same {args.clients} requests, PSM prompt as text")
         for mode, r in [("one at a time", seq), (f"{args.clients} concurrent", par)]:
-            print(f"  {mode:>14}: p50 TTFT {r['p50_ttft_ms']:7.1f} ms  p99 TTFT {r['p99_ttft_ms']:7.1f} ms  "
-                  f"{r['tokens']} tokens in {r['wall_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
+            print(describe(mode, r))
 
 
 def main() -> None:
@@ -256,8 +312,10 @@ def main() -> None:
                 time.sleep(0.2)
         name = json.loads(urllib.request.urlopen(url + "/v1/models").read())["data"][0]["id"]
         one(url, name, *prompts[0], 4)                                      # warm-up
-        seq = run_mode(url, name, prompts, args.new, concurrent=False)
-        par = run_mode(url, name, prompts, args.new, concurrent=True)
+        seqs, pars = [], []
+        for _ in range(args.repeat):
+            seqs.append(run_mode(url, name, prompts, args.new, concurrent=False, pid=server.pid))
+            pars.append(run_mode(url, name, prompts, args.new, concurrent=True, pid=server.pid))
         prefix, suffix, typed = editor(model, args.prompt_tokens, args.keystrokes)
         reuse = reuse_mode(url, prefix, suffix, typed, cache=True)       # first: nothing of these prompts is kept
         full = reuse_mode(url, prefix, suffix, typed, cache=False)
@@ -265,11 +323,23 @@ def main() -> None:
         server.terminate()
         server.wait()
     print(f"{args.clients} FIM requests, ~{args.prompt_tokens}-token prompts, {args.new} new tokens, greedy, CPU "
-          f"({args.threads} torch thread(s)), model {model.name}")
+          f"({args.threads} torch thread(s)), model {model.name}"
+          + (f", medians of {args.repeat} runs per mode" if args.repeat > 1 else ""))
+    if args.repeat > 1:
+        for k, (s_, p_) in enumerate(zip(seqs, pars)):
+            cpu = (f", server CPU {s_['cpu_s']:.2f} / {p_['cpu_s']:.2f} s = "
+                   f"{s_['cpu_s'] / p_['cpu_s']:.2f}x" if "cpu_s" in s_ and "cpu_s" in p_ else "")
+            print(f"  run {k + 1}: {s_['tokens_per_s']:.1f} / {p_['tokens_per_s']:.1f} tokens/s = "
+                  f"{p_['tokens_per_s'] / s_['tokens_per_s']:.2f}x{cpu}")
+    seq, par = median_run(seqs), median_run(pars)
     for label, r in [("one at a time", seq), (f"{args.clients} concurrent", par)]:
-        print(f"  {label:>14}: p50 TTFT {r['p50_ttft_ms']:7.1f} ms  p99 TTFT {r['p99_ttft_ms']:7.1f} ms  "
-              f"{r['tokens']} tokens in {r['wall_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
-    print(f"  batching speed-up (total tokens/s): {par['tokens_per_s'] / seq['tokens_per_s']:.2f}x")
+        print(describe(label, r))
+    speedups = [p_["tokens_per_s"] / s_["tokens_per_s"] for s_, p_ in zip(seqs, pars)]
+    print(f"  batching speed-up (total tokens/s): {statistics.median(speedups):.2f}x"
+          + (f" (runs: {', '.join(f'{x:.2f}' for x in speedups)})" if args.repeat > 1 else ""))
+    if all("cpu_s" in r for r in seqs + pars):
+        cpu = [s_["cpu_s"] / p_["cpu_s"] for s_, p_ in zip(seqs, pars)]
+        print(f"  batching speed-up (server CPU time): {statistics.median(cpu):.2f}x")
     print(f"{args.keystrokes} /infill keystrokes, one after another, ~{args.prompt_tokens}-token prefix, 8 new tokens")
     print(f"  cache_prompt true:  p50 TTFT {reuse['p50_ttft_ms']:7.1f} ms  ({100 * reuse['reused']:.0f}% of prompt "
           f"tokens reused)")
