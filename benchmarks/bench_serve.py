@@ -14,7 +14,7 @@ The server runs as a real subprocess on loopback; time to first token is measure
 event). Beside wall time each mode reports the server process's CPU time (Linux /proc; on a shared machine the wall
 clock also holds other processes' time) and how the scheduler thread spent it, from GET /metrics: CPU time in
 prefill forwards, in decode forwards (steps, mean rows per step) and the rest of the process (HTTP, streaming,
-tokenizing, scheduling). `--repeat N` runs both modes N times, alternating, and reports medians.
+tokenizing, scheduling; with --threads above 1 also the forwards' time on torch's other threads). `--repeat N` runs both modes N times, alternating, and reports medians.
 
     .venv/bin/python benchmarks/bench_serve.py                         # the tiny preset, random weights
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/final  # the demo model (`make demo`)
