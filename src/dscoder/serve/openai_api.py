@@ -15,7 +15,9 @@ one prompt builder, `infer.text` (`completion_ids`, `infill_ids`, `chat_ids`, `s
 * POST /infill: llama.cpp's request and response (llama.vim, llama.vscode); each `input_extra` chunk becomes
   `# {filename}` + its text ahead of the current file inside the FIM prefix, the layout of DeepSeek-Coder's
   repository-level training samples, fitted to the context by `infer.repo_context.fit_context` (the rule
-  `dscoder complete` uses): the first-listed chunks go first, then the prefix's top and the suffix's bottom lines.
+  `dscoder complete` uses): half the budget is kept for the current file at the cursor; chunks fill the rest,
+  first-listed cut or dropped first (a Python chunk is first cut to its outline, then to the definitions the file
+  uses); only then does the prefix lose its top lines and the suffix its bottom lines.
 GET / is a playground page (chat and fill-in-the-middle tabs, both streaming). Bad input is a 4xx in OpenAI's error
 envelope naming the field (`serve.schema`); a full queue is 429 with Retry-After; SIGTERM stops accepting
 connections, finishes the requests in flight, then exits 0.
@@ -135,8 +137,9 @@ def _check_model(served: Served, name: str) -> None:
 
 def fim_ids(served: Served, extra: list[tuple[str, str]], prefix: str, suffix: str, budget: int) -> list[int]:
     """The PSM prompt with repository context: each extra file as `# {path}` + its text ahead of the prefix, fitted
-    to `budget` tokens by `infer.repo_context.fit_context` (files listed first are dropped first, as the farthest;
-    then the prefix loses its top lines and the suffix its bottom lines)."""
+    to `budget` tokens by `infer.repo_context.fit_context` (files listed first count as the farthest: cut to an
+    outline, then to what the file uses, then dropped, before the cursor's window, which keeps half the budget,
+    loses the prefix's top lines and the suffix's bottom lines)."""
     from ..infer.repo_context import ContextFile, fit_context
     from ..infer.text import encode, infill_ids
     tok = served.tokenizer
