@@ -43,6 +43,10 @@ def test_int8_linear_runs_the_int8_kernel_on_the_quantized_weight():
     want = nn.functional.linear(x.double(), q8.dequantized().double(), lin.bias.double())
     assert (y - want).abs().max() <= 1e-5 * want.abs().max()
     assert (y - lin(x)).norm() <= 0.02 * lin(x).norm()
+    # an input that needs a gradient gets one (the kernel is outside autograd; such inputs take the widened path)
+    xg = x.clone().requires_grad_()
+    q8(xg).sum().backward()
+    assert torch.allclose(xg.grad, q8.dequantized().sum(0).expand_as(x), atol=1e-5)
     # bf16 activations go through torch's kernel: the reference rounds them to bf16 first
     yb = q8(x.bfloat16())
     assert yb.dtype == torch.bfloat16

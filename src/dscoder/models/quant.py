@@ -105,7 +105,9 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         if own_kernel(x):
             x2 = x.reshape(-1, self.in_features).contiguous()                 # (M, K)
-            y = self._kernel(x2) if x2.shape[0] <= KERNEL_MAX_ROWS else self._widened(x2)
+            # the kernel is outside autograd: an input that needs a gradient takes the widened path
+            small = x2.shape[0] <= KERNEL_MAX_ROWS and not (x.requires_grad and torch.is_grad_enabled())
+            y = self._kernel(x2) if small else self._widened(x2)
         else:
             x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE).contiguous()
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scale.to(COMPUTE_DTYPE)).to(x.dtype)
