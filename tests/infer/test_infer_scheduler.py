@@ -197,12 +197,22 @@ def test_an_owner_that_cannot_take_events_is_dropped_and_others_go_on(engine):
     assert sched.stats()["running"] == 0 and sched.thread is not None and not sched.thread.is_alive()
 
 
-def _prefill_shapes(engine) -> tuple[list, object]:
-    """(input shapes of every forward with more than one new token, the hook's handle)."""
+def _run_queued(engine, sched: Scheduler, reqs) -> tuple[list, list]:
+    """Queue every (prompt, max_new_tokens) before the scheduler thread starts (so they are admitted together),
+    run them; (each request's tokens, the input shapes of every forward with more than one new token)."""
+    c = Collector()
+    for i, (p, m) in enumerate(reqs):
+        sched.submit(c.job(p, Params(m), key=i))
     shapes: list = []
-    handle = engine.model.register_forward_pre_hook(
+    hook = engine.model.register_forward_pre_hook(
         lambda mod, args: shapes.append(tuple(args[0].shape)) if args[0].shape[1] > 1 else None)
-    return shapes, handle
+    try:
+        sched.start()
+        out = c.wait(len(reqs))
+    finally:
+        hook.remove()
+        sched.shutdown(10)
+    return [out[i][0].output.tokens for i in range(len(reqs))], shapes
 
 
 def test_batched_and_chunked_prefill_of_different_lengths(engine):
@@ -212,18 +222,8 @@ def test_batched_and_chunked_prefill_of_different_lengths(engine):
     reqs = [([rng.randrange(1, 101) for _ in range(n)], m) for n, m in [(3, 9), (17, 6), (30, 12), (8, 15), (41, 5)]]
     alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
     for budget in (256, 8):
-        sched = Scheduler(engine, max_batch=8, max_queue=8, prefill_tokens=budget)
-        c = Collector()
-        for i, (p, m) in enumerate(reqs):           # all queued before the thread starts: admitted together
-            sched.submit(c.job(p, Params(m), key=i))
-        shapes, hook = _prefill_shapes(engine)
-        try:
-            sched.start()
-            out = c.wait(len(reqs))
-        finally:
-            hook.remove()
-            sched.shutdown(10)
-        assert [out[i][0].output.tokens for i in range(len(reqs))] == alone, budget
+        tokens, shapes = _run_queued(engine, Scheduler(engine, max_batch=8, max_queue=8, prefill_tokens=budget), reqs)
+        assert tokens == alone, budget
         if budget == 256:
             assert shapes == [(5, 41)]                                  # one forward, padded to the longest
         else:
@@ -241,17 +241,8 @@ def test_cpu_default_reads_long_prompts_one_per_forward_and_counts_forward_time(
     alone = [engine.generate([p], max_new_tokens=m)[0].tokens for p, m in reqs]
     for budget, want in [(None, [(1, 30), (2, 17), (1, 3)]), (1024, [(4, 30)])]:
         sched = Scheduler(engine, max_batch=8, max_queue=8, prefill_tokens=budget)
-        c = Collector()
-        for i, (p, m) in enumerate(reqs):           # all queued before the thread starts
-            sched.submit(c.job(p, Params(m), key=i))
-        shapes, hook = _prefill_shapes(engine)
-        try:
-            sched.start()
-            out = c.wait(len(reqs))
-        finally:
-            hook.remove()
-            sched.shutdown(10)
-        assert [out[i][0].output.tokens for i in range(len(reqs))] == alone, budget
+        tokens, shapes = _run_queued(engine, sched, reqs)
+        assert tokens == alone, budget
         assert shapes == want, budget
         st = sched.stats()
         assert st["prefill_seconds"] > 0 and st["decode_seconds"] > 0, st
