@@ -1,6 +1,7 @@
 """Loading checks what it reads: manifest.json hashes, a file given for a folder, config.json field types, pickled
 weights that `weights_only=True` refuses. Every case is one UserError line naming what is wrong."""
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -166,3 +167,8 @@ def test_loading_skips_weight_init_and_leaves_nn_init_as_it_was(tmp_path, preset
     assert r.stdout.split() == ["False", "True"]
     loaded = load_model(tmp_path / "m")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    # loads in several threads at once leave the real functions in place afterwards
+    real = {name: getattr(torch.nn.init, name) for name in hf._INIT_FUNCTIONS}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: load_model(tmp_path / "m"), range(8)))
+    assert {name: getattr(torch.nn.init, name) for name in hf._INIT_FUNCTIONS} == real

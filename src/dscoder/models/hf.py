@@ -27,6 +27,7 @@ import importlib
 import json
 import os
 import pickle
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -247,21 +248,32 @@ def _check_keys(sd: dict[str, torch.Tensor], expected: set[str], where: str) -> 
 
 _INIT_FUNCTIONS = ("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
                    "xavier_normal_", "zeros_", "ones_", "constant_")
+_NO_INIT_LOCK = threading.Lock()
+_no_init_users = 0                   # loads inside `_no_init` now; the first patches nn.init, the last restores it
+_saved_init: dict[str, Any] = {}
 
 
 @contextmanager
 def _no_init():
     """torch.nn.init's functions do nothing inside (as transformers' `no_init_weights` does): a model built on the
     meta device is overwritten by its checkpoint, and `normal_` on a meta tensor imports torch._dynamo, about 0.7
-    CPU-s in every process that loads a model."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    for name in _INIT_FUNCTIONS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    CPU-s in every process that loads a model. Counted, so loads in several threads restore the real functions
+    once, after the last of them."""
+    global _no_init_users
+    with _NO_INIT_LOCK:
+        if _no_init_users == 0:
+            _saved_init.update((name, getattr(nn.init, name)) for name in _INIT_FUNCTIONS)
+            for name in _INIT_FUNCTIONS:
+                setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        _no_init_users += 1
     try:
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+        with _NO_INIT_LOCK:
+            _no_init_users -= 1
+            if _no_init_users == 0:
+                for name, fn in _saved_init.items():
+                    setattr(nn.init, name, fn)
 
 
 def load_model(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None,
