@@ -47,6 +47,11 @@ def test_int8_linear_runs_the_int8_kernel_on_the_quantized_weight():
     xg = x.clone().requires_grad_()
     q8(xg).sum().backward()
     assert torch.allclose(xg.grad, q8.dequantized().sum(0).expand_as(x), atol=1e-5)
+    # cast after quantizing (scales no longer fp32): torch's kernel, not dscoder's reading the wrong bytes
+    q64 = copy.deepcopy(q8).double()
+    assert q64.scale.dtype == torch.float64
+    with torch.no_grad():
+        assert (q64(x) - want).abs().max() <= 1e-2 * want.abs().max()
     # bf16 activations go through torch's kernel: the reference rounds them to bf16 first
     yb = q8(x.bfloat16())
     assert yb.dtype == torch.bfloat16

@@ -103,7 +103,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        if own_kernel(x):
+        # the kernel reads raw pointers: fp32 scales on the CPU (a module moved or cast after quantizing has not)
+        if own_kernel(x) and self.weight_int8.is_cpu and self.scale.dtype == torch.float32:
             x2 = x.reshape(-1, self.in_features).contiguous()                 # (M, K)
             # the kernel is outside autograd: an input that needs a gradient takes the widened path
             small = x2.shape[0] <= KERNEL_MAX_ROWS and not (x.requires_grad and torch.is_grad_enabled())
