@@ -14,7 +14,11 @@ The server runs as a real subprocess on loopback; time to first token is measure
 event). Beside wall time each mode reports the server process's CPU time (Linux /proc; on a shared machine the wall
 clock also holds other processes' time) and how the scheduler thread spent it, from GET /metrics: CPU time in
 prefill forwards, in decode forwards (steps, mean rows per step) and the rest of the process (HTTP, streaming,
-tokenizing, scheduling; with --threads above 1 also the forwards' time on torch's other threads). `--repeat N` runs both modes N times, alternating, and reports medians.
+tokenizing, scheduling; with --threads above 1 also the forwards' time on torch's other threads). `--repeat N` runs
+both modes N times, alternating, and reports medians.
+The last batching line is the most batching could give with the forwards this run measured: the concurrent run must
+read all the prompts and then take at least `--new` decode steps of the full batch (the one-at-a-time wall time over
+that sum).
 
     .venv/bin/python benchmarks/bench_serve.py                         # the tiny preset, random weights
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/final  # the demo model (`make demo`)
@@ -340,6 +344,14 @@ def main() -> None:
     if all("cpu_s" in r for r in seqs + pars):
         cpu = [s_["cpu_s"] / p_["cpu_s"] for s_, p_ in zip(seqs, pars)]
         print(f"  batching speed-up (server CPU time): {statistics.median(cpu):.2f}x")
+    if par.get("steps"):
+        # However well requests are packed, the concurrent run reads every prompt (its prefill forwards) and then
+        # takes at least `new` decode steps, the last of them with every client in the batch
+        floor = par["prefill"] + args.new * par["decode"] / par["steps"]
+        step_ms = 1000 * par["decode"] / par["steps"]
+        print(f"  batching ceiling from these forward costs: {seq['wall_s']:.2f} s one at a time / "
+              f"({par['prefill']:.2f} s reading the {args.clients} prompts + {args.new} steps x {step_ms:.2f} ms) = "
+              f"{seq['wall_s'] / floor:.2f}x (forward time of the scheduler thread)")
     print(f"{args.keystrokes} /infill keystrokes, one after another, ~{args.prompt_tokens}-token prefix, 8 new tokens")
     print(f"  cache_prompt true:  p50 TTFT {reuse['p50_ttft_ms']:7.1f} ms  ({100 * reuse['reused']:.0f}% of prompt "
           f"tokens reused)")
