@@ -347,8 +347,8 @@ def main() -> None:
     if par.get("steps"):
         # However well requests are packed, the concurrent run reads every prompt (its prefill forwards) and then
         # takes at least `new` decode steps, the last of them with every client in the batch
-        floor = par["prefill"] + args.new * par["decode"] / par["steps"]
         step_ms = 1000 * par["decode"] / par["steps"]
+        floor = par["prefill"] + args.new * step_ms / 1000
         print(f"  batching ceiling from these forward costs: {seq['wall_s']:.2f} s one at a time / "
               f"({par['prefill']:.2f} s reading the {args.clients} prompts + {args.new} steps x {step_ms:.2f} ms) = "
               f"{seq['wall_s'] / floor:.2f}x (forward time of the scheduler thread)")
